@@ -1,1 +1,31 @@
-//! placeholder
+//! Contracts shared by every vgpu-migrate crate.
+//!
+//! * [`device`]: a VFIO-style device trait ([`VfioDevice`]): device info, regions by index
+//!   with size, flags and a type/subtype capability, region reads and writes, irqs, reset.
+//! * [`migration`]: the v2 migration state machine ([`MigState`]), its direct arcs and the
+//!   shortest-path walk, the mapping from v1 `device_state` bits, and the data-stream
+//!   operations a migratable device offers ([`MigrationDevice`]).
+//! * [`dirty`]: dirty tracking of device DMA into guest RAM ([`DmaDirtyLog`]).
+//! * [`mdev`]: mdev types, instances by UUID, and available instances from a parent's
+//!   resources ([`MdevRegistry`]).
+//!
+//! Every uAPI constant and struct comes from `vfio-bindings`; nothing is redefined here.
+
+#![deny(missing_docs)]
+
+pub mod device;
+pub mod dirty;
+pub mod mdev;
+pub mod migration;
+
+pub use device::{
+    DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, WriteEffects, VFIO_REGION_CAP_NONE,
+};
+pub use dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
+pub use mdev::{MdevError, MdevRegistry, MdevType, Uuid};
+pub use migration::{
+    is_direct_arc, next_step, v1_to_v2, v2_to_v1, MigState, MigrationArcs, MigrationController,
+    MigrationDevice, MigrationError, ALL_STATES,
+};
+/// The VFIO uAPI as the kernel headers define it (re-exported from `vfio-bindings`).
+pub use vfio_bindings::bindings::vfio as uapi;

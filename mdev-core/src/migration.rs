@@ -1,0 +1,380 @@
+//! The v2 migration state machine, the v1 `device_state` mapping, and the device's side.
+//!
+//! # States and arcs
+//!
+//! The eight uAPI states (`enum vfio_device_mig_state`) are [`MigState`]. The uAPI defines a
+//! set of *direct arcs*, each of which a driver implements as one action:
+//!
+//! ```text
+//!   RUNNING <-> RUNNING_P2P          RUNNING_P2P -> STOP        STOP -> RUNNING_P2P
+//!   RUNNING -> PRE_COPY              PRE_COPY -> RUNNING
+//!   RUNNING_P2P -> PRE_COPY_P2P      PRE_COPY_P2P -> RUNNING_P2P
+//!   PRE_COPY <-> PRE_COPY_P2P        PRE_COPY_P2P -> STOP_COPY
+//!   STOP -> STOP_COPY                STOP_COPY -> STOP
+//!   STOP -> RESUMING                 RESUMING -> STOP
+//! ```
+//!
+//! Any other request is carried out as a walk along the shortest path of arcs, where the
+//! saving states (PRE_COPY, PRE_COPY_P2P, STOP_COPY share one data stream) may appear only at
+//! the ends of the walk; STOP_COPY -> PRE_COPY* is refused. [`next_step`] is that walk's next
+//! hop, exactly as the kernel's `vfio_mig_get_next_state` table gives it (including its
+//! choice between equally short paths), and a unit test checks every hop against a
+//! breadth-first search over the arcs. A request for ERROR, from ERROR, or that needs an
+//! unsupported feature is refused without changing state; an arc that *fails* leaves the
+//! device in ERROR, from which only reset (back to RUNNING) leaves.
+
+use std::fmt;
+
+use snafu::Snafu;
+
+use crate::uapi::{
+    vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR as ST_ERROR,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY as ST_PRE_COPY,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P as ST_PRE_COPY_P2P,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING as ST_RESUMING,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING as ST_RUNNING,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P as ST_RUNNING_P2P,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_STOP as ST_STOP,
+    vfio_device_mig_state_VFIO_DEVICE_STATE_STOP_COPY as ST_STOP_COPY, vfio_precopy_info,
+    VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING,
+    VFIO_DEVICE_STATE_V1_SAVING, VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY,
+    VFIO_MIGRATION_STOP_COPY,
+};
+
+/// A v2 migration state (`enum vfio_device_mig_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum MigState {
+    /// `VFIO_DEVICE_STATE_ERROR`: an arc failed; only reset leaves.
+    Error = ST_ERROR,
+    /// `VFIO_DEVICE_STATE_STOP`: not running, no data stream.
+    Stop = ST_STOP,
+    /// `VFIO_DEVICE_STATE_RUNNING`: normal operation.
+    Running = ST_RUNNING,
+    /// `VFIO_DEVICE_STATE_STOP_COPY`: stopped, streaming its final state.
+    StopCopy = ST_STOP_COPY,
+    /// `VFIO_DEVICE_STATE_RESUMING`: stopped, consuming a state stream.
+    Resuming = ST_RESUMING,
+    /// `VFIO_DEVICE_STATE_RUNNING_P2P`: running, but initiates no peer-to-peer DMA.
+    RunningP2p = ST_RUNNING_P2P,
+    /// `VFIO_DEVICE_STATE_PRE_COPY`: running and streaming pre-copy data.
+    PreCopy = ST_PRE_COPY,
+    /// `VFIO_DEVICE_STATE_PRE_COPY_P2P`: pre-copy, with peer-to-peer quiesced.
+    PreCopyP2p = ST_PRE_COPY_P2P,
+}
+
+/// All states, in uAPI order.
+pub const ALL_STATES: [MigState; 8] = [
+    MigState::Error,
+    MigState::Stop,
+    MigState::Running,
+    MigState::StopCopy,
+    MigState::Resuming,
+    MigState::RunningP2p,
+    MigState::PreCopy,
+    MigState::PreCopyP2p,
+];
+
+impl TryFrom<u32> for MigState {
+    type Error = MigrationError;
+
+    fn try_from(v: u32) -> Result<Self, MigrationError> {
+        ALL_STATES
+            .iter()
+            .copied()
+            .find(|s| *s as u32 == v)
+            .ok_or(MigrationError::UnknownState { value: v })
+    }
+}
+
+impl From<MigState> for u32 {
+    fn from(s: MigState) -> u32 {
+        s as u32
+    }
+}
+
+impl fmt::Display for MigState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            MigState::Error => "ERROR",
+            MigState::Stop => "STOP",
+            MigState::Running => "RUNNING",
+            MigState::StopCopy => "STOP_COPY",
+            MigState::Resuming => "RESUMING",
+            MigState::RunningP2p => "RUNNING_P2P",
+            MigState::PreCopy => "PRE_COPY",
+            MigState::PreCopyP2p => "PRE_COPY_P2P",
+        };
+        f.write_str(s)
+    }
+}
+
+impl MigState {
+    /// Whether the device's data stream is open for reading in this state.
+    pub fn is_saving(self) -> bool {
+        matches!(
+            self,
+            MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy
+        )
+    }
+
+    /// Whether the device executes work in this state.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            MigState::Running | MigState::RunningP2p | MigState::PreCopy | MigState::PreCopyP2p
+        )
+    }
+
+    /// The migration feature flags (`VFIO_MIGRATION_*`) a device needs to enter this state.
+    pub fn required_features(self) -> u32 {
+        match self {
+            MigState::RunningP2p => VFIO_MIGRATION_P2P,
+            MigState::PreCopy => VFIO_MIGRATION_PRE_COPY,
+            MigState::PreCopyP2p => VFIO_MIGRATION_PRE_COPY | VFIO_MIGRATION_P2P,
+            _ => VFIO_MIGRATION_STOP_COPY,
+        }
+    }
+}
+
+/// Whether `from -> to` is one of the uAPI's direct arcs.
+pub fn is_direct_arc(from: MigState, to: MigState) -> bool {
+    use MigState::*;
+    matches!(
+        (from, to),
+        (Running, RunningP2p)
+            | (RunningP2p, Running)
+            | (RunningP2p, Stop)
+            | (Stop, RunningP2p)
+            | (Running, PreCopy)
+            | (PreCopy, Running)
+            | (RunningP2p, PreCopyP2p)
+            | (PreCopyP2p, RunningP2p)
+            | (PreCopy, PreCopyP2p)
+            | (PreCopyP2p, PreCopy)
+            | (PreCopyP2p, StopCopy)
+            | (Stop, StopCopy)
+            | (StopCopy, Stop)
+            | (Stop, Resuming)
+            | (Resuming, Stop)
+    )
+}
+
+/// The next hop from `cur` towards `new` on a device with all features, as the kernel's
+/// `vfio_mig_get_next_state` table gives it. ERROR means the request is refused.
+fn table_step(cur: MigState, new: MigState) -> MigState {
+    use MigState::*;
+    if cur == new {
+        return cur;
+    }
+    match (cur, new) {
+        (Error, _) | (_, Error) => Error,
+        (Stop, StopCopy) => StopCopy,
+        (Stop, Resuming) => Resuming,
+        (Stop, _) => RunningP2p,
+        (Running, PreCopy) => PreCopy,
+        (Running, _) => RunningP2p,
+        (PreCopy, PreCopyP2p | StopCopy) => PreCopyP2p,
+        (PreCopy, _) => Running,
+        (PreCopyP2p, PreCopy) => PreCopy,
+        (PreCopyP2p, StopCopy) => StopCopy,
+        (PreCopyP2p, _) => RunningP2p,
+        (StopCopy, PreCopy | PreCopyP2p) => Error,
+        (StopCopy, _) => Stop,
+        (Resuming, _) => Stop,
+        (RunningP2p, Running | PreCopy) => Running,
+        (RunningP2p, PreCopyP2p) => PreCopyP2p,
+        (RunningP2p, _) => Stop,
+    }
+}
+
+/// The next hop of the walk from `cur` to `new` on a device with `features`
+/// (`VFIO_MIGRATION_*`), skipping states whose features the device lacks. `None` means the
+/// request is refused (`-EINVAL` in the uAPI); `Some(cur)` means already there.
+pub fn next_step(cur: MigState, new: MigState, features: u32) -> Option<MigState> {
+    let supported = |s: MigState| s.required_features() & features == s.required_features();
+    if features & VFIO_MIGRATION_STOP_COPY == 0 || !supported(new) || !supported(cur) {
+        return None;
+    }
+    let mut next = table_step(cur, new);
+    while next != MigState::Error && !supported(next) {
+        next = table_step(next, new);
+    }
+    (next != MigState::Error).then_some(next)
+}
+
+/// Map a v1 `device_state` value (bits RESUMING|SAVING|RUNNING) to the v2 state.
+///
+/// `000` STOP, `001` RUNNING, `010` STOP_COPY, `011` PRE_COPY, `100` RESUMING, `110` ERROR;
+/// `101`, `111` and any bit outside `VFIO_DEVICE_STATE_MASK` are invalid (`None`).
+pub fn v1_to_v2(v1: u32) -> Option<MigState> {
+    if v1 & !VFIO_DEVICE_STATE_MASK != 0 {
+        return None;
+    }
+    const R: u32 = VFIO_DEVICE_STATE_V1_RUNNING;
+    const S: u32 = VFIO_DEVICE_STATE_V1_SAVING;
+    const M: u32 = VFIO_DEVICE_STATE_V1_RESUMING;
+    match v1 {
+        0 => Some(MigState::Stop),
+        R => Some(MigState::Running),
+        S => Some(MigState::StopCopy),
+        x if x == R | S => Some(MigState::PreCopy),
+        M => Some(MigState::Resuming),
+        x if x == S | M => Some(MigState::Error),
+        _ => None,
+    }
+}
+
+/// Map a v2 state to the v1 `device_state` bits. The P2P states, which v1 lacks, read as
+/// their non-P2P counterparts (the device is running either way).
+pub fn v2_to_v1(s: MigState) -> u32 {
+    const R: u32 = VFIO_DEVICE_STATE_V1_RUNNING;
+    const S: u32 = VFIO_DEVICE_STATE_V1_SAVING;
+    const M: u32 = VFIO_DEVICE_STATE_V1_RESUMING;
+    match s {
+        MigState::Stop => 0,
+        MigState::Running | MigState::RunningP2p => R,
+        MigState::StopCopy => S,
+        MigState::PreCopy | MigState::PreCopyP2p => R | S,
+        MigState::Resuming => M,
+        MigState::Error => S | M,
+    }
+}
+
+/// Errors of the migration state machine and its data stream.
+#[derive(Debug, Snafu, Clone, PartialEq, Eq)]
+#[snafu(visibility(pub))]
+pub enum MigrationError {
+    /// A value that is not a uAPI state.
+    #[snafu(display("{value} is not a migration state"))]
+    UnknownState {
+        /// The raw value.
+        value: u32,
+    },
+    /// The request is not allowed from the current state (the uAPI's `-EINVAL`).
+    #[snafu(display("transition {from} -> {to} is not allowed"))]
+    InvalidTransition {
+        /// Current state.
+        from: MigState,
+        /// Requested state.
+        to: MigState,
+    },
+    /// A direct arc failed; the device is now in ERROR.
+    #[snafu(display("arc {from} -> {to} failed: {reason}"))]
+    ArcFailed {
+        /// Arc start.
+        from: MigState,
+        /// Arc end.
+        to: MigState,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A data-stream access in a state that has no open stream of that direction.
+    #[snafu(display("no {what} data stream in state {state}"))]
+    NoStream {
+        /// "saving" or "resuming".
+        what: &'static str,
+        /// Current state.
+        state: MigState,
+    },
+    /// The device rejected data written to it while resuming.
+    #[snafu(display("device rejected migration data: {reason}"))]
+    BadData {
+        /// What is wrong with the data.
+        reason: String,
+    },
+}
+
+/// What a migratable device offers the VMM: `VFIO_DEVICE_FEATURE_MIGRATION` (flags),
+/// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` (get/set state), the data fd (read/write),
+/// `VFIO_MIG_GET_PRECOPY_INFO` and `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
+pub trait MigrationDevice {
+    /// `VFIO_MIGRATION_*` flags the device supports.
+    fn migration_flags(&self) -> u32;
+    /// The current state.
+    fn mig_state(&self) -> MigState;
+    /// Walk to `target`; returns the state reached. On a failed arc the device is in ERROR.
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError>;
+    /// Read the saving data stream (pre-copy or stop-copy). `Ok(0)` in STOP_COPY is the end
+    /// of the stream; in PRE_COPY it means "nothing more for now".
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError>;
+    /// Write the resuming data stream. The device consumes all of `buf` or fails.
+    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError>;
+    /// `VFIO_MIG_GET_PRECOPY_INFO`: `initial_bytes` and `dirty_bytes` (PRE_COPY* only).
+    fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError>;
+    /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`: estimated length of the stop-copy stream.
+    fn stop_copy_size(&mut self) -> Result<u64, MigrationError>;
+}
+
+/// The per-arc actions a device implements; [`MigrationController`] walks them.
+pub trait MigrationArcs {
+    /// Carry out one direct arc `from -> to`.
+    fn arc(&mut self, from: MigState, to: MigState) -> Result<(), String>;
+}
+
+/// The state-machine half of a migratable device: current state, features, and the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationController {
+    state: MigState,
+    features: u32,
+}
+
+impl MigrationController {
+    /// A controller in RUNNING for a device with `features` (`VFIO_MIGRATION_*`).
+    pub fn new(features: u32) -> Self {
+        Self {
+            state: MigState::Running,
+            features,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> MigState {
+        self.state
+    }
+
+    /// Supported `VFIO_MIGRATION_*` flags.
+    pub fn features(&self) -> u32 {
+        self.features
+    }
+
+    /// Reset: back to RUNNING, whatever the state was.
+    pub fn reset(&mut self) {
+        self.state = MigState::Running;
+    }
+
+    /// Walk from the current state to `target`, one direct arc at a time.
+    ///
+    /// A refused request leaves the state unchanged; an arc that fails leaves ERROR.
+    pub fn set_state<A: MigrationArcs + ?Sized>(
+        &mut self,
+        arcs: &mut A,
+        target: MigState,
+    ) -> Result<MigState, MigrationError> {
+        let from = self.state;
+        // Check the whole walk before the first arc, so a refused request changes nothing.
+        let mut cur = from;
+        while cur != target {
+            cur = next_step(cur, target, self.features)
+                .ok_or(MigrationError::InvalidTransition { from, to: target })?;
+        }
+        while self.state != target {
+            let next = next_step(self.state, target, self.features)
+                .ok_or(MigrationError::InvalidTransition { from, to: target })?;
+            if let Err(reason) = arcs.arc(self.state, next) {
+                let err = MigrationError::ArcFailed {
+                    from: self.state,
+                    to: next,
+                    reason,
+                };
+                self.state = MigState::Error;
+                return Err(err);
+            }
+            self.state = next;
+        }
+        Ok(self.state)
+    }
+}
+
+#[cfg(test)]
+mod tests;
