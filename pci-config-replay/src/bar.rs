@@ -48,7 +48,7 @@ impl BarSlot {
     }
 
     /// The programmed 64-bit address, whether or not memory decode is on.
-    pub fn address(&self, block: &RegisterBlock) -> u64 {
+    pub(crate) fn address(&self, block: &RegisterBlock) -> u64 {
         let lo = u64::from(block.u32(self.offset()) & !BAR_MEM_INFO_MASK);
         let hi = u64::from(block.u32(self.offset() + 4));
         (hi << 32) | lo
@@ -56,7 +56,7 @@ impl BarSlot {
 
     /// The address the BAR decodes at: `None` when memory decode is off or the BAR is not
     /// programmed (address 0, or the all-ones sizing pattern).
-    pub fn decode(&self, block: &RegisterBlock, memory_enabled: bool) -> Option<u64> {
+    pub(crate) fn decode(&self, block: &RegisterBlock, memory_enabled: bool) -> Option<u64> {
         let addr = self.address(block);
         (memory_enabled && addr != 0 && addr != self.address_mask()).then_some(addr)
     }
@@ -122,7 +122,11 @@ mod tests {
         // Size as software computes it.
         let size0 = !(u64::from(b.u32(0x14)) << 32 | u64::from(b.u32(0x10) & !0xf)) + 1;
         assert_eq!(size0, bar0.size);
-        assert_eq!(bar0.decode(&b, true), None, "sizing pattern is not an address");
+        assert_eq!(
+            bar0.decode(&b, true),
+            None,
+            "sizing pattern is not an address"
+        );
         assert_eq!(bar2.decode(&b, true), None);
     }
 
@@ -135,7 +139,11 @@ mod tests {
         b.guest_write(0x18, &[0x03, 0x00, 0x00, 0x00]);
         assert_eq!(b.u32(0x18), 0xc);
         b.guest_write(0x10, &[0x0f, 0xff, 0x00, 0xe0]);
-        assert_eq!(b.u32(0x10), 0xe000_0004, "bits below 16 MiB are read-only 0");
+        assert_eq!(
+            b.u32(0x10),
+            0xe000_0004,
+            "bits below 16 MiB are read-only 0"
+        );
     }
 
     #[test]

@@ -11,12 +11,26 @@
 use crate::regs::CONFIG_SPACE_SIZE;
 
 /// The configuration bytes and their masks. All accessors bounds-check and never panic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RegisterBlock {
     bytes: Box<[u8; CONFIG_SPACE_SIZE]>,
     writable: Box<[u8; CONFIG_SPACE_SIZE]>,
     w1c: Box<[u8; CONFIG_SPACE_SIZE]>,
     device: Box<[u8; CONFIG_SPACE_SIZE]>,
+}
+
+impl std::fmt::Debug for RegisterBlock {
+    /// Only the header's first bytes: the full dump is [`crate::ConfigSpace::lspci_hex`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterBlock")
+            .field(
+                "id",
+                &format_args!("{:04x}:{:04x}", self.u16(0), self.u16(2)),
+            )
+            .field("command", &format_args!("{:#06x}", self.u16(4)))
+            .field("status", &format_args!("{:#06x}", self.u16(6)))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Applies one guest write to one byte under its masks.

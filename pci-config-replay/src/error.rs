@@ -4,7 +4,7 @@ use snafu::Snafu;
 
 /// Why a [`crate::ConfigParams`] cannot describe a device.
 #[derive(Debug, Clone, PartialEq, Eq, Snafu)]
-#[snafu(visibility(pub(crate)))]
+#[snafu(module(params_error), visibility(pub(crate)))]
 pub enum ParamsError {
     /// A BAR size is not a power of two of at least 4 KiB.
     #[snafu(display("BAR{bar} size {size:#x} is not a power of two of at least 4 KiB"))]
@@ -50,7 +50,7 @@ pub enum ParamsError {
 
 /// Why a configuration access is not one the device supports.
 #[derive(Debug, Clone, PartialEq, Eq, Snafu)]
-#[snafu(visibility(pub(crate)))]
+#[snafu(module(access_error), visibility(pub(crate)))]
 pub enum AccessError {
     /// The access size is not 1, 2 or 4 bytes.
     #[snafu(display("access of {len} bytes at {offset:#x} is not 1, 2 or 4 bytes"))]
@@ -80,7 +80,7 @@ pub enum AccessError {
 
 /// Why a serialized [`crate::ConfigSpaceState`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Snafu)]
-#[snafu(visibility(pub(crate)))]
+#[snafu(module(state_error), visibility(pub(crate)))]
 pub enum StateError {
     /// The input is larger than any valid state; nothing was allocated.
     #[snafu(display("state of {len} bytes exceeds the {max}-byte cap"))]
@@ -170,7 +170,7 @@ pub enum StateError {
 
 /// Why host resources could not be assigned to a guest-visible BAR or vector.
 #[derive(Debug, Clone, PartialEq, Eq, Snafu)]
-#[snafu(visibility(pub(crate)))]
+#[snafu(module(resource_error), visibility(pub(crate)))]
 pub enum ResourceError {
     /// A decoding BAR has no host region.
     #[snafu(display("BAR{bar} decodes but the host gave it no region"))]
@@ -188,7 +188,7 @@ pub enum ResourceError {
 
 /// Why a saved configuration space could not be replayed onto a target device.
 #[derive(Debug, Clone, PartialEq, Eq, Snafu)]
-#[snafu(visibility(pub(crate)))]
+#[snafu(module(replay_error), visibility(pub(crate)))]
 pub enum ReplayError {
     /// A read-only field differs between the saved device and the target device.
     #[snafu(display(
@@ -250,7 +250,9 @@ pub enum ReplayError {
     },
     /// After the replay the target does not hold the saved value (the saved state holds a
     /// value the device refuses, such as an unsupported power state).
-    #[snafu(display("replay diverged at {what} {offset:#x}: saved {saved:#04x}, target {target:#04x}"))]
+    #[snafu(display(
+        "replay diverged at {what} {offset:#x}: saved {saved:#04x}, target {target:#04x}"
+    ))]
     Diverged {
         /// "config", "MSI-X table" or "PBA".
         what: &'static str,
@@ -260,6 +262,12 @@ pub enum ReplayError {
         saved: u64,
         /// Value the target holds.
         target: u64,
+    },
+    /// The target's params do not describe a device.
+    #[snafu(display("target params are invalid"))]
+    Params {
+        /// What is wrong with them.
+        source: ParamsError,
     },
     /// The target host cannot back what the guest had enabled.
     #[snafu(display("target host resources do not cover the guest's device"))]

@@ -2,10 +2,10 @@
 
 use snafu::ensure;
 
-use crate::error::{
+use crate::error::params_error::{
     BarSizeSnafu, MsixOffsetSnafu, MsixOutsideBar0Snafu, MsixOverlapSnafu, MsixTableSizeSnafu,
-    ParamsError,
 };
+use crate::error::ParamsError;
 
 /// Smallest BAR this crate builds: one host page, so every BAR can be mapped directly.
 pub const MIN_BAR_SIZE: u64 = 4096;
@@ -93,7 +93,7 @@ impl ConfigParams {
         ];
         for (what, offset, len) in structures {
             ensure!(
-                offset % 8 == 0 && offset <= u64::from(u32::MAX & !7),
+                offset % 8 == 0 && offset <= 0xffff_fff8,
                 MsixOffsetSnafu { what, offset }
             );
             // Both terms are below 2^32 + 2^15, so the sum cannot overflow.

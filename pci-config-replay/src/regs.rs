@@ -209,7 +209,10 @@ mod tests {
     #[test]
     fn status_w1c_are_the_error_bits() {
         assert_eq!(STATUS_W1C, 0xf900);
-        assert_eq!(STATUS_W1C & (STATUS_INTERRUPT | STATUS_CAPABILITIES_LIST), 0);
+        assert_eq!(
+            STATUS_W1C & (STATUS_INTERRUPT | STATUS_CAPABILITIES_LIST),
+            0
+        );
     }
 
     #[test]
