@@ -1,1 +1,25 @@
-fn main() {}
+//! `vgpu-migrate`: run the vGPU workload, dump, inspect and restore its context, and
+//! migrate it live between two processes.
+
+mod cli;
+mod cmd;
+mod logging;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let log = logging::logger(cli.log_level);
+    match cmd::dispatch(cli.command, &log) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Flush async log records before the one-line error.
+            drop(log);
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,27 @@
-//! placeholder
+//! The host side: what QEMU does for a VFIO mdev in a real system.
+//!
+//! * [`memory`]: guest RAM (vm-memory with an `AtomicBitmap`: the CPU dirty log);
+//! * [`vcpu`]: a simulated vCPU that runs the workload's guest driver;
+//! * [`bus`]: guest-physical dispatch to RAM, the vGPU's BARs and its ECAM config window;
+//! * [`irq`]: interrupt delivery from the device through MSI routes to the vCPU;
+//! * [`vm`]: the VM that ties them together, boots the guest and runs it;
+//! * [`stream`]: the migration stream format (a snapshot file is the same stream);
+//! * [`snapshot`]: save to and restore from a stream.
+//!
+//! The VMM reaches the device only through `mdev_core::VfioDevice` (region reads and writes,
+//! irq wiring, the v2 migration interface), as QEMU reaches a VFIO device only through its fd.
+
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod error;
+pub mod irq;
+pub mod memory;
+pub mod ratelimit;
+pub mod snapshot;
+pub mod stream;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::{Result, VmmError};
+pub use vm::{StopAt, Vm, VmConfig};

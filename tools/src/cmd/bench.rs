@@ -1,0 +1,165 @@
+//! `bench`: device-context save and load throughput, side by side with memcpy and SHA-256 of
+//! the same bytes on one core, medians over several runs.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use mdev_core::{MigState, VfioDevice};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use slog::Logger;
+use state_region::driver as v1;
+use vfio_bindings::bindings::vfio::{VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING};
+use vgpu_sim::workload::Params;
+use vmm::{StopAt, Vm, VmConfig};
+
+use super::{CliError, Result};
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    name: &'static str,
+    median_gbps: f64,
+    runs_gbps: Vec<f64>,
+    ratio_to_sha256: f64,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
+
+fn vm_for(mdev_type: &str, log: &Logger) -> Result<Vm> {
+    let mut cfg = VmConfig::new(mdev_type, log.clone());
+    cfg.ram_size = 64 << 20;
+    let mut vm = Vm::new(&cfg)?;
+    vm.boot(&Params {
+        frame_limit: 2,
+        ..Params::default()
+    })?;
+    vm.run(StopAt::Done)?;
+    Ok(vm)
+}
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Check { msg: e.to_string() }
+}
+
+pub fn run(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()> {
+    let runs = runs.max(1);
+    let mut src = vm_for(mdev_type, log)?;
+    let index = vmm::snapshot::state_region_index(&src)?;
+
+    let mut save_region = Vec::new();
+    let mut save_v2 = Vec::new();
+    let mut load_region = Vec::new();
+    let mut memcpy = Vec::new();
+    let mut sha = Vec::new();
+    let mut context: Vec<u8> = Vec::new();
+
+    for run in 0..=runs {
+        // Save through the v1 region: the VMM reads each chunk out of the data window.
+        // Run 0 keeps the bytes for the load runs and is not timed.
+        let mut bytes = 0u64;
+        let keep = run == 0;
+        let t = Instant::now();
+        v1::set_device_state(src.device(), index, VFIO_DEVICE_STATE_V1_SAVING).map_err(err)?;
+        v1::save_chunks(src.device(), index, |c| {
+            bytes += c.len() as u64;
+            if keep {
+                context.extend_from_slice(c);
+            } else {
+                black_box(c);
+            }
+            Ok(())
+        })
+        .map_err(|e| err(format!("{e:?}")))?;
+        let secs = t.elapsed().as_secs_f64();
+        v1::set_device_state(src.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).map_err(err)?;
+        if !keep {
+            save_region.push(gbps(bytes, secs));
+        }
+
+        // Save through the v2 data stream (no data window).
+        let mig = src.device().migration().ok_or_else(|| err("no v2 migration"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let t = Instant::now();
+        mig.set_mig_state(MigState::StopCopy).map_err(err)?;
+        let mut n2 = 0u64;
+        loop {
+            let n = mig.read_data(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            black_box(&buf[..n]);
+            n2 += n as u64;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        mig.set_mig_state(MigState::Running).map_err(err)?;
+        if !keep {
+            save_v2.push(gbps(n2, secs));
+        }
+    }
+    let total = context.len() as u64;
+
+    for _ in 0..runs {
+        // Load through the v1 region into a fresh device (created outside the timing).
+        let mut dst = vm_for(mdev_type, log)?;
+        let t = Instant::now();
+        v1::set_device_state(dst.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).map_err(err)?;
+        let window = state_region::DEFAULT_WINDOW;
+        for c in context.chunks(window) {
+            v1::resume_chunk(dst.device(), index, c).map_err(err)?;
+        }
+        v1::set_device_state(dst.device(), index, 0).map_err(err)?;
+        load_region.push(gbps(total, t.elapsed().as_secs_f64()));
+
+        // The floors, on the same bytes.
+        let mut copy = vec![0u8; context.len()];
+        let t = Instant::now();
+        copy.copy_from_slice(&context);
+        black_box(&copy);
+        memcpy.push(gbps(total, t.elapsed().as_secs_f64()));
+        let t = Instant::now();
+        let d = Sha256::digest(&context);
+        black_box(d);
+        sha.push(gbps(total, t.elapsed().as_secs_f64()));
+    }
+
+    let sha_med = median(&mut sha.clone());
+    let fig = |name, v: &mut Vec<f64>| {
+        let m = median(&mut v.clone());
+        Figure {
+            name,
+            median_gbps: m,
+            runs_gbps: v.clone(),
+            ratio_to_sha256: m / sha_med,
+        }
+    };
+    let figures = vec![
+        fig("save (v1 region)", &mut save_region),
+        fig("save (v2 stream)", &mut save_v2),
+        fig("load (v1 region)", &mut load_region),
+        fig("memcpy", &mut memcpy),
+        fig("sha256 (1 core)", &mut sha),
+    ];
+    if json {
+        let v = serde_json::json!({
+            "mdev_type": mdev_type,
+            "context_bytes": total,
+            "runs": runs,
+            "figures": figures,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("device context of {mdev_type}: {} MiB, medians of {runs} runs", total >> 20);
+        println!("{:<20} {:>10} {:>12}", "path", "GB/s", "x sha256");
+        for f in &figures {
+            println!("{:<20} {:>10.2} {:>12.2}", f.name, f.median_gbps, f.ratio_to_sha256);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The subcommands.
+
+mod bench;
+mod demo;
+mod dump;
+mod inspect;
+mod restore;
+mod run;
+mod types;
+
+use slog::Logger;
+use snafu::Snafu;
+
+use crate::cli::{Command, WorkloadArgs};
+
+/// Errors of the CLI: each prints as one line.
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub))]
+pub enum CliError {
+    /// The VMM failed.
+    #[snafu(display("{source}"))]
+    Vmm {
+        /// Cause.
+        source: vmm::VmmError,
+    },
+    /// Output failed.
+    #[snafu(display("{source}"))]
+    Output {
+        /// Cause.
+        source: crate::output::OutputError,
+    },
+    /// A file could not be read or written.
+    #[snafu(display("{what} {}: {source}", path.display()))]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// Path.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A bad argument combination or value.
+    #[snafu(display("{msg}"))]
+    Usage {
+        /// What is wrong.
+        msg: String,
+    },
+    /// A file's content is bad.
+    #[snafu(display("{}: {msg}", path.display()))]
+    BadFile {
+        /// Path.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A check failed (demo verification).
+    #[snafu(display("{msg}"))]
+    Check {
+        /// What failed.
+        msg: String,
+    },
+}
+
+/// `Result` with a [`CliError`].
+pub type Result<T, E = CliError> = std::result::Result<T, E>;
+
+impl From<vmm::VmmError> for CliError {
+    fn from(source: vmm::VmmError) -> Self {
+        CliError::Vmm { source }
+    }
+}
+
+impl From<crate::output::OutputError> for CliError {
+    fn from(source: crate::output::OutputError) -> Self {
+        CliError::Output { source }
+    }
+}
+
+/// Run a subcommand.
+pub fn dispatch(cmd: Command, log: &Logger) -> Result<()> {
+    match cmd {
+        Command::Types { json } => types::run(json),
+        Command::Run { w, frames, png, json } => run::run(&w, frames, png.as_deref(), json, log),
+        Command::Dump {
+            w,
+            frames,
+            at_command,
+            out,
+            device_only,
+        } => dump::run(&w, frames, at_command, &out, device_only, log),
+        Command::Restore {
+            file,
+            frames,
+            png,
+            json,
+        } => restore::run(&file, frames, png.as_deref(), json, log),
+        Command::Inspect { file, json, config } => inspect::run(&file, json, config),
+        Command::Demo {
+            w,
+            frames,
+            dump_at,
+            dir,
+            json,
+        } => demo::run(&w, frames, dump_at, &dir, json, log),
+        Command::Bench {
+            mdev_type,
+            runs,
+            json,
+        } => bench::run(&mdev_type, runs, json, log),
+    }
+}
+
+/// Boot a VM with the workload, frame limit `frames`.
+pub fn boot(w: &WorkloadArgs, frames: u64, log: &Logger) -> Result<vmm::Vm> {
+    let mut cfg = vmm::VmConfig::new(&w.mdev_type, log.clone());
+    cfg.ram_size = w.ram_mib.checked_mul(1 << 20).ok_or_else(|| CliError::Usage {
+        msg: format!("--ram-mib {} is too large", w.ram_mib),
+    })?;
+    let mut vm = vmm::Vm::new(&cfg)?;
+    vm.boot(&vgpu_sim::workload::Params {
+        seed: w.seed,
+        width: w.width,
+        height: w.height,
+        triangles: w.triangles,
+        frame_limit: frames,
+    })?;
+    Ok(vm)
+}

@@ -1,0 +1,24 @@
+//! `restore`: a fresh VM loads a snapshot and continues.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use slog::Logger;
+use snafu::ResultExt;
+use vmm::StopAt;
+
+use super::{FileSnafu, Result};
+use crate::output::{write_png, RunReport};
+
+pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
+    let f = File::open(file).context(FileSnafu { what: "cannot open", path: file })?;
+    let mut vm = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200)?;
+    vm.set_frame_limit(frames)?;
+    vm.run(StopAt::Done)?;
+    if let Some(p) = png {
+        write_png(&mut vm, p)?;
+    }
+    RunReport::collect(&mut vm, frames).print(json);
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The guest-physical bus: routes each vCPU access to guest RAM, a BAR, or the ECAM window.
+
+use mdev_core::VfioDevice;
+use pci_config_replay::{BarMapping, ConfigChange};
+use slog::{warn, Logger};
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+use vgpu_sim::workload::layout::ECAM_GPA;
+use vgpu_sim::workload::GuestBus;
+
+use crate::memory::{self, GuestMem};
+use crate::ratelimit::RateLimit;
+
+/// Size of the ECAM window of our single function.
+pub const ECAM_SIZE: u64 = 4096;
+
+/// What the bus decided a guest-physical address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Guest RAM.
+    Ram,
+    /// A BAR: region index and offset into the region.
+    Region(u32, u64),
+    /// Nothing is there.
+    Unbacked,
+}
+
+/// Find what backs `gpa..gpa+len` given the current BAR map.
+pub fn decode(mem: &GuestMem, bars: &[BarMapping], gpa: u64, len: usize) -> Target {
+    let end = gpa.saturating_add(len as u64);
+    if end <= memory::size(mem) {
+        return Target::Ram;
+    }
+    if gpa >= ECAM_GPA && end <= ECAM_GPA + ECAM_SIZE {
+        return Target::Region(VFIO_PCI_CONFIG_REGION_INDEX, gpa - ECAM_GPA);
+    }
+    for b in bars {
+        if gpa >= b.guest_addr && end <= b.guest_addr.saturating_add(b.size) {
+            return Target::Region(b.region.id, b.region.offset + (gpa - b.guest_addr));
+        }
+    }
+    Target::Unbacked
+}
+
+/// A vCPU's view of the machine for one step.
+pub struct VmBus<'a, D: VfioDevice<WriteEffect = ConfigChange>> {
+    /// Guest RAM.
+    pub mem: &'a GuestMem,
+    /// The device.
+    pub dev: &'a mut D,
+    /// Current BAR map.
+    pub bars: &'a [BarMapping],
+    /// Set when a write returned config changes (the VMM refreshes its maps after the step).
+    pub config_dirty: &'a mut bool,
+    /// Logger.
+    pub log: &'a Logger,
+    /// Rate limit for warnings about bad guest accesses.
+    pub warn_limit: &'a mut RateLimit,
+}
+
+impl<D: VfioDevice<WriteEffect = ConfigChange>> std::fmt::Debug for VmBus<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBus").field("bars", &self.bars).finish()
+    }
+}
+
+impl<D: VfioDevice<WriteEffect = ConfigChange>> GuestBus for VmBus<'_, D> {
+    fn read(&mut self, gpa: u64, buf: &mut [u8]) {
+        match decode(self.mem, self.bars, gpa, buf.len()) {
+            Target::Ram => {
+                if memory::read(self.mem, gpa, buf).is_err() {
+                    buf.fill(0xff);
+                }
+            }
+            Target::Region(index, off) => {
+                if let Err(e) = self.dev.region_read(index, off, buf) {
+                    if self.warn_limit.allow() {
+                        warn!(self.log, "guest read failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);
+                    }
+                    buf.fill(0xff);
+                }
+            }
+            Target::Unbacked => {
+                if self.warn_limit.allow() {
+                    warn!(self.log, "guest read of unbacked address"; "gpa" => format!("{gpa:#x}"), "len" => buf.len());
+                }
+                buf.fill(0xff);
+            }
+        }
+    }
+
+    fn write(&mut self, gpa: u64, buf: &[u8]) {
+        match decode(self.mem, self.bars, gpa, buf.len()) {
+            Target::Ram => {
+                let _ = memory::write(self.mem, gpa, buf);
+            }
+            Target::Region(index, off) => match self.dev.region_write(index, off, buf) {
+                Ok(changes) => {
+                    if !changes.is_empty() {
+                        *self.config_dirty = true;
+                    }
+                }
+                Err(e) => {
+                    if self.warn_limit.allow() {
+                        warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);
+                    }
+                }
+            },
+            Target::Unbacked => {
+                if self.warn_limit.allow() {
+                    warn!(self.log, "guest write to unbacked address dropped"; "gpa" => format!("{gpa:#x}"), "len" => buf.len());
+                }
+            }
+        }
+    }
+}

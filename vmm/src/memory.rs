@@ -1,0 +1,174 @@
+//! Guest RAM: one vm-memory mapping with an `AtomicBitmap` that logs every write the vCPU
+//! makes through it (the CPU dirty log; device DMA bypasses it, see shadow-pt).
+
+use std::num::NonZeroUsize;
+
+use mdev_core::DirtyBitmap;
+use sha2::{Digest, Sha256};
+use snafu::{ensure, ResultExt, Snafu};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+/// Guest RAM with a dirty bitmap.
+pub type GuestMem = GuestMemoryMmap<AtomicBitmap>;
+
+/// Page size of guest RAM tracking and migration.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Errors of guest RAM management.
+#[derive(Debug, Snafu)]
+#[snafu(visibility(pub))]
+pub enum MemoryError {
+    /// The size is not usable.
+    #[snafu(display("guest RAM size {size:#x} must be a non-zero multiple of 4 KiB below {limit:#x}"))]
+    BadSize {
+        /// Size asked for.
+        size: u64,
+        /// Largest size allowed.
+        limit: u64,
+    },
+    /// The mapping could not be created.
+    #[snafu(display("cannot map {size:#x} bytes of guest RAM: {source}"))]
+    Map {
+        /// Size asked for.
+        size: u64,
+        /// vm-memory's error.
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// A guest-physical access outside guest RAM.
+    #[snafu(display("guest RAM access of {len} bytes at {gpa:#x} is outside guest RAM (size {size:#x})"))]
+    OutOfRange {
+        /// Address.
+        gpa: u64,
+        /// Length.
+        len: usize,
+        /// RAM size.
+        size: u64,
+    },
+}
+
+/// `Result` with a [`MemoryError`].
+pub type Result<T, E = MemoryError> = std::result::Result<T, E>;
+
+/// Map `size` bytes of guest RAM at guest-physical 0, below `limit` (the MMIO hole).
+pub fn create(size: u64, limit: u64) -> Result<GuestMem> {
+    ensure!(
+        size > 0 && size % PAGE_SIZE == 0 && size <= limit,
+        BadSizeSnafu { size, limit }
+    );
+    GuestMemoryMmap::<AtomicBitmap>::from_ranges(&[(GuestAddress(0), size as usize)])
+        .context(MapSnafu { size })
+}
+
+/// Total guest RAM size in bytes.
+pub fn size(mem: &GuestMem) -> u64 {
+    mem.iter().map(|r| r.len()).sum()
+}
+
+/// Read and clear the CPU dirty log: one bit per guest page written since the last call.
+pub fn harvest_dirty(mem: &GuestMem) -> DirtyBitmap {
+    let total = size(mem);
+    // PAGE_SIZE is a power of two; new() cannot fail.
+    let mut out = DirtyBitmap::new(0, total, PAGE_SIZE).unwrap_or_else(|_| unreachable!());
+    for region in mem.iter() {
+        let base = region.start_addr().0;
+        let words = region.bitmap().get_and_reset();
+        for (w, word) in words.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                out.mark(base + (w as u64 * 64 + b) * PAGE_SIZE);
+            }
+        }
+    }
+    out
+}
+
+/// Read `buf.len()` bytes at `gpa`, checking the range.
+pub fn read(mem: &GuestMem, gpa: u64, buf: &mut [u8]) -> Result<()> {
+    mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
+        gpa,
+        len: buf.len(),
+        size: size(mem),
+    })
+}
+
+/// Write `buf` at `gpa` (marks the CPU dirty log), checking the range.
+pub fn write(mem: &GuestMem, gpa: u64, buf: &[u8]) -> Result<()> {
+    mem.write_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
+        gpa,
+        len: buf.len(),
+        size: size(mem),
+    })
+}
+
+/// Whether a page is all zeros.
+pub fn is_zero(page: &[u8]) -> bool {
+    // Compare in u64 chunks; the compiler vectorises this.
+    let (pre, mid, post) = {
+        // SAFETY: any bit pattern is a valid u64; align_to only reinterprets the aligned
+        // middle part of the byte slice.
+        unsafe { page.align_to::<u64>() }
+    };
+    pre.iter().all(|&b| b == 0) && mid.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
+}
+
+/// SHA-256 of all guest RAM, in address order.
+pub fn digest(mem: &GuestMem) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut page = vec![0u8; 1 << 20];
+    let total = size(mem);
+    let mut a = 0;
+    while a < total {
+        let n = (total - a).min(page.len() as u64) as usize;
+        if read(mem, a, &mut page[..n]).is_err() {
+            break;
+        }
+        h.update(&page[..n]);
+        a += n as u64;
+    }
+    h.finalize().into()
+}
+
+/// Lowercase hex of a byte string.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_writes_are_logged_and_harvest_clears() {
+        let mem = create(1 << 20, 1 << 30).unwrap();
+        write(&mem, 0x3000 + 10, &[1, 2, 3]).unwrap();
+        write(&mem, 0x5ffe, &[1, 2, 3, 4]).unwrap();
+        let d = harvest_dirty(&mem);
+        assert_eq!(d.iter_dirty().collect::<Vec<_>>(), vec![0x3000, 0x5000, 0x6000]);
+        assert_eq!(harvest_dirty(&mem).count(), 0);
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_ranges() {
+        assert!(matches!(create(0, 1 << 30), Err(MemoryError::BadSize { .. })));
+        assert!(matches!(create(4097, 1 << 30), Err(MemoryError::BadSize { .. })));
+        assert!(matches!(create(2 << 30, 1 << 30), Err(MemoryError::BadSize { .. })));
+        let mem = create(1 << 20, 1 << 30).unwrap();
+        let err = write(&mem, (1 << 20) - 2, &[0; 4]).unwrap_err();
+        assert!(err.to_string().contains("outside guest RAM"), "{err}");
+    }
+
+    #[test]
+    fn zero_pages_and_digest() {
+        assert!(is_zero(&[0u8; 4096]));
+        let mut p = [0u8; 4096];
+        p[4095] = 1;
+        assert!(!is_zero(&p));
+        let mem = create(1 << 20, 1 << 30).unwrap();
+        let a = digest(&mem);
+        write(&mem, 0x1234, &[9]).unwrap();
+        assert_ne!(a, digest(&mem));
+    }
+}

@@ -1,0 +1,247 @@
+//! Snapshots: the migration stream written to a file, and read back into a fresh VM.
+//!
+//! Saving drives the device only through its device-state region (the v1 sequence:
+//! `device_state = SAVING`, then `pending_bytes` / `data_offset` / `data_size` / data until
+//! `pending_bytes` is 0), as QEMU drives a VFIO device through `pread`/`pwrite`. Restoring
+//! creates a fresh VM of the stream's mdev type, puts its device in RESUMING, writes the
+//! chunks in order, and only after the whole stream's digest verified stops the device
+//! (RESUMING -> STOP: the device validates and commits), replays PCI config, restores the
+//! vCPU and sets the device running.
+
+use std::io::{Read, Write};
+
+use pci_config_replay::ConfigSpaceState;
+use slog::{info, Logger};
+use snafu::ResultExt;
+use state_region::driver as v1;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
+};
+use vgpu_sim::DirtyTracking;
+
+use crate::error::*;
+use crate::memory::{self, PAGE_SIZE};
+use crate::stream::{Header, Record, StreamReader, StreamWriter, TrailerCheck, WriteStats};
+use crate::stream::{STREAM_MAJOR, STREAM_MINOR};
+use crate::vcpu::{Vcpu, VcpuState};
+use crate::vm::{Vm, VmConfig};
+
+/// The device-state region's index, found by its type/subtype capability.
+pub fn state_region_index(vm: &Vm) -> Result<u32> {
+    use mdev_core::VfioDevice;
+    vm.device_ref()
+        .find_region(state_region::MIGRATION_REGION_TYPE)
+        .ok_or(VmmError::NoStateRegion)
+}
+
+/// Stream header for this VM.
+pub fn header(vm: &Vm) -> Header {
+    Header {
+        major: STREAM_MAJOR,
+        minor: STREAM_MINOR,
+        flags: 0,
+        ram_size: memory::size(vm.memory()),
+        page_size: PAGE_SIZE as u32,
+        mdev_type: vm.mdev_type().to_string(),
+    }
+}
+
+/// Write every non-zero guest page, in runs of consecutive pages.
+pub fn write_all_ram<W: Write>(vm: &Vm, w: &mut StreamWriter<W>) -> Result<()> {
+    let size = memory::size(vm.memory());
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_start = 0u64;
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    let mut gpa = 0;
+    while gpa < size {
+        memory::read(vm.memory(), gpa, &mut page).context(MemorySnafu)?;
+        if memory::is_zero(&page) {
+            if !run.is_empty() {
+                w.ram_pages(run_start, &run).context(StreamSnafu)?;
+                run.clear();
+            }
+        } else {
+            if run.is_empty() {
+                run_start = gpa;
+            }
+            run.extend_from_slice(&page);
+            if run.len() >= 1 << 20 {
+                w.ram_pages(run_start, &run).context(StreamSnafu)?;
+                run.clear();
+            }
+        }
+        gpa += PAGE_SIZE;
+    }
+    if !run.is_empty() {
+        w.ram_pages(run_start, &run).context(StreamSnafu)?;
+    }
+    Ok(())
+}
+
+/// Drain the device's stop-and-copy data through the v1 region into the stream.
+pub fn save_device_v1<W: Write>(vm: &mut Vm, w: &mut StreamWriter<W>) -> Result<()> {
+    let index = state_region_index(vm)?;
+    let dev = vm.device();
+    v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
+        doing: "entering stop-and-copy",
+    })?;
+    let mut err = None;
+    v1::save_chunks(dev, index, |chunk| {
+        if let Err(e) = w.device_data(chunk) {
+            err = Some(e);
+            return Err(());
+        }
+        Ok(())
+    })
+    .map_err(|e| match err.take() {
+        Some(s) => VmmError::Stream { source: s },
+        None => VmmError::DeviceRejected {
+            reason: format!("{e:?}"),
+        },
+    })?;
+    w.device_end().context(StreamSnafu)?;
+    Ok(())
+}
+
+/// Write a whole snapshot of a stopped VM (vCPU between steps). The device is left in
+/// STOP_COPY; call [`resume_source`] to let the VM go on.
+pub fn save<W: Write>(vm: &mut Vm, out: W) -> Result<WriteStats> {
+    let mut w = StreamWriter::new(out, &header(vm)).context(StreamSnafu)?;
+    write_all_ram(vm, &mut w)?;
+    save_device_v1(vm, &mut w)?;
+    w.config(&vm.device_ref().config().state().to_bytes())
+        .context(StreamSnafu)?;
+    let vcpu = vm.vcpu().state().to_bytes();
+    w.vcpu(&vcpu).context(StreamSnafu)?;
+    let (_, stats) = w.finish().context(StreamSnafu)?;
+    info!(vm.log(), "snapshot written"; "bytes" => stats.total, "ram" => stats.ram, "device" => stats.device);
+    Ok(stats)
+}
+
+/// Write only the bytes the device-state region produced (a device context file). The
+/// device is left in STOP_COPY.
+pub fn save_device_only<W: Write>(vm: &mut Vm, mut out: W) -> Result<u64> {
+    let index = state_region_index(vm)?;
+    let dev = vm.device();
+    v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
+        doing: "entering stop-and-copy",
+    })?;
+    let mut total = 0u64;
+    let mut io_err = None;
+    v1::save_chunks(dev, index, |chunk| {
+        if let Err(e) = out.write_all(chunk) {
+            io_err = Some(e);
+            return Err(());
+        }
+        total += chunk.len() as u64;
+        Ok(())
+    })
+    .map_err(|e| match io_err.take() {
+        Some(source) => VmmError::Stream {
+            source: crate::stream::StreamError::Io { offset: total, source },
+        },
+        None => VmmError::DeviceRejected {
+            reason: format!("{e:?}"),
+        },
+    })?;
+    Ok(total)
+}
+
+/// Put a source device back to RUNNING after a save (or a failed migration).
+pub fn resume_source(vm: &mut Vm) -> Result<()> {
+    let index = state_region_index(vm)?;
+    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(DeviceSnafu {
+        doing: "resuming the source device",
+    })
+}
+
+/// Read a stream into a fresh VM of the stream's mdev type and RAM size; the VM is ready to
+/// run when this returns.
+pub fn restore<R: Read>(input: R, log: &Logger, tracking: DirtyTracking, sink_base: u32) -> Result<Vm> {
+    let mut r = StreamReader::new(input, TrailerCheck::Enforce).context(StreamSnafu)?;
+    let h = r.header().clone();
+    let mut cfg = VmConfig::new(&h.mdev_type, log.clone());
+    cfg.ram_size = h.ram_size;
+    cfg.dirty_tracking = tracking;
+    cfg.irq_sink_base = sink_base;
+    let mut vm = Vm::new(&cfg)?;
+    let index = state_region_index(&vm)?;
+    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).context(DeviceSnafu {
+        doing: "entering resuming",
+    })?;
+    let mut config = None;
+    let mut vcpu = None;
+    while let Some(rec) = r.next_record().context(StreamSnafu)? {
+        apply_record(&mut vm, index, rec, &mut config, &mut vcpu)?;
+    }
+    finish_restore(&mut vm, index, config, vcpu)?;
+    info!(vm.log(), "snapshot restored"; "mdev_type" => &h.mdev_type, "bytes" => r.offset());
+    Ok(vm)
+}
+
+/// Apply one record to a target VM whose device is RESUMING.
+pub fn apply_record(
+    vm: &mut Vm,
+    index: u32,
+    rec: Record,
+    config: &mut Option<Vec<u8>>,
+    vcpu: &mut Option<Vec<u8>>,
+) -> Result<()> {
+    match rec {
+        Record::RamPages { gpa, data } => memory::write(vm.memory(), gpa, &data).context(MemorySnafu)?,
+        Record::RamZero { gpa, pages } => {
+            let zero = vec![0u8; PAGE_SIZE as usize];
+            for p in 0..pages {
+                memory::write(vm.memory(), gpa + p * PAGE_SIZE, &zero).context(MemorySnafu)?;
+            }
+        }
+        Record::DeviceData(chunk) => {
+            v1::resume_chunk(vm.device(), index, &chunk).map_err(|e| VmmError::DeviceRejected {
+                reason: e.to_string(),
+            })?
+        }
+        Record::DeviceEnd => {}
+        Record::Config(b) => *config = Some(b),
+        Record::Vcpu(b) => *vcpu = Some(b),
+    }
+    Ok(())
+}
+
+/// After the stream verified: commit the device, replay config, restore the vCPU, run.
+pub fn finish_restore(
+    vm: &mut Vm,
+    index: u32,
+    config: Option<Vec<u8>>,
+    vcpu: Option<Vec<u8>>,
+) -> Result<()> {
+    let config = config.ok_or_else(|| VmmError::Config {
+        reason: "the stream has no config space".into(),
+    })?;
+    let vcpu = vcpu.ok_or_else(|| VmmError::Config {
+        reason: "the stream has no vCPU state".into(),
+    })?;
+    // Validate everything that is still only bytes before the device commits.
+    let saved = ConfigSpaceState::from_bytes(&config).map_err(|e| VmmError::Config {
+        reason: e.to_string(),
+    })?;
+    let vcpu = VcpuState::from_bytes(&vcpu).context(VcpuSnafu)?;
+    pci_config_replay::check_compatible(vm.device_ref().config(), &saved).map_err(|e| VmmError::Config {
+        reason: e.to_string(),
+    })?;
+    // RESUMING -> STOP: the device validates the whole context and commits it.
+    v1::set_device_state(vm.device(), index, 0).map_err(|e| VmmError::DeviceRejected {
+        reason: e.to_string(),
+    })?;
+    let host = vm.host_resources().clone();
+    let result = pci_config_replay::replay(vm.device().config_mut(), &saved, &host).map_err(|e| {
+        VmmError::Config {
+            reason: e.to_string(),
+        }
+    })?;
+    vm.install_maps(result.bar_map.clone(), result.routes.clone());
+    *vm.vcpu() = Vcpu::from_state(&vcpu);
+    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(DeviceSnafu {
+        doing: "starting the restored device",
+    })?;
+    Ok(())
+}

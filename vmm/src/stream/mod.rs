@@ -1,0 +1,30 @@
+//! The migration stream: what travels from source to target, and what a snapshot file holds
+//! (a snapshot is a migration to a file, as QEMU's `savevm`/`exec:` migration is).
+//!
+//! ```text
+//! stream  := header record* end
+//! header  := "VGPUMIG\0" major:u16 minor:u16 flags:u32 ram_size:u64 page_size:u32
+//!            type_len:u16 mdev_type:[u8; type_len]
+//! record  := kind:u32 length:u32 payload:[u8; length]
+//! end     := kind=END length=32 sha256(every byte before this record)
+//! ```
+//!
+//! Record kinds ([`RecordKind`]): guest RAM pages (a run of consecutive pages), zero runs (pages
+//! the target must clear), device data chunks exactly as the device-state region produced
+//! them, the end of the device data, PCI config space, vCPU state, and the end marker. All
+//! integers are little-endian. A reader checks every length against a cap before it
+//! allocates, every address against guest RAM, and the whole stream's SHA-256 before the
+//! target commits anything to its device.
+
+mod reader;
+mod record;
+mod writer;
+
+pub use reader::{StreamReader, TrailerCheck};
+pub use record::{Header, Record, RecordKind, StreamError, MAX_RECORD, STREAM_MAGIC};
+pub use writer::{StreamWriter, WriteStats};
+
+/// Stream format major version.
+pub const STREAM_MAJOR: u16 = 1;
+/// Stream format minor version.
+pub const STREAM_MINOR: u16 = 0;

@@ -1,0 +1,133 @@
+//! Writing a stream.
+
+use std::io::Write;
+
+use sha2::{Digest, Sha256};
+use snafu::ResultExt;
+
+use super::record::{Header, IoSnafu, RecordKind, Result, MAX_RECORD};
+
+/// Bytes written, by kind of content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Guest RAM page bytes (payload only).
+    pub ram: u64,
+    /// Pages sent as zero runs.
+    pub zero_pages: u64,
+    /// Device data bytes (payload only).
+    pub device: u64,
+    /// Config and vCPU state bytes.
+    pub state: u64,
+    /// Every byte, framing included.
+    pub total: u64,
+}
+
+/// Writes records, hashing everything for the end record.
+#[derive(Debug)]
+pub struct StreamWriter<W: Write> {
+    out: W,
+    hash: Sha256,
+    stats: WriteStats,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Start a stream with `header`.
+    pub fn new(out: W, header: &Header) -> Result<Self> {
+        let mut w = Self {
+            out,
+            hash: Sha256::new(),
+            stats: WriteStats::default(),
+        };
+        w.raw(&header.encode())?;
+        Ok(w)
+    }
+
+    /// Bytes and kinds written so far.
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// The underlying writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    fn raw(&mut self, b: &[u8]) -> Result<()> {
+        let offset = self.stats.total;
+        self.out.write_all(b).context(IoSnafu { offset })?;
+        self.hash.update(b);
+        self.stats.total += b.len() as u64;
+        Ok(())
+    }
+
+    fn record(&mut self, kind: RecordKind, parts: &[&[u8]]) -> Result<()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(len <= MAX_RECORD as usize);
+        self.raw(&(kind as u32).to_le_bytes())?;
+        self.raw(&(len as u32).to_le_bytes())?;
+        for p in parts {
+            self.raw(p)?;
+        }
+        Ok(())
+    }
+
+    /// Consecutive whole pages from `gpa` (split into records under the size cap).
+    pub fn ram_pages(&mut self, gpa: u64, data: &[u8]) -> Result<()> {
+        let step = (MAX_RECORD as usize - 8) / 4096 * 4096;
+        for (i, chunk) in data.chunks(step).enumerate() {
+            let a = gpa + (i * step) as u64;
+            self.record(RecordKind::RamPages, &[&a.to_le_bytes(), chunk])?;
+            self.stats.ram += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// `pages` pages from `gpa` that the target must zero.
+    pub fn ram_zero(&mut self, gpa: u64, pages: u64) -> Result<()> {
+        self.record(RecordKind::RamZero, &[&gpa.to_le_bytes(), &pages.to_le_bytes()])?;
+        self.stats.zero_pages += pages;
+        Ok(())
+    }
+
+    /// One device data chunk (at most [`MAX_RECORD`] bytes).
+    pub fn device_data(&mut self, chunk: &[u8]) -> Result<()> {
+        for c in chunk.chunks(MAX_RECORD as usize) {
+            self.record(RecordKind::DeviceData, &[c])?;
+            self.stats.device += c.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The device's data is complete.
+    pub fn device_end(&mut self) -> Result<()> {
+        self.record(RecordKind::DeviceEnd, &[])
+    }
+
+    /// PCI config space state.
+    pub fn config(&mut self, bytes: &[u8]) -> Result<()> {
+        self.record(RecordKind::Config, &[bytes])?;
+        self.stats.state += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// vCPU state.
+    pub fn vcpu(&mut self, bytes: &[u8]) -> Result<()> {
+        self.record(RecordKind::Vcpu, &[bytes])?;
+        self.stats.state += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Write the end record and flush; returns the writer and the totals.
+    pub fn finish(mut self) -> Result<(W, WriteStats)> {
+        let digest: [u8; 32] = self.hash.clone().finalize().into();
+        let offset = self.stats.total;
+        let mut rec = Vec::with_capacity(40);
+        rec.extend_from_slice(&(RecordKind::End as u32).to_le_bytes());
+        rec.extend_from_slice(&32u32.to_le_bytes());
+        rec.extend_from_slice(&digest);
+        self.out.write_all(&rec).context(IoSnafu { offset })?;
+        self.out.flush().context(IoSnafu { offset })?;
+        self.stats.total += rec.len() as u64;
+        Ok((self.out, self.stats))
+    }
+}
