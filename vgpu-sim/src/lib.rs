@@ -1,1 +1,21 @@
-//! placeholder
+//! A simulated mdev vGPU, modelled on Intel GVT-g: register BAR with an MSI-X table and a
+//! GTT window, an aperture BAR onto graphics memory, a render engine fed by a ring and batch
+//! buffers, a display plane, and live migration through the v1 device-state region and the
+//! v2 migration state machine.
+//!
+//! * [`regs`], [`cmd`]: the register map and the command set (the guest driver's contract).
+//! * [`engine`]: the render engine.
+//! * [`device`]: the PCI function ([`Vgpu`]) and its migration.
+//! * [`types`]: mdev types (`vgpu-64`, `vgpu-512`) and the parent's resource accounting.
+
+#![deny(missing_docs)]
+
+pub mod cmd;
+pub mod engine;
+pub mod regs;
+
+pub mod device;
+pub mod types;
+
+pub use device::{Vgpu, VgpuConfig, VgpuError, VgpuState};
+pub use types::{VgpuParent, VgpuType, VGPU_512, VGPU_64, VGPU_TYPES};

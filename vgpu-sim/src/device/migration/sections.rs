@@ -1,0 +1,296 @@
+//! The device's sections: ids, the plain state they carry, encoding and checked decoding.
+
+use std::fmt;
+
+use state_region::format::section_encoded_len;
+
+use crate::device::regfile::{self, section_regs, Registers, Section};
+use crate::device::Vgpu;
+use crate::engine::{Engine, EngineState};
+use crate::regs::*;
+use crate::types::VgpuType;
+
+/// Major version of every section this build writes and reads.
+pub const SECTION_MAJOR: u16 = 1;
+/// Minor version of every section this build writes.
+pub const SECTION_MINOR: u16 = 0;
+/// Bytes of one `GMEM_PAGES` record: page index u32 and the page.
+pub const PAGE_RECORD_LEN: u64 = 4 + PAGE_SIZE;
+/// Cap on the engine section's `EngineState` bytes.
+pub const ENGINE_STATE_MAX: u64 = 256;
+
+/// The device's section ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SectionId {
+    /// All of graphics memory.
+    Gmem = 1,
+    /// Some graphics memory pages.
+    GmemPages = 2,
+    /// Guest-programmed registers.
+    Mmio = 3,
+    /// GTT entry values.
+    Gtt = 4,
+    /// Ring position, engine registers and engine state.
+    Engine = 5,
+    /// Interrupt registers and the owed flag.
+    Irq = 6,
+    /// Display plane.
+    Display = 7,
+}
+
+/// Every section id.
+pub const ALL_SECTIONS: [SectionId; 7] = [
+    SectionId::Gmem,
+    SectionId::GmemPages,
+    SectionId::Mmio,
+    SectionId::Gtt,
+    SectionId::Engine,
+    SectionId::Irq,
+    SectionId::Display,
+];
+
+/// Sections every context carries exactly once, in stream order.
+pub const REQUIRED: [SectionId; 5] = [
+    SectionId::Mmio,
+    SectionId::Gtt,
+    SectionId::Engine,
+    SectionId::Irq,
+    SectionId::Display,
+];
+
+impl SectionId {
+    /// The id of a raw value.
+    pub fn from_raw(id: u32) -> Option<Self> {
+        ALL_SECTIONS.into_iter().find(|s| *s as u32 == id)
+    }
+
+    /// Name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionId::Gmem => "GMEM",
+            SectionId::GmemPages => "GMEM_PAGES",
+            SectionId::Mmio => "MMIO",
+            SectionId::Gtt => "GTT",
+            SectionId::Engine => "ENGINE",
+            SectionId::Irq => "IRQ",
+            SectionId::Display => "DISPLAY",
+        }
+    }
+
+    /// The register group a register section carries.
+    fn regs(self) -> Option<Section> {
+        match self {
+            SectionId::Mmio => Some(Section::Mmio),
+            SectionId::Engine => Some(Section::Engine),
+            SectionId::Irq => Some(Section::Irq),
+            SectionId::Display => Some(Section::Display),
+            _ => None,
+        }
+    }
+
+    /// The largest payload a reader accepts for this section on a device of type `ty`.
+    pub fn cap(self, ty: &VgpuType) -> u64 {
+        match self {
+            SectionId::Gmem | SectionId::GmemPages => {
+                ty.gmem_size.max(ty.gmem_pages() * PAGE_RECORD_LEN)
+            }
+            SectionId::Gtt => GTT_ENTRIES * 8,
+            SectionId::Engine => regs_len(Section::Engine) + ENGINE_STATE_MAX,
+            SectionId::Irq => regs_len(Section::Irq) + 4,
+            SectionId::Mmio => regs_len(Section::Mmio),
+            SectionId::Display => regs_len(Section::Display),
+        }
+    }
+}
+
+impl fmt::Display for SectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn regs_len(s: Section) -> u64 {
+    section_regs(s).count() as u64 * 4
+}
+
+/// The device's state apart from graphics memory: what the fixed sections carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VgpuState {
+    /// Every stateful register.
+    pub regs: Registers,
+    /// Whether vector 0 is owed to the guest.
+    pub irq_owed: bool,
+    /// The guest's GTT entry values.
+    pub gtt: Vec<u64>,
+    /// The engine's state beyond the registers.
+    pub engine: EngineState,
+}
+
+impl Vgpu {
+    /// The device's state apart from graphics memory.
+    pub fn state(&self) -> VgpuState {
+        VgpuState {
+            regs: self.regs.clone(),
+            irq_owed: self.irq.owed,
+            gtt: self.gtt.guest_entries().to_vec(),
+            engine: self.engine.state(),
+        }
+    }
+}
+
+fn put_regs(out: &mut Vec<u8>, regs: &Registers, s: Section) {
+    for (i, _) in section_regs(s) {
+        out.extend_from_slice(&regs.at(i).to_le_bytes());
+    }
+}
+
+/// Payload of a fixed section.
+pub fn encode(id: SectionId, st: &VgpuState) -> Vec<u8> {
+    let mut out = Vec::new();
+    match id {
+        SectionId::Gtt => {
+            out.reserve(st.gtt.len() * 8);
+            for e in &st.gtt {
+                out.extend_from_slice(&e.to_le_bytes());
+            }
+        }
+        SectionId::Engine => {
+            put_regs(&mut out, &st.regs, Section::Engine);
+            out.extend_from_slice(&st.engine.to_bytes());
+        }
+        SectionId::Irq => {
+            put_regs(&mut out, &st.regs, Section::Irq);
+            out.extend_from_slice(&u32::from(st.irq_owed).to_le_bytes());
+        }
+        id => {
+            if let Some(s) = id.regs() {
+                put_regs(&mut out, &st.regs, s);
+            }
+        }
+    }
+    out
+}
+
+/// Encoded length (header, payload, digest) of all fixed sections for an engine state of
+/// `engine_len` bytes.
+pub fn fixed_sections_len(engine_len: usize) -> u64 {
+    REQUIRED
+        .iter()
+        .map(|id| {
+            let payload = match id {
+                SectionId::Gtt => GTT_ENTRIES * 8,
+                SectionId::Engine => regs_len(Section::Engine) + engine_len as u64,
+                SectionId::Irq => regs_len(Section::Irq) + 4,
+                SectionId::Mmio => regs_len(Section::Mmio),
+                _ => regs_len(Section::Display),
+            };
+            section_encoded_len(payload)
+        })
+        .sum()
+}
+
+/// The exact payload length a fixed section must have (the engine section: at least).
+pub fn expected_len(id: SectionId) -> Option<u64> {
+    match id {
+        SectionId::Gtt => Some(GTT_ENTRIES * 8),
+        SectionId::Irq => Some(regs_len(Section::Irq) + 4),
+        SectionId::Mmio => Some(regs_len(Section::Mmio)),
+        SectionId::Display => Some(regs_len(Section::Display)),
+        _ => None,
+    }
+}
+
+fn le32(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+/// Read a register group from `payload` into `regs`, checking every value's bits.
+fn take_regs(
+    id: SectionId,
+    s: Section,
+    payload: &[u8],
+    regs: &mut Registers,
+) -> Result<usize, String> {
+    let mut n = 0;
+    for (k, (i, spec)) in section_regs(s).enumerate() {
+        let v = le32(payload, k);
+        if v & !spec.valid != 0 {
+            return Err(format!(
+                "section {id}: register {} value {v:#x} has bits outside {:#x}",
+                spec.name, spec.valid
+            ));
+        }
+        regs.set_at(i, v);
+        n += 4;
+    }
+    Ok(n)
+}
+
+/// Decode and check the fixed sections' payloads (each present and of its exact length)
+/// into a state, and build the engine it describes, for a device of type `ty`.
+pub fn decode<'a>(
+    ty: &VgpuType,
+    payload: impl Fn(SectionId) -> &'a [u8],
+) -> Result<(VgpuState, Engine), String> {
+    let mut regs = Registers::default();
+    let mmio = payload(SectionId::Mmio);
+    take_regs(SectionId::Mmio, Section::Mmio, mmio, &mut regs)?;
+    let display = payload(SectionId::Display);
+    take_regs(SectionId::Display, Section::Display, display, &mut regs)?;
+    let irq = payload(SectionId::Irq);
+    let n = take_regs(SectionId::Irq, Section::Irq, irq, &mut regs)?;
+    let irq_owed = match le32(irq, n / 4) {
+        0 => false,
+        1 => true,
+        v => return Err(format!("section IRQ: MSI owed flag {v} is neither 0 nor 1")),
+    };
+    let engine_payload = payload(SectionId::Engine);
+    let n = take_regs(
+        SectionId::Engine,
+        Section::Engine,
+        engine_payload,
+        &mut regs,
+    )?;
+    let engine_state = EngineState::from_bytes(&engine_payload[n..])
+        .map_err(|e| format!("section ENGINE: engine state: {e}"))?;
+    let engine = Engine::from_state(ty.gmem_size, &engine_state)
+        .map_err(|e| format!("section ENGINE: engine state: {e}"))?;
+    let gtt = payload(SectionId::Gtt)
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    let state = VgpuState {
+        regs,
+        irq_owed,
+        gtt,
+        engine: engine_state,
+    };
+    check_invariants(ty, &state)?;
+    Ok((state, engine))
+}
+
+/// Cross-register invariants the live device keeps.
+fn check_invariants(ty: &VgpuType, st: &VgpuState) -> Result<(), String> {
+    let r = &st.regs;
+    if r.ring_enabled() && !regfile::ring_in_gtt(r.ring_start(), r.ring_size()) {
+        return Err(format!(
+            "section MMIO: enabled ring at {:#x} of {:#x} bytes is not inside the GTT range",
+            r.ring_start(),
+            r.ring_size()
+        ));
+    }
+    let surf = r.get(REG_DSP_SURF);
+    if u64::from(surf) >= ty.gmem_size {
+        return Err(format!(
+            "section DISPLAY: DSP_SURF {surf:#x} is outside graphics memory ({:#x} bytes)",
+            ty.gmem_size
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of registers at the start of the engine section.
+pub fn engine_regs_len() -> u64 {
+    regs_len(Section::Engine)
+}
