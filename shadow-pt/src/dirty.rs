@@ -25,6 +25,27 @@ pub enum DirtyTracking {
     Off,
 }
 
+impl DirtyTracking {
+    /// Parse `shadow-pt`, `pinned` or `off`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "shadow-pt" => Some(Self::ShadowPt),
+            "pinned" => Some(Self::Pinned),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+
+    /// The name `parse` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ShadowPt => "shadow-pt",
+            Self::Pinned => "pinned",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// Logging state: the started ranges, one bitmap each at the tracking page size.
 #[derive(Debug)]
 pub(crate) struct DmaLog {

@@ -45,6 +45,32 @@ pub struct WorkloadArgs {
     pub ram_mib: u64,
 }
 
+/// Options of a live migration's source.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// How the VMM drives the device: region (v1 device-state region) or v2.
+    #[arg(long, default_value = "region")]
+    pub protocol: String,
+    /// DMA dirty tracking: shadow-pt (precise), pinned (conservative) or off (negative control).
+    #[arg(long, default_value = "shadow-pt")]
+    pub dirty_tracking: String,
+    /// Stream rate cap, e.g. 10Gbit, 1.25GB/s, 800MiB/s (default: uncapped).
+    #[arg(long)]
+    pub bandwidth: Option<String>,
+    /// Downtime limit in ms.
+    #[arg(long, default_value_t = 300.0)]
+    pub downtime_limit: f64,
+    /// Most pre-copy rounds.
+    #[arg(long, default_value_t = 30)]
+    pub max_rounds: u32,
+    /// Throttle the vGPU engine when the dirty rate outruns the bandwidth.
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// Inject a failure (testing): setup, round:N, stop-copy.
+    #[arg(long, hide = true)]
+    pub inject_failure: Option<String>,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -112,8 +138,81 @@ pub enum Command {
         #[arg(long)]
         config: bool,
     },
-    /// Run, dump mid-frame, restore in a fresh VM, and check the checksum log.
+    /// Live-migrate the running workload between two processes over loopback and check
+    /// the result against a run that never migrated.
     Demo {
+        /// Workload.
+        #[command(flatten)]
+        w: WorkloadArgs,
+        /// Migration options.
+        #[command(flatten)]
+        m: MigrateArgs,
+        /// Frames in all.
+        #[arg(long, default_value_t = 40)]
+        frames: u64,
+        /// Frame at which migration starts.
+        #[arg(long, default_value_t = 12)]
+        migrate_at: u64,
+        /// Directory for the PNGs.
+        #[arg(long, default_value = "target/demo")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Target of a live migration: wait, receive, resume, continue to frame N.
+    Incoming {
+        /// Address to listen on, tcp://HOST:PORT.
+        #[arg(long)]
+        listen: String,
+        /// mdev type of this target's vGPU.
+        #[arg(long = "type", default_value = "vgpu-64")]
+        mdev_type: String,
+        /// Frames to reach (default: the guest's own frame limit).
+        #[arg(long)]
+        frames: Option<u64>,
+        /// DMA dirty tracking of this target's device (for a later migration onwards).
+        #[arg(long, default_value = "shadow-pt")]
+        dirty_tracking: String,
+        /// Write the first frame displayed after resume as PNG.
+        #[arg(long)]
+        png_after: Option<PathBuf>,
+        /// Do not run a reference to verify against (faster; `verified` is then null).
+        #[arg(long)]
+        no_verify: bool,
+        /// Inject a failure (testing): before-resume.
+        #[arg(long, hide = true)]
+        inject_failure: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Source of a live migration: run the workload, migrate at frame K, hand over.
+    Migrate {
+        /// Target address, tcp://HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Workload.
+        #[command(flatten)]
+        w: WorkloadArgs,
+        /// Migration options.
+        #[command(flatten)]
+        m: MigrateArgs,
+        /// Frames in all.
+        #[arg(long)]
+        frames: u64,
+        /// Frame at which migration starts.
+        #[arg(long)]
+        migrate_at: u64,
+        /// Write the last frame displayed before switchover as PNG.
+        #[arg(long)]
+        png_before: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run, dump mid-frame, restore in a fresh VM, and check the checksum log.
+    SnapshotDemo {
         /// Workload.
         #[command(flatten)]
         w: WorkloadArgs,
@@ -130,11 +229,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure save and load throughput of the device context.
+    /// Measure: device-context save/load against memcpy and SHA-256; live migration in the
+    /// reference scenario; stream against raw loopback TCP; shadow-pt against pinned.
     Bench {
         /// mdev type.
         #[arg(long = "type", default_value = "vgpu-512")]
         mdev_type: String,
+        /// Which parts: context, migration, all.
+        #[arg(long, default_value = "all")]
+        what: String,
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,

@@ -5,6 +5,7 @@ mod cli;
 mod cmd;
 mod logging;
 mod output;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -13,7 +14,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let log = logging::logger(cli.log_level);
-    match cmd::dispatch(cli.command, &log) {
+    match cmd::dispatch(cli.command, cli.log_level, &log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Flush async log records before the one-line error.

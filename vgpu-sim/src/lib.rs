@@ -7,6 +7,8 @@
 //! * [`engine`]: the render engine.
 //! * [`device`]: the PCI function ([`Vgpu`]) and its migration.
 //! * [`types`]: mdev types (`vgpu-64`, `vgpu-512`) and the parent's resource accounting.
+//! * [`workload`]: the seeded 3D workload's guest driver.
+//! * [`inspect`]: decoding a saved context for people (the CLI's `inspect`).
 
 #![deny(missing_docs)]
 
@@ -15,7 +17,10 @@ pub mod engine;
 pub mod regs;
 
 pub mod device;
+pub mod inspect;
 pub mod types;
+pub mod workload;
 
 pub use device::{Vgpu, VgpuConfig, VgpuError, VgpuState};
+pub use shadow_pt::DirtyTracking;
 pub use types::{VgpuParent, VgpuType, VGPU_512, VGPU_64, VGPU_TYPES};

@@ -1,7 +1,7 @@
 //! The guest-physical bus: routes each vCPU access to guest RAM, a BAR, or the ECAM window.
 
 use mdev_core::VfioDevice;
-use pci_config_replay::{BarMapping, ConfigChange};
+use pci_config_replay::{BarMapping, ConfigChange, HostResources, InterruptRoute};
 use slog::{warn, Logger};
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vgpu_sim::workload::layout::ECAM_GPA;
@@ -41,29 +41,64 @@ pub fn decode(mem: &GuestMem, bars: &[BarMapping], gpa: u64, len: usize) -> Targ
     Target::Unbacked
 }
 
+/// How the VMM learns the BAR map and routes from a device's config space.
+pub trait ConfigView {
+    /// The BARs that decode now, on `host`'s regions.
+    fn bar_map(&self, host: &HostResources) -> Option<Vec<BarMapping>>;
+    /// The enabled message vectors, on `host`'s sinks.
+    fn routes(&self, host: &HostResources) -> Option<Vec<InterruptRoute>>;
+}
+
+impl ConfigView for vgpu_sim::Vgpu {
+    fn bar_map(&self, host: &HostResources) -> Option<Vec<BarMapping>> {
+        self.config().bar_map(host).ok()
+    }
+    fn routes(&self, host: &HostResources) -> Option<Vec<InterruptRoute>> {
+        self.config().interrupt_routes(host).ok()
+    }
+}
+
 /// A vCPU's view of the machine for one step.
-pub struct VmBus<'a, D: VfioDevice<WriteEffect = ConfigChange>> {
+pub struct VmBus<'a, D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> {
     /// Guest RAM.
     pub mem: &'a GuestMem,
     /// The device.
     pub dev: &'a mut D,
-    /// Current BAR map.
-    pub bars: &'a [BarMapping],
-    /// Set when a write returned config changes (the VMM refreshes its maps after the step).
-    pub config_dirty: &'a mut bool,
+    /// Current BAR map, rebuilt whenever a write changes the config.
+    pub bars: &'a mut Vec<BarMapping>,
+    /// Current interrupt routes, rebuilt likewise.
+    pub routes: &'a mut Vec<InterruptRoute>,
+    /// This host's resources.
+    pub host: &'a HostResources,
     /// Logger.
     pub log: &'a Logger,
     /// Rate limit for warnings about bad guest accesses.
     pub warn_limit: &'a mut RateLimit,
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange>> std::fmt::Debug for VmBus<'_, D> {
+impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
+    /// Apply config changes: the device's side effects are its own; the VMM rebuilds the
+    /// BAR map and routes from the config space.
+    fn apply(&mut self, changes: &[ConfigChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(b) = self.dev.bar_map(self.host) {
+            *self.bars = b;
+        }
+        if let Some(r) = self.dev.routes(self.host) {
+            *self.routes = r;
+        }
+    }
+}
+
+impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> std::fmt::Debug for VmBus<'_, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmBus").field("bars", &self.bars).finish()
     }
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange>> GuestBus for VmBus<'_, D> {
+impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> GuestBus for VmBus<'_, D> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) {
         match decode(self.mem, self.bars, gpa, buf.len()) {
             Target::Ram => {
@@ -94,11 +129,7 @@ impl<D: VfioDevice<WriteEffect = ConfigChange>> GuestBus for VmBus<'_, D> {
                 let _ = memory::write(self.mem, gpa, buf);
             }
             Target::Region(index, off) => match self.dev.region_write(index, off, buf) {
-                Ok(changes) => {
-                    if !changes.is_empty() {
-                        *self.config_dirty = true;
-                    }
-                }
+                Ok(changes) => self.apply(&changes),
                 Err(e) => {
                     if self.warn_limit.allow() {
                         warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);

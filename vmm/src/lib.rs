@@ -17,6 +17,7 @@ pub mod bus;
 pub mod error;
 pub mod irq;
 pub mod memory;
+pub mod migration;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod stream;

@@ -1,8 +1,6 @@
 //! Guest RAM: one vm-memory mapping with an `AtomicBitmap` that logs every write the vCPU
 //! makes through it (the CPU dirty log; device DMA bypasses it, see shadow-pt).
 
-use std::num::NonZeroUsize;
-
 use mdev_core::DirtyBitmap;
 use sha2::{Digest, Sha256};
 use snafu::{ensure, ResultExt, Snafu};
@@ -72,7 +70,8 @@ pub fn harvest_dirty(mem: &GuestMem) -> DirtyBitmap {
     let mut out = DirtyBitmap::new(0, total, PAGE_SIZE).unwrap_or_else(|_| unreachable!());
     for region in mem.iter() {
         let base = region.start_addr().0;
-        let words = region.bitmap().get_and_reset();
+        let mapping: &vm_memory::MmapRegion<AtomicBitmap> = region;
+        let words = mapping.bitmap().get_and_reset();
         for (w, word) in words.iter().enumerate() {
             let mut bits = *word;
             while bits != 0 {

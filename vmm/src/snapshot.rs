@@ -10,7 +10,7 @@
 
 use std::io::{Read, Write};
 
-use pci_config_replay::ConfigSpaceState;
+use pci_config_replay::{ConfigChange, ConfigSpaceState, InterruptKind};
 use slog::{info, Logger};
 use snafu::ResultExt;
 use state_region::driver as v1;
@@ -85,18 +85,11 @@ pub fn save_device_v1<W: Write>(vm: &mut Vm, w: &mut StreamWriter<W>) -> Result<
     v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
         doing: "entering stop-and-copy",
     })?;
-    let mut err = None;
-    v1::save_chunks(dev, index, |chunk| {
-        if let Err(e) = w.device_data(chunk) {
-            err = Some(e);
-            return Err(());
-        }
-        Ok(())
-    })
-    .map_err(|e| match err.take() {
-        Some(s) => VmmError::Stream { source: s },
-        None => VmmError::DeviceRejected {
-            reason: format!("{e:?}"),
+    v1::save_chunks(dev, index, |chunk| w.device_data(chunk)).map_err(|e| match e {
+        v1::SaveError::Consumer { source } => VmmError::Stream { source },
+        v1::SaveError::Region { source } => VmmError::Device {
+            doing: "saving the device state",
+            source,
         },
     })?;
     w.device_end().context(StreamSnafu)?;
@@ -126,25 +119,16 @@ pub fn save_device_only<W: Write>(vm: &mut Vm, mut out: W) -> Result<u64> {
     v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
         doing: "entering stop-and-copy",
     })?;
-    let mut total = 0u64;
-    let mut io_err = None;
-    v1::save_chunks(dev, index, |chunk| {
-        if let Err(e) = out.write_all(chunk) {
-            io_err = Some(e);
-            return Err(());
-        }
-        total += chunk.len() as u64;
-        Ok(())
-    })
-    .map_err(|e| match io_err.take() {
-        Some(source) => VmmError::Stream {
-            source: crate::stream::StreamError::Io { offset: total, source },
+    let pass = v1::save_chunks(dev, index, |chunk| out.write_all(chunk)).map_err(|e| match e {
+        v1::SaveError::Consumer { source } => VmmError::Stream {
+            source: crate::stream::StreamError::Io { offset: 0, source },
         },
-        None => VmmError::DeviceRejected {
-            reason: format!("{e:?}"),
+        v1::SaveError::Region { source } => VmmError::Device {
+            doing: "saving the device state",
+            source,
         },
     })?;
-    Ok(total)
+    Ok(pass.bytes)
 }
 
 /// Put a source device back to RUNNING after a save (or a failed migration).
@@ -179,7 +163,8 @@ pub fn restore<R: Read>(input: R, log: &Logger, tracking: DirtyTracking, sink_ba
     Ok(vm)
 }
 
-/// Apply one record to a target VM whose device is RESUMING.
+/// Apply one record to a target VM whose device is RESUMING (snapshot restore: device data
+/// goes through the v1 region).
 pub fn apply_record(
     vm: &mut Vm,
     index: u32,
@@ -188,6 +173,21 @@ pub fn apply_record(
     vcpu: &mut Option<Vec<u8>>,
 ) -> Result<()> {
     match rec {
+        Record::DeviceData(chunk) => {
+            v1::resume_chunk(vm.device(), index, &chunk).map_err(|e| VmmError::DeviceRejected {
+                reason: e.to_string(),
+            })?
+        }
+        Record::Config(b) => *config = Some(b),
+        Record::Vcpu(b) => *vcpu = Some(b),
+        other => apply_record_ram(vm, other)?,
+    }
+    Ok(())
+}
+
+/// Apply a guest RAM record; other records are ignored.
+pub fn apply_record_ram(vm: &mut Vm, rec: Record) -> Result<()> {
+    match rec {
         Record::RamPages { gpa, data } => memory::write(vm.memory(), gpa, &data).context(MemorySnafu)?,
         Record::RamZero { gpa, pages } => {
             let zero = vec![0u8; PAGE_SIZE as usize];
@@ -195,16 +195,71 @@ pub fn apply_record(
                 memory::write(vm.memory(), gpa + p * PAGE_SIZE, &zero).context(MemorySnafu)?;
             }
         }
-        Record::DeviceData(chunk) => {
-            v1::resume_chunk(vm.device(), index, &chunk).map_err(|e| VmmError::DeviceRejected {
-                reason: e.to_string(),
-            })?
-        }
-        Record::DeviceEnd => {}
-        Record::Config(b) => *config = Some(b),
-        Record::Vcpu(b) => *vcpu = Some(b),
+        _ => {}
     }
     Ok(())
+}
+
+/// Decode and check the config and vCPU records before anything commits: both present,
+/// well-formed, and the config's read-only bits equal to this device's.
+pub fn decode_state(
+    vm: &Vm,
+    config: Option<Vec<u8>>,
+    vcpu: Option<Vec<u8>>,
+) -> Result<(ConfigSpaceState, VcpuState)> {
+    let config = config.ok_or_else(|| VmmError::Config {
+        reason: "the stream has no config space".into(),
+    })?;
+    let vcpu = vcpu.ok_or_else(|| VmmError::Config {
+        reason: "the stream has no vCPU state".into(),
+    })?;
+    let saved = ConfigSpaceState::from_bytes(&config).map_err(|e| VmmError::Config {
+        reason: e.to_string(),
+    })?;
+    let vcpu = VcpuState::from_bytes(&vcpu).context(VcpuSnafu)?;
+    pci_config_replay::check_compatible(vm.device_ref().config(), &saved).map_err(|e| {
+        VmmError::Config {
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((saved, vcpu))
+}
+
+/// Replay the guest's config onto this VM's device (after the device committed) and
+/// install the BAR map and interrupt routes on this host's resources. Vectors that were
+/// pending and are deliverable now fire.
+pub fn replay_config(vm: &mut Vm, saved: &ConfigSpaceState) -> Result<()> {
+    let host = vm.host_resources().clone();
+    let result = pci_config_replay::replay(vm.device().config_mut(), saved, &host).map_err(|e| {
+        VmmError::Config {
+            reason: e.to_string(),
+        }
+    })?;
+    vm.install_maps(result.bar_map.clone(), result.interrupt_routes.clone());
+    // Vectors that were pending on the source and are deliverable now fire through the
+    // target's rebuilt routes.
+    let fire: Vec<ConfigChange> = result
+        .fire
+        .iter()
+        .map(|f| match f.kind {
+            InterruptKind::Msi => ConfigChange::MsiFire {
+                address: f.address,
+                data: f.data,
+            },
+            InterruptKind::Msix => ConfigChange::MsixFire {
+                vector: f.vector,
+                address: f.address,
+                data: f.data,
+            },
+        })
+        .collect();
+    vm.device().apply_config_changes(&fire);
+    Ok(())
+}
+
+/// Restore the vCPU.
+pub fn restore_vcpu(vm: &mut Vm, state: &VcpuState) {
+    *vm.vcpu() = Vcpu::from_state(state);
 }
 
 /// After the stream verified: commit the device, replay config, restore the vCPU, run.
@@ -214,32 +269,13 @@ pub fn finish_restore(
     config: Option<Vec<u8>>,
     vcpu: Option<Vec<u8>>,
 ) -> Result<()> {
-    let config = config.ok_or_else(|| VmmError::Config {
-        reason: "the stream has no config space".into(),
-    })?;
-    let vcpu = vcpu.ok_or_else(|| VmmError::Config {
-        reason: "the stream has no vCPU state".into(),
-    })?;
-    // Validate everything that is still only bytes before the device commits.
-    let saved = ConfigSpaceState::from_bytes(&config).map_err(|e| VmmError::Config {
-        reason: e.to_string(),
-    })?;
-    let vcpu = VcpuState::from_bytes(&vcpu).context(VcpuSnafu)?;
-    pci_config_replay::check_compatible(vm.device_ref().config(), &saved).map_err(|e| VmmError::Config {
-        reason: e.to_string(),
-    })?;
+    let (saved, vcpu) = decode_state(vm, config, vcpu)?;
     // RESUMING -> STOP: the device validates the whole context and commits it.
     v1::set_device_state(vm.device(), index, 0).map_err(|e| VmmError::DeviceRejected {
         reason: e.to_string(),
     })?;
-    let host = vm.host_resources().clone();
-    let result = pci_config_replay::replay(vm.device().config_mut(), &saved, &host).map_err(|e| {
-        VmmError::Config {
-            reason: e.to_string(),
-        }
-    })?;
-    vm.install_maps(result.bar_map.clone(), result.routes.clone());
-    *vm.vcpu() = Vcpu::from_state(&vcpu);
+    replay_config(vm, &saved)?;
+    restore_vcpu(vm, &vcpu);
     v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(DeviceSnafu {
         doing: "starting the restored device",
     })?;

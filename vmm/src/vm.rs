@@ -80,7 +80,6 @@ pub struct Vm {
     budget: usize,
     log: Logger,
     warn_limit: RateLimit,
-    scratch_dirty: bool,
 }
 
 impl std::fmt::Debug for Vm {
@@ -105,13 +104,11 @@ impl Vm {
             });
         }
         let mem = memory::create(cfg.ram_size, MMIO_HOLE_START).context(MemorySnafu)?;
-        let dev = Vgpu::new(VgpuConfig {
-            mdev_type: cfg.mdev_type.clone(),
-            guest_mem: mem.clone(),
-            dirty_tracking: cfg.dirty_tracking,
-            log: cfg.log.clone(),
-        })
-        .map_err(|e| VmmError::CreateDevice {
+        let ty = vgpu_sim::VgpuType::by_name(&cfg.mdev_type).context(MdevSnafu)?;
+        let mut dcfg = VgpuConfig::new(ty, mem.clone());
+        dcfg.dirty_tracking = cfg.dirty_tracking;
+        dcfg.logger = cfg.log.clone();
+        let dev = Vgpu::new(dcfg).map_err(|e| VmmError::CreateDevice {
             reason: e.to_string(),
         })?;
         let host = HostResources {
@@ -141,7 +138,6 @@ impl Vm {
             budget: DEFAULT_BUDGET,
             log: cfg.log.clone(),
             warn_limit: RateLimit::default(),
-            scratch_dirty: false,
         };
         vm.wire_irqs()?;
         Ok(vm)
@@ -235,8 +231,9 @@ impl Vm {
         VmBus {
             mem: &self.mem,
             dev: &mut self.dev,
-            bars: &self.bars,
-            config_dirty: &mut self.scratch_dirty,
+            bars: &mut self.bars,
+            routes: &mut self.routes,
+            host: &self.host,
             log: &self.log,
             warn_limit: &mut self.warn_limit,
         }
@@ -270,24 +267,29 @@ impl Vm {
     /// One vCPU step, then up to `budget` device commands.
     pub fn step(&mut self, budget: usize) -> (StepOutcome, usize) {
         self.deliver_irqs();
-        let mut dirty = false;
         let out = {
             let mut bus = VmBus {
                 mem: &self.mem,
                 dev: &mut self.dev,
-                bars: &self.bars,
-                config_dirty: &mut dirty,
+                bars: &mut self.bars,
+                routes: &mut self.routes,
+                host: &self.host,
                 log: &self.log,
                 warn_limit: &mut self.warn_limit,
             };
             self.vcpu.step(&mut bus)
         };
-        if dirty {
-            self.refresh_maps();
-        }
         let ran = self.dev.run(budget);
         self.deliver_irqs();
         (out, ran)
+    }
+
+    /// Run only the device for up to `budget` commands, then queue its interrupts to the
+    /// vCPU without running the vCPU (used to place a switchover exactly).
+    pub fn step_device(&mut self, budget: usize) -> usize {
+        let ran = self.dev.run(budget);
+        self.deliver_irqs();
+        ran
     }
 
     /// Commands the device has executed since boot (its `CMD_COUNT` register).

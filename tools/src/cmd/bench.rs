@@ -48,7 +48,21 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Check { msg: e.to_string() }
 }
 
-pub fn run(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()> {
+pub fn run(mdev_type: &str, what: &str, runs: usize, json: bool, log: &Logger) -> Result<()> {
+    match what {
+        "context" => context(mdev_type, runs, json, log),
+        "migration" => super::bench_migration::run(runs, json, log),
+        "all" => {
+            context(mdev_type, runs, json, log)?;
+            super::bench_migration::run(runs, json, log)
+        }
+        other => Err(CliError::Usage {
+            msg: format!("--what '{other}' is not context, migration or all"),
+        }),
+    }
+}
+
+fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()> {
     let runs = runs.max(1);
     let mut src = vm_for(mdev_type, log)?;
     let index = vmm::snapshot::state_region_index(&src)?;
@@ -74,7 +88,7 @@ pub fn run(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             } else {
                 black_box(c);
             }
-            Ok(())
+            Ok::<(), std::io::Error>(())
         })
         .map_err(|e| err(format!("{e:?}")))?;
         let secs = t.elapsed().as_secs_f64();

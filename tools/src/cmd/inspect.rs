@@ -10,7 +10,7 @@ use snafu::ResultExt;
 use state_region::format::{self, ContextSummary};
 use vmm::stream::{Record, StreamReader, TrailerCheck, STREAM_MAGIC};
 
-use super::{BadFileSnafu, CliError, FileSnafu, Result};
+use super::{CliError, FileSnafu, Result};
 
 /// Largest file `inspect` reads into memory.
 const MAX_FILE: u64 = 8 << 30;
@@ -52,6 +52,7 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
                 Record::DeviceEnd => {}
                 Record::Config(c) => config = Some(c),
                 Record::Vcpu(v) => vcpu = Some(v),
+                Record::Switchover { .. } => {}
             }
         }
         let vcpu_state = vcpu

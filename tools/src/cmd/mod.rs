@@ -1,11 +1,15 @@
 //! The subcommands.
 
 mod bench;
+mod bench_migration;
 mod demo;
 mod dump;
+mod incoming;
 mod inspect;
+mod migrate;
 mod restore;
 mod run;
+mod snapshot_demo;
 mod types;
 
 use slog::Logger;
@@ -77,7 +81,7 @@ impl From<crate::output::OutputError> for CliError {
 }
 
 /// Run a subcommand.
-pub fn dispatch(cmd: Command, log: &Logger) -> Result<()> {
+pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()> {
     match cmd {
         Command::Types { json } => types::run(json),
         Command::Run { w, frames, png, json } => run::run(&w, frames, png.as_deref(), json, log),
@@ -97,25 +101,81 @@ pub fn dispatch(cmd: Command, log: &Logger) -> Result<()> {
         Command::Inspect { file, json, config } => inspect::run(&file, json, config),
         Command::Demo {
             w,
+            m,
+            frames,
+            migrate_at,
+            dir,
+            json,
+        } => demo::run(&w, &m, frames, migrate_at, &dir, json, log_level, log),
+        Command::Incoming {
+            listen,
+            mdev_type,
+            frames,
+            dirty_tracking,
+            png_after,
+            no_verify,
+            inject_failure,
+            json,
+        } => incoming::run(
+            &listen,
+            &mdev_type,
+            frames,
+            &dirty_tracking,
+            png_after.as_deref(),
+            no_verify,
+            inject_failure.as_deref(),
+            json,
+            log,
+        ),
+        Command::Migrate {
+            to,
+            w,
+            m,
+            frames,
+            migrate_at,
+            png_before,
+            json,
+        } => migrate::run(&to, &w, &m, frames, migrate_at, png_before.as_deref(), json, log),
+        Command::SnapshotDemo {
+            w,
             frames,
             dump_at,
             dir,
             json,
-        } => demo::run(&w, frames, dump_at, &dir, json, log),
+        } => snapshot_demo::run(&w, frames, dump_at, &dir, json, log),
         Command::Bench {
             mdev_type,
+            what,
             runs,
             json,
-        } => bench::run(&mdev_type, runs, json, log),
+        } => bench::run(&mdev_type, &what, runs, json, log),
     }
+}
+
+/// Parse a `--dirty-tracking` value.
+pub fn parse_tracking(s: &str) -> Result<vgpu_sim::DirtyTracking> {
+    vgpu_sim::DirtyTracking::parse(s).ok_or_else(|| CliError::Usage {
+        msg: format!("--dirty-tracking '{s}' is not shadow-pt, pinned or off"),
+    })
 }
 
 /// Boot a VM with the workload, frame limit `frames`.
 pub fn boot(w: &WorkloadArgs, frames: u64, log: &Logger) -> Result<vmm::Vm> {
+    boot_with(w, frames, vgpu_sim::DirtyTracking::ShadowPt, log)
+}
+
+/// Boot a VM with the workload and a DMA tracking mode.
+pub fn boot_with(
+    w: &WorkloadArgs,
+    frames: u64,
+    tracking: vgpu_sim::DirtyTracking,
+    log: &Logger,
+) -> Result<vmm::Vm> {
     let mut cfg = vmm::VmConfig::new(&w.mdev_type, log.clone());
     cfg.ram_size = w.ram_mib.checked_mul(1 << 20).ok_or_else(|| CliError::Usage {
         msg: format!("--ram-mib {} is too large", w.ram_mib),
     })?;
+    cfg.dirty_tracking = tracking;
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&vgpu_sim::workload::Params {
         seed: w.seed,

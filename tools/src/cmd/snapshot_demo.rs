@@ -1,4 +1,4 @@
-//! `demo`: run a reference, then run again, save mid-batch, restore into a fresh VM on
+//! `snapshot-demo`: run a reference, then run again, save mid-batch, restore into a fresh VM on
 //! other host resources, finish, and compare everything the guest can see.
 
 use std::fs::{self, File};

@@ -11,7 +11,7 @@
 //!
 //! Record kinds ([`RecordKind`]): guest RAM pages (a run of consecutive pages), zero runs (pages
 //! the target must clear), device data chunks exactly as the device-state region produced
-//! them, the end of the device data, PCI config space, vCPU state, and the end marker. All
+//! them, the end of the device data, PCI config space, vCPU state, the switchover mark (when the source stopped its vCPU), and the end marker. All
 //! integers are little-endian. A reader checks every length against a cap before it
 //! allocates, every address against guest RAM, and the whole stream's SHA-256 before the
 //! target commits anything to its device.

@@ -281,6 +281,11 @@ impl<R: Read> StreamReader<R> {
                     return Err(order("a second vCPU record"));
                 }
             }
+            RecordKind::Switchover => {
+                if length != 8 {
+                    return Err(bad_len("expected a timestamp".into()));
+                }
+            }
         }
         let mut payload = vec![0u8; length as usize];
         self.fill(&mut payload, "a record payload")?;
@@ -330,6 +335,9 @@ impl<R: Read> StreamReader<R> {
                 self.seen_vcpu = true;
                 Record::Vcpu(payload)
             }
+            RecordKind::Switchover => Record::Switchover {
+                stopped_ns: u64at(&payload, 0),
+            },
             RecordKind::End => unreachable!("handled above"),
         }))
     }

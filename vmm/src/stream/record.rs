@@ -165,6 +165,9 @@ pub enum RecordKind {
     Config = 5,
     /// vCPU state.
     Vcpu = 6,
+    /// The source stopped its vCPU: `stopped_ns:u64` (CLOCK_MONOTONIC). What follows is
+    /// the stop-and-copy residue.
+    Switchover = 7,
     /// End of stream: SHA-256 of every byte before this record.
     End = 0xff,
 }
@@ -179,6 +182,7 @@ impl RecordKind {
             4 => Self::DeviceEnd,
             5 => Self::Config,
             6 => Self::Vcpu,
+            7 => Self::Switchover,
             0xff => Self::End,
             _ => return None,
         })
@@ -193,6 +197,7 @@ impl RecordKind {
             Self::DeviceEnd => "DEVICE_END",
             Self::Config => "CONFIG",
             Self::Vcpu => "VCPU",
+            Self::Switchover => "SWITCHOVER",
             Self::End => "END",
         }
     }
@@ -223,4 +228,9 @@ pub enum Record {
     Config(Vec<u8>),
     /// vCPU state bytes.
     Vcpu(Vec<u8>),
+    /// The source stopped its vCPU at this CLOCK_MONOTONIC time.
+    Switchover {
+        /// Nanoseconds.
+        stopped_ns: u64,
+    },
 }

@@ -117,6 +117,11 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    /// The source stopped its vCPU at `stopped_ns` (CLOCK_MONOTONIC).
+    pub fn switchover(&mut self, stopped_ns: u64) -> Result<()> {
+        self.record(RecordKind::Switchover, &[&stopped_ns.to_le_bytes()])
+    }
+
     /// Write the end record and flush; returns the writer and the totals.
     pub fn finish(mut self) -> Result<(W, WriteStats)> {
         let digest: [u8; 32] = self.hash.clone().finalize().into();

@@ -53,7 +53,7 @@ use super::Vgpu;
 
 pub(crate) use load::ResumeSession;
 pub(crate) use save::SaveStream;
-pub use sections::{SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR};
+pub use sections::{decode as decode_sections, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR};
 
 /// The migration features the vGPU offers.
 pub const MIGRATION_FEATURES: u32 =

@@ -1,0 +1,174 @@
+//! `demo`: the main job. A source VM renders; at frame K it live-migrates over loopback TCP
+//! to a target process started by this command; the target finishes and checks its result
+//! against a run that never migrated.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+use serde_json::Value;
+use slog::Logger;
+use snafu::ResultExt;
+
+use super::migrate::source;
+use super::{CliError, FileSnafu, Result};
+use crate::cli::{MigrateArgs, WorkloadArgs};
+
+#[derive(Debug, Serialize)]
+struct DemoReport {
+    verified: bool,
+    final_checksum: String,
+    downtime_ms: f64,
+    total_ms: f64,
+    rounds: usize,
+    bytes_total: u64,
+    migration: Option<vmm::migration::SourceReport>,
+    target: Value,
+    png_before: String,
+    png_after: String,
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check {
+        msg: format!("cannot find a free loopback port: {e}"),
+    })?;
+    l.local_addr().map(|a| a.port()).map_err(|e| CliError::Check {
+        msg: format!("cannot find a free loopback port: {e}"),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    w: &WorkloadArgs,
+    m: &MigrateArgs,
+    frames: u64,
+    migrate_at: u64,
+    dir: &Path,
+    json: bool,
+    log_level: slog::Level,
+    log: &Logger,
+) -> Result<()> {
+    if migrate_at == 0 || migrate_at >= frames {
+        return Err(CliError::Usage {
+            msg: format!("--migrate-at {migrate_at} must be between 1 and --frames - 1"),
+        });
+    }
+    fs::create_dir_all(dir).context(FileSnafu { what: "cannot create", path: dir })?;
+    let before = dir.join("before.png");
+    let after = dir.join("after.png");
+    let url = format!("tcp://127.0.0.1:{}", free_port()?);
+    let exe = std::env::current_exe().map_err(|e| CliError::Check {
+        msg: format!("cannot find this program to start the target: {e}"),
+    })?;
+    let mut child = Command::new(exe)
+        .args(["--log-level", log_level.as_short_str()])
+        .args(["incoming", "--listen", &url, "--type", &w.mdev_type, "--json"])
+        .arg("--png-after")
+        .arg(&after)
+        .args(["--frames", &frames.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CliError::Check {
+            msg: format!("cannot start the target process: {e}"),
+        })?;
+    let (rep, _) = match source(&url, w, m, frames, migrate_at, Some(&before), log) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let out = child.wait_with_output().map_err(|e| CliError::Check {
+        msg: format!("the target process failed: {e}"),
+    })?;
+    let target: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let verified = rep.migrated && target.get("verified").and_then(Value::as_bool) == Some(true);
+    let report = DemoReport {
+        verified,
+        final_checksum: target
+            .get("final_checksum")
+            .and_then(Value::as_str)
+            .unwrap_or(&rep.final_checksum)
+            .to_string(),
+        downtime_ms: rep.downtime_ms,
+        total_ms: rep.total_ms,
+        rounds: rep.rounds,
+        bytes_total: rep.bytes_total,
+        migration: rep.migration.clone(),
+        target,
+        png_before: before.display().to_string(),
+        png_after: after.display().to_string(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print_summary(w, frames, migrate_at, &report, &rep.error);
+    }
+    match (&rep.error, verified) {
+        (Some(e), _) => Err(CliError::Check {
+            msg: format!("migration failed: {e}"),
+        }),
+        (None, false) => Err(CliError::Check {
+            msg: format!(
+                "the migrated run differs from a run that never migrated: {}",
+                report.target.get("detail").and_then(Value::as_str).unwrap_or("target gave no result")
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Option<String>) {
+    println!(
+        "vgpu-migrate demo: {} | {}x{} | {} triangles | seed {} | {} frames, migration at frame {}",
+        w.mdev_type, w.width, w.height, w.triangles, w.seed, frames, k
+    );
+    if let Some(e) = err {
+        println!("  migration FAILED: {e}");
+        return;
+    }
+    if let Some(m) = &r.migration {
+        println!("  protocol {}, {} pre-copy rounds:", m.protocol, m.rounds.len());
+        for rd in &m.rounds {
+            println!(
+                "    round {:>2}: {:>6} RAM pages ({} via DMA log only), {:>8.2} MiB device data, {:>7.1} ms, dirty {:>7.1} MB/s",
+                rd.round,
+                rd.ram_pages,
+                rd.dma_only_pages,
+                mib(rd.device_bytes),
+                rd.ms,
+                rd.dirty_rate / 1e6
+            );
+        }
+        let b = &m.bytes;
+        println!(
+            "  bytes: total {:.2} MiB = guest RAM {:.2} (DMA-dirtied {:.2}) + device pre-copy {:.2} + device stop-copy {:.2} + state {:.3}",
+            mib(b.total), mib(b.ram), mib(b.dma_ram), mib(b.device_precopy), mib(b.device_stopcopy), mib(b.state)
+        );
+        let d = &m.breakdown;
+        println!(
+            "  downtime {:.2} ms (expected {:.2}): stop {:.2} + drain {:.2} + wire {:.2} + target receive {:.2} + load {:.2} + config {:.2} + resume {:.2}",
+            m.downtime_ms, m.expected_downtime_ms, d.stop_ms, d.drain_ms, d.wire_ms, d.target_receive_ms,
+            d.target_load_ms, d.target_config_ms, d.target_resume_ms
+        );
+        println!("  total {:.1} ms, link {:.0} MB/s", m.total_ms, m.bandwidth / 1e6);
+    }
+    println!("  final checksum {}", r.final_checksum);
+    println!("  frames: {} (source, at switchover) and {} (target, first after)", r.png_before, r.png_after);
+    println!(
+        "  {}",
+        if r.verified {
+            "VERIFIED: checksum log, guest RAM and graphics memory equal a run that never migrated"
+        } else {
+            "NOT VERIFIED"
+        }
+    );
+}

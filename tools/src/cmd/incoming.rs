@@ -1,0 +1,136 @@
+//! `incoming`: the target of a live migration.
+
+use std::path::Path;
+
+use serde::Serialize;
+use slog::Logger;
+use vmm::migration::{self, control, FailPoint, TargetOptions};
+use vmm::StopAt;
+
+use super::{parse_tracking, CliError, Result};
+use crate::output::{write_png, RunReport};
+use crate::verify;
+
+/// What `incoming --json` prints.
+#[derive(Debug, Serialize)]
+pub struct IncomingReport {
+    /// Whether the checksum log and final digests equal a run that never migrated
+    /// (`null` with --no-verify).
+    pub verified: Option<bool>,
+    /// What differed.
+    pub detail: String,
+    /// Frames rendered.
+    pub frames: u64,
+    /// Final frame checksum.
+    pub final_checksum: String,
+    /// Checksum log.
+    pub checksums: Vec<String>,
+    /// Protocol the source used.
+    pub protocol: String,
+    /// Bytes received.
+    pub bytes_total: u64,
+    /// Source vCPU stop to target vCPU resume, ms.
+    pub downtime_ms: f64,
+    /// Target part of the downtime.
+    pub load_ms: f64,
+    /// Config replay.
+    pub config_ms: f64,
+    /// vCPU restore and device RUNNING.
+    pub resume_ms: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    listen: &str,
+    mdev_type: &str,
+    frames: Option<u64>,
+    tracking: &str,
+    png_after: Option<&Path>,
+    no_verify: bool,
+    inject: Option<&str>,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
+    let fail_at = inject
+        .map(|s| {
+            FailPoint::parse(s).ok_or_else(|| CliError::Usage {
+                msg: format!("--inject-failure '{s}' is not one of before-resume"),
+            })
+        })
+        .transpose()?;
+    let listener = migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
+    let opts = TargetOptions {
+        mdev_type: mdev_type.to_string(),
+        irq_sink_base: 500,
+        dirty_tracking: parse_tracking(tracking)?,
+        fail_at,
+        log: log.clone(),
+    };
+    let (mut vm, rep, mut ctrl) = migration::incoming(&listener, &opts).map_err(|e| CliError::Check {
+        msg: format!("incoming migration failed: {e}"),
+    })?;
+    let params = vm.params().ok_or_else(|| CliError::Check {
+        msg: "the migrated guest has no workload parameters".into(),
+    })?;
+    let frames = frames.unwrap_or(params.frame_limit);
+    if frames < vm.completed_frames() {
+        return Err(CliError::Usage {
+            msg: format!("--frames {frames} is below the {} frames already rendered", vm.completed_frames()),
+        });
+    }
+    vm.set_frame_limit(frames)?;
+    if let Some(p) = png_after {
+        let next = vm.completed_frames() + 1;
+        if next <= frames {
+            vm.run(StopAt::Frame(next))?;
+        }
+        write_png(&mut vm, p)?;
+    }
+    vm.run(StopAt::Done)?;
+    let ran = RunReport::collect(&mut vm, frames);
+    let (verified, detail) = if no_verify {
+        (None, String::new())
+    } else {
+        let got = verify::fingerprint(&mut vm, frames);
+        let ram = vmm::memory::size(vm.memory());
+        let want = verify::reference(mdev_type, ram, &params, frames, log)?;
+        let (ok, d) = verify::compare(&got, &want);
+        (Some(ok), d)
+    };
+    // Tell the source how it ended (it may be gone; that is fine).
+    {
+        let _ = control::send(
+            &mut ctrl,
+            &control::Outcome {
+                frames,
+                final_checksum: ran.final_checksum.clone(),
+                verified: verified.unwrap_or(false),
+                detail: detail.clone(),
+            },
+        );
+    }
+    let report = IncomingReport {
+        verified,
+        detail,
+        frames,
+        final_checksum: ran.final_checksum.clone(),
+        checksums: ran.checksums.clone(),
+        protocol: rep.protocol.clone(),
+        bytes_total: rep.bytes,
+        downtime_ms: vmm::migration::clock::ms_between(rep.source_stopped_ns, rep.resumed_ns),
+        load_ms: rep.load_ms,
+        config_ms: rep.config_ms,
+        resume_ms: rep.resume_ms,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!("{}", report.final_checksum);
+    }
+    if verified == Some(false) {
+        return Err(CliError::Check {
+            msg: format!("verification failed: {}", report.detail),
+        });
+    }
+    Ok(())
+}

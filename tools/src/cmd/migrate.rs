@@ -1,0 +1,222 @@
+//! `migrate`: the source of a live migration.
+
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use slog::Logger;
+use vmm::migration::{self, control, FailPoint, Progress, Protocol, SourceOptions, SourceReport};
+use vmm::{StopAt, Vm};
+
+use super::{boot_with, parse_tracking, CliError, Result};
+use crate::cli::{MigrateArgs, WorkloadArgs};
+use crate::output::{write_png, RunReport};
+use crate::verify;
+
+/// What `migrate --json` prints.
+#[derive(Debug, Serialize)]
+pub struct MigrateReport {
+    /// Whether the migration completed.
+    pub migrated: bool,
+    /// The error, if it did not.
+    pub error: Option<String>,
+    /// Whether the checksum log and final digests equal a run that never migrated: the
+    /// target's verdict after a migration, the source's own after a failed one.
+    pub verified: Option<bool>,
+    /// What differed.
+    pub detail: String,
+    /// Final frame checksum.
+    pub final_checksum: String,
+    /// Source vCPU stop to target vCPU resume, ms.
+    pub downtime_ms: f64,
+    /// Migration start to target resume, ms.
+    pub total_ms: f64,
+    /// Pre-copy rounds.
+    pub rounds: usize,
+    /// Bytes on the wire.
+    pub bytes_total: u64,
+    /// Details: rounds, bytes by kind, downtime breakdown.
+    pub migration: Option<SourceReport>,
+}
+
+/// Parse the migration options.
+pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
+    let protocol = Protocol::parse(&m.protocol).ok_or_else(|| CliError::Usage {
+        msg: format!("--protocol '{}' is not region or v2", m.protocol),
+    })?;
+    let bandwidth = m
+        .bandwidth
+        .as_deref()
+        .map(migration::rate::parse_rate)
+        .transpose()
+        .map_err(|msg| CliError::Usage { msg })?;
+    let fail_at = m
+        .inject_failure
+        .as_deref()
+        .map(|s| {
+            FailPoint::parse(s).ok_or_else(|| CliError::Usage {
+                msg: format!("--inject-failure '{s}' is not one of setup, round:N, stop-copy"),
+            })
+        })
+        .transpose()?;
+    if !(m.downtime_limit > 0.0 && m.downtime_limit.is_finite()) {
+        return Err(CliError::Usage {
+            msg: format!("--downtime-limit {} must be a positive number of ms", m.downtime_limit),
+        });
+    }
+    Ok(SourceOptions {
+        protocol,
+        bandwidth,
+        downtime_limit: Duration::from_secs_f64(m.downtime_limit / 1e3),
+        max_rounds: m.max_rounds.max(1),
+        auto_converge: m.auto_converge,
+        fail_at,
+        ..SourceOptions::default()
+    })
+}
+
+/// A progress bar on a terminal (hidden otherwise).
+pub fn progress_bar() -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Text for the bar.
+pub fn describe(p: &Progress) -> String {
+    format!(
+        "{} round {} | sent {:.1} MiB | remaining {:.1} MiB | dirty {:.0} MB/s | link {:.0} MB/s | expected downtime {:.1} ms | throttle {}%",
+        p.phase,
+        p.round,
+        p.sent as f64 / 1048576.0,
+        p.remaining as f64 / 1048576.0,
+        p.dirty_rate / 1e6,
+        p.bandwidth / 1e6,
+        p.expected_downtime_ms,
+        p.throttle_pct
+    )
+}
+
+/// Boot, run to `migrate_at`, migrate. On failure the source finishes the workload itself.
+#[allow(clippy::too_many_arguments)]
+pub fn source(
+    to: &str,
+    w: &WorkloadArgs,
+    m: &MigrateArgs,
+    frames: u64,
+    migrate_at: u64,
+    png_before: Option<&Path>,
+    log: &Logger,
+) -> Result<(MigrateReport, Option<Vm>)> {
+    let opts = options(m)?;
+    if migrate_at > frames {
+        return Err(CliError::Usage {
+            msg: format!("--migrate-at {migrate_at} is past --frames {frames}"),
+        });
+    }
+    let mut vm = boot_with(w, frames, parse_tracking(&m.dirty_tracking)?, log)?;
+    vm.run(StopAt::Frame(migrate_at))?;
+    let pb = progress_bar();
+    let mut last = std::time::Instant::now();
+    let result = migration::migrate(&mut vm, to, &opts, &mut |p| {
+        if last.elapsed() >= Duration::from_millis(50) || p.phase == "done" {
+            pb.set_message(describe(p));
+            last = std::time::Instant::now();
+        }
+    });
+    pb.finish_and_clear();
+    match result {
+        Ok((rep, mut ctrl)) => {
+            if let Some(p) = png_before {
+                // The source's last displayed frame, as it was at switchover.
+                write_png(&mut vm, p)?;
+            }
+            // The target finishes the workload and tells us how it ended.
+            let outcome: Option<control::Outcome> = control::recv(&mut ctrl, "target's outcome").ok();
+            Ok((
+                MigrateReport {
+                    migrated: true,
+                    error: None,
+                    verified: outcome.as_ref().map(|o| o.verified),
+                    detail: outcome.as_ref().map(|o| o.detail.clone()).unwrap_or_default(),
+                    final_checksum: outcome.map(|o| o.final_checksum).unwrap_or_default(),
+                    downtime_ms: rep.downtime_ms,
+                    total_ms: rep.total_ms,
+                    rounds: rep.rounds.len(),
+                    bytes_total: rep.bytes.total,
+                    migration: Some(rep),
+                },
+                None,
+            ))
+        }
+        Err(e) => {
+            // Nothing lost: the guest goes on here, to the end, and is checked.
+            vm.run(StopAt::Done)?;
+            let ran = RunReport::collect(&mut vm, frames);
+            let got = verify::fingerprint(&mut vm, frames);
+            let params = vm.params().ok_or_else(|| CliError::Check {
+                msg: "the guest lost its workload parameters".into(),
+            })?;
+            let ram = vmm::memory::size(vm.memory());
+            let want = verify::reference(&w.mdev_type, ram, &params, frames, log)?;
+            let (ok, detail) = verify::compare(&got, &want);
+            Ok((
+                MigrateReport {
+                    migrated: false,
+                    error: Some(e.to_string()),
+                    verified: Some(ok),
+                    detail,
+                    final_checksum: ran.final_checksum,
+                    downtime_ms: 0.0,
+                    total_ms: 0.0,
+                    rounds: 0,
+                    bytes_total: 0,
+                    migration: None,
+                },
+                Some(vm),
+            ))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    to: &str,
+    w: &WorkloadArgs,
+    m: &MigrateArgs,
+    frames: u64,
+    migrate_at: u64,
+    png_before: Option<&Path>,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
+    let (rep, _) = source(to, w, m, frames, migrate_at, png_before, log)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rep).unwrap_or_default());
+    } else if rep.migrated {
+        println!(
+            "migrated: downtime {:.2} ms, total {:.1} ms, {} rounds, {} bytes; verified: {}",
+            rep.downtime_ms,
+            rep.total_ms,
+            rep.rounds,
+            rep.bytes_total,
+            rep.verified.map_or("unknown".into(), |v| v.to_string())
+        );
+    }
+    match (&rep.error, rep.verified) {
+        (Some(e), Some(ok)) => Err(CliError::Check {
+            msg: format!(
+                "migration failed: {e}; the source kept running and finished frame {frames} ({})",
+                if ok { "checksum log equals the reference" } else { "checksum log DIFFERS from the reference" }
+            ),
+        }),
+        (None, Some(false)) => Err(CliError::Check {
+            msg: format!("migrated, but the target's run differs from the reference: {}", rep.detail),
+        }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,59 @@
+//! Verification: does a run equal a run that never migrated?
+
+use slog::Logger;
+use vgpu_sim::workload::Params;
+use vmm::{StopAt, Vm, VmConfig};
+
+/// Everything a finished run shows the guest: checksum log and final memory digests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Checksum log.
+    pub checksums: Vec<u64>,
+    /// SHA-256 of guest RAM.
+    pub ram: [u8; 32],
+    /// SHA-256 of graphics memory.
+    pub gmem: [u8; 32],
+}
+
+/// Fingerprint of a VM that finished `frames` frames.
+pub fn fingerprint(vm: &mut Vm, frames: u64) -> Fingerprint {
+    Fingerprint {
+        checksums: vm.checksums(frames),
+        ram: vm.ram_digest(),
+        gmem: vm.gmem_digest(),
+    }
+}
+
+/// Run a reference that never migrates: same type, RAM, parameters, frames.
+pub fn reference(mdev_type: &str, ram_size: u64, params: &Params, frames: u64, log: &Logger) -> vmm::Result<Fingerprint> {
+    let mut cfg = VmConfig::new(mdev_type, log.clone());
+    cfg.ram_size = ram_size;
+    let mut vm = Vm::new(&cfg)?;
+    vm.boot(&Params {
+        frame_limit: frames,
+        ..*params
+    })?;
+    vm.run(StopAt::Done)?;
+    Ok(fingerprint(&mut vm, frames))
+}
+
+/// Compare, and say what differs.
+pub fn compare(got: &Fingerprint, want: &Fingerprint) -> (bool, String) {
+    let mut diffs = Vec::new();
+    if got.checksums != want.checksums {
+        let first = got
+            .checksums
+            .iter()
+            .zip(&want.checksums)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.checksums.len().min(want.checksums.len()));
+        diffs.push(format!("checksum log differs from frame {first}"));
+    }
+    if got.ram != want.ram {
+        diffs.push("final guest RAM differs".into());
+    }
+    if got.gmem != want.gmem {
+        diffs.push("final graphics memory differs".into());
+    }
+    (diffs.is_empty(), diffs.join("; "))
+}

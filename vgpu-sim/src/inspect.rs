@@ -1,0 +1,187 @@
+//! Decoding a saved device context for people: section names, caps for a verifying scan,
+//! and a summary of registers, pending interrupts and the engine's position.
+
+use pci_config_replay::ConfigParams;
+use state_region::format::{ContextParser, ParserLimits, SectionHeader, SectionSink};
+
+use crate::device::migration::{decode_sections, SectionId};
+use crate::regs::*;
+use crate::types::{VgpuType, VGPU_TYPES};
+
+/// Parser limits for a context of any known type (or of `mdev_type`).
+pub fn context_limits(mdev_type: Option<&str>) -> ParserLimits {
+    let types: Vec<VgpuType> = match mdev_type.and_then(|t| VgpuType::by_name(t).ok()) {
+        Some(t) => vec![t],
+        None => VGPU_TYPES.to_vec(),
+    };
+    ParserLimits::new(mdev_type.map(str::to_string), move |id| {
+        let s = SectionId::from_raw(id)?;
+        types.iter().map(|t| s.cap(t)).max()
+    })
+}
+
+/// Name of a section id.
+pub fn section_name(id: u32) -> &'static str {
+    if id == state_region::format::END_SECTION_ID {
+        return "END";
+    }
+    SectionId::from_raw(id).map_or("UNKNOWN", SectionId::name)
+}
+
+/// Config params of the vGPU types apart from what the saved config space says itself.
+pub fn config_params_hint() -> ConfigParams {
+    crate::VGPU_64.config_params()
+}
+
+/// Keeps the small sections, counts graphics memory.
+#[derive(Default)]
+struct Collect {
+    fixed: Vec<(u32, Vec<u8>)>,
+    gmem_bytes: u64,
+    gmem_page_sections: u64,
+}
+
+impl SectionSink for Collect {
+    fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String> {
+        match SectionId::from_raw(hdr.id) {
+            Some(SectionId::Gmem) => self.gmem_bytes += hdr.length,
+            Some(SectionId::GmemPages) => self.gmem_page_sections += 1,
+            _ => self.fixed.push((hdr.id, Vec::new())),
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, hdr: &SectionHeader, _offset: u64, bytes: &[u8]) -> Result<(), String> {
+        match SectionId::from_raw(hdr.id) {
+            Some(SectionId::Gmem) | Some(SectionId::GmemPages) => {}
+            _ => {
+                if let Some((_, v)) = self.fixed.last_mut() {
+                    v.extend_from_slice(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, _hdr: &SectionHeader) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn irq_bits(v: u32) -> String {
+    let names = [
+        (INT_USER, "USER"),
+        (INT_PIPE_NOTIFY, "PIPE_NOTIFY"),
+        (INT_FLIP_DONE, "FLIP_DONE"),
+        (INT_GTT_ERROR, "GTT_ERROR"),
+        (INT_CMD_ERROR, "CMD_ERROR"),
+    ];
+    let set: Vec<&str> = names.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| *n).collect();
+    if set.is_empty() {
+        format!("{v:#x}")
+    } else {
+        format!("{v:#x} ({})", set.join("|"))
+    }
+}
+
+/// Verify `bytes` as a context and summarise it as (field, value) pairs.
+pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut parser = ContextParser::new(context_limits(None));
+    let mut c = Collect::default();
+    parser.feed(bytes, &mut c).map_err(|e| e.to_string())?;
+    parser.finish().map_err(|e| e.to_string())?;
+    let ty_name = parser.header().map(|h| h.mdev_type.clone()).unwrap_or_default();
+    let ty = VgpuType::by_name(&ty_name).map_err(|e| e.to_string())?;
+    let empty: &[u8] = &[];
+    let find = |id: SectionId| -> &[u8] {
+        c.fixed
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == id as u32)
+            .map_or(empty, |(_, v)| v.as_slice())
+    };
+    let (st, _engine) = decode_sections(&ty, find)?;
+    let r = &st.regs;
+    let mapped = st.gtt.iter().filter(|e| *e & GTT_PRESENT != 0).count();
+    let mut out = vec![
+        ("mdev type".to_string(), format!("{} ({} MiB graphics memory)", ty.name, ty.gmem_size >> 20)),
+        (
+            "graphics memory".into(),
+            if c.gmem_bytes > 0 {
+                format!("full image, {} bytes", c.gmem_bytes)
+            } else {
+                format!("{} page sections (pre-copy)", c.gmem_page_sections)
+            },
+        ),
+        ("GTT".into(), format!("{mapped} of {} entries present", st.gtt.len())),
+        (
+            "ring".into(),
+            format!(
+                "start {:#x} size {:#x} {} head {:#x} tail {:#x}",
+                r.ring_start(),
+                r.ring_size(),
+                if r.ring_enabled() { "enabled" } else { "disabled" },
+                r.get(REG_RING_HEAD),
+                r.get(REG_RING_TAIL)
+            ),
+        ),
+        (
+            "engine".into(),
+            format!(
+                "{} batch {:#x} offset {:#x}, {} commands executed, seqno {}{}",
+                if st.engine.in_batch { "in" } else { "not in a" },
+                st.engine.batch_start,
+                st.engine.batch_offset,
+                r.get(REG_CMD_COUNT),
+                r.get(REG_SEQNO),
+                if st.engine.halted { ", HALTED" } else { "" }
+            ),
+        ),
+        (
+            "interrupts".into(),
+            format!(
+                "IIR {} IMR {:#x} IER {:#x} ISR {:#x}; MSI owed: {}",
+                irq_bits(r.get(REG_IIR)),
+                r.get(REG_IMR),
+                r.get(REG_IER),
+                r.get(REG_ISR),
+                st.irq_owed
+            ),
+        ),
+        (
+            "pending interrupts".into(),
+            irq_bits(r.get(REG_IIR) & r.get(REG_IER)),
+        ),
+        (
+            "errors".into(),
+            format!(
+                "status {:#x} address {:#x}",
+                r.get(REG_ERROR_STATUS),
+                r.get64(REG_ERROR_ADDR_LO, REG_ERROR_ADDR_HI)
+            ),
+        ),
+        (
+            "display".into(),
+            format!(
+                "{} surface {:#x} stride {} size {}x{}, {} flips",
+                if r.get(REG_DSP_CTL) & DSP_CTL_ENABLE != 0 { "on," } else { "off," },
+                r.get(REG_DSP_SURF),
+                r.get(REG_DSP_STRIDE),
+                r.get(REG_DSP_SIZE) & 0xffff,
+                r.get(REG_DSP_SIZE) >> 16,
+                r.get(REG_FLIP_COUNT)
+            ),
+        ),
+    ];
+    out.push((
+        "render target".into(),
+        format!(
+            "{:#x} {}x{} stride {}",
+            st.engine.render_target.offset,
+            st.engine.render_target.width,
+            st.engine.render_target.height,
+            st.engine.render_target.stride
+        ),
+    ));
+    Ok(out)
+}

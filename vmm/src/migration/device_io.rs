@@ -1,0 +1,216 @@
+//! The two ways the VMM drives the device's state: the v1 device-state region (reads and
+//! writes of its header and data window only) or the v2 state machine with its data stream.
+
+use mdev_core::{MigState, VfioDevice};
+use state_region::driver as v1;
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
+};
+
+use super::error::{MigrationError, Result};
+use crate::vm::Vm;
+
+/// Which protocol drives the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The v1 device-state region (`VFIO_REGION_TYPE_MIGRATION_DEPRECATED`).
+    Region,
+    /// The v2 state machine and data stream.
+    V2,
+}
+
+impl Protocol {
+    /// Name on the command line and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Region => "region",
+            Protocol::V2 => "v2",
+        }
+    }
+
+    /// Parse a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "region" => Some(Protocol::Region),
+            "v2" => Some(Protocol::V2),
+            _ => None,
+        }
+    }
+}
+
+/// The device end of a migration, over either protocol.
+#[derive(Debug)]
+pub struct DeviceIo {
+    protocol: Protocol,
+    region: u32,
+    buf: Vec<u8>,
+}
+
+fn dev_err(doing: &'static str) -> impl Fn(String) -> MigrationError {
+    move |reason| MigrationError::Device { doing, reason }
+}
+
+impl DeviceIo {
+    /// Find what the protocol needs on `vm`'s device.
+    pub fn new(vm: &mut Vm, protocol: Protocol) -> Result<Self> {
+        let region = crate::snapshot::state_region_index(vm)?;
+        if protocol == Protocol::V2 && vm.device().migration().is_none() {
+            return Err(MigrationError::Device {
+                doing: "opening the v2 interface",
+                reason: "the device does not support v2 migration".into(),
+            });
+        }
+        Ok(Self {
+            protocol,
+            region,
+            buf: vec![0u8; 1 << 20],
+        })
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    fn v1_state(&self, vm: &mut Vm, bits: u32, doing: &'static str) -> Result<()> {
+        v1::set_device_state(vm.device(), self.region, bits).map_err(|e| dev_err(doing)(e.to_string()))
+    }
+
+    fn v2_state(&self, vm: &mut Vm, s: MigState, doing: &'static str) -> Result<()> {
+        let mig = vm.device().migration().ok_or_else(|| dev_err(doing)("no v2 interface".into()))?;
+        mig.set_mig_state(s).map(|_| ()).map_err(|e| dev_err(doing)(e.to_string()))
+    }
+
+    /// Source: start pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY).
+    pub fn start_precopy(&self, vm: &mut Vm) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => self.v1_state(
+                vm,
+                VFIO_DEVICE_STATE_V1_RUNNING | VFIO_DEVICE_STATE_V1_SAVING,
+                "entering pre-copy",
+            ),
+            Protocol::V2 => self.v2_state(vm, MigState::PreCopy, "entering pre-copy"),
+        }
+    }
+
+    /// Source: bytes the device has for now (pre-copy) or still (stop-copy).
+    pub fn pending(&mut self, vm: &mut Vm, stop_copy: bool) -> Result<u64> {
+        match self.protocol {
+            Protocol::Region => v1::read_pending(vm.device(), self.region)
+                .map_err(|e| dev_err("reading pending_bytes")(e.to_string())),
+            Protocol::V2 => {
+                let mig = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| dev_err("querying")("no v2 interface".into()))?;
+                if stop_copy {
+                    mig.stop_copy_size().map_err(|e| dev_err("querying the data size")(e.to_string()))
+                } else {
+                    mig.precopy_info()
+                        .map(|i| i.initial_bytes + i.dirty_bytes)
+                        .map_err(|e| dev_err("querying pre-copy info")(e.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Source: the device's estimate of its stop-copy length (v2 only; v1 has no query).
+    pub fn stop_copy_estimate(&mut self, vm: &mut Vm) -> Option<u64> {
+        match self.protocol {
+            Protocol::Region => None,
+            Protocol::V2 => vm.device().migration()?.stop_copy_size().ok(),
+        }
+    }
+
+    /// Source: the next chunk of device data, or `None` when the device has nothing more
+    /// (for now in pre-copy; at all in stop-copy).
+    pub fn next_chunk(&mut self, vm: &mut Vm) -> Result<Option<Vec<u8>>> {
+        match self.protocol {
+            Protocol::Region => {
+                let mut out = None;
+                v1::save_chunks_limited(vm.device(), self.region, 1, |c| {
+                    out = Some(c.to_vec());
+                    Ok::<(), std::io::Error>(())
+                })
+                .map_err(|e| dev_err("reading device data")(format!("{e}")))?;
+                Ok(out)
+            }
+            Protocol::V2 => {
+                let mig = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| dev_err("reading device data")("no v2 interface".into()))?;
+                let n = mig
+                    .read_data(&mut self.buf)
+                    .map_err(|e| dev_err("reading device data")(e.to_string()))?;
+                Ok((n > 0).then(|| self.buf[..n].to_vec()))
+            }
+        }
+    }
+
+    /// Source: stop the device for the final copy (v1 SAVING, v2 STOP_COPY).
+    pub fn stop_copy(&self, vm: &mut Vm) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_SAVING, "entering stop-and-copy"),
+            Protocol::V2 => self.v2_state(vm, MigState::StopCopy, "entering stop-and-copy"),
+        }
+    }
+
+    /// Source after a failure, or target at the end: the device runs again.
+    pub fn run(&self, vm: &mut Vm) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_RUNNING, "resuming the device"),
+            Protocol::V2 => self.v2_state(vm, MigState::Running, "resuming the device"),
+        }
+    }
+
+    /// Target: open the resume stream (v1 RESUMING, v2 RESUMING).
+    pub fn start_resume(&self, vm: &mut Vm) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_RESUMING, "entering resuming"),
+            Protocol::V2 => self.v2_state(vm, MigState::Resuming, "entering resuming"),
+        }
+    }
+
+    /// Target: hand one chunk to the device.
+    pub fn write_chunk(&self, vm: &mut Vm, chunk: &[u8]) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => v1::resume_chunk(vm.device(), self.region, chunk)
+                .map_err(|e| dev_err("loading device data")(e.to_string())),
+            Protocol::V2 => {
+                let mig = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| dev_err("loading device data")("no v2 interface".into()))?;
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let n = mig
+                        .write_data(rest)
+                        .map_err(|e| dev_err("loading device data")(e.to_string()))?;
+                    if n == 0 {
+                        return Err(dev_err("loading device data")("the device accepted no bytes".into()));
+                    }
+                    rest = &rest[n..];
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Target: the stream is complete; the device validates and commits (-> STOP).
+    pub fn commit(&self, vm: &mut Vm) -> Result<()> {
+        match self.protocol {
+            Protocol::Region => v1::set_device_state(vm.device(), self.region, 0)
+                .map_err(|e| MigrationError::Rejected { reason: e.to_string() }),
+            Protocol::V2 => {
+                let mig = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| dev_err("committing")("no v2 interface".into()))?;
+                mig.set_mig_state(MigState::Stop)
+                    .map(|_| ())
+                    .map_err(|e| MigrationError::Rejected { reason: e.to_string() })
+            }
+        }
+    }
+}

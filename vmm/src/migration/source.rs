@@ -1,0 +1,646 @@
+//! The source side: pre-copy while the guest runs, then stop-and-copy within the downtime
+//! limit; on any failure the guest goes on as if nothing had been tried.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use mdev_core::DirtyBitmap;
+use serde::Serialize;
+use slog::{debug, info, warn};
+use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
+
+use super::clock::{monotonic_ns, ms_between};
+use super::control::{self, features, Ack, Hello, Start};
+use super::device_io::{DeviceIo, Protocol};
+use super::dirty::DmaTracker;
+use super::error::{MigrationError, Result};
+use super::transport::ChannelWriter;
+use crate::memory::{self, PAGE_SIZE};
+use crate::stream::{StreamWriter, STREAM_MAJOR, STREAM_MINOR};
+use crate::vm::Vm;
+
+/// Where to inject a failure (tests and `--inject-failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPoint {
+    /// After the handshake, before any data.
+    Setup,
+    /// At the start of pre-copy round N (0-based).
+    Round(u32),
+    /// During stop-and-copy, after the device stopped, before the end record.
+    StopCopy,
+    /// On the target, after the stream verified, before resume.
+    BeforeResume,
+}
+
+impl FailPoint {
+    /// Parse `setup`, `round:N`, `stop-copy`, `before-resume`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "setup" => Some(Self::Setup),
+            "stop-copy" => Some(Self::StopCopy),
+            "before-resume" => Some(Self::BeforeResume),
+            _ => s.strip_prefix("round:")?.parse().ok().map(Self::Round),
+        }
+    }
+}
+
+/// Where, exactly, to put the switchover (testing): the source steps the guest one
+/// command at a time until the condition holds, then stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchoverAt {
+    /// As soon as pre-copy converged.
+    Converged,
+    /// Inside a batch buffer, past its first command.
+    MidBatch,
+    /// With an interrupt raised by the device and not yet handled by the guest.
+    IrqPending,
+}
+
+impl SwitchoverAt {
+    /// Parse `converged`, `mid-batch`, `irq-pending`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "converged" => Some(Self::Converged),
+            "mid-batch" => Some(Self::MidBatch),
+            "irq-pending" => Some(Self::IrqPending),
+            _ => None,
+        }
+    }
+}
+
+/// The guest and device at the moment the source stopped.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SwitchoverPoint {
+    /// Commands the device had executed.
+    pub commands: u64,
+    /// Frames completed.
+    pub frames: u64,
+    /// The engine was inside a batch.
+    pub in_batch: bool,
+    /// Byte offset inside the batch.
+    pub batch_offset: u32,
+    /// Latched interrupt identity bits.
+    pub iir: u32,
+    /// The vCPU had an interrupt pending.
+    pub vcpu_irq_pending: bool,
+}
+
+/// How to migrate.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Device protocol.
+    pub protocol: Protocol,
+    /// Stream rate cap in bytes/s.
+    pub bandwidth: Option<u64>,
+    /// Downtime limit.
+    pub downtime_limit: Duration,
+    /// Most pre-copy rounds before giving up (or throttling harder).
+    pub max_rounds: u32,
+    /// Throttle the vGPU's engine when the dirty rate outruns the bandwidth.
+    pub auto_converge: bool,
+    /// Inject a failure.
+    pub fail_at: Option<FailPoint>,
+    /// Where to put the switchover.
+    pub switchover_at: SwitchoverAt,
+    /// How long to keep trying to reach the target.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Region,
+            bandwidth: None,
+            downtime_limit: Duration::from_millis(300),
+            max_rounds: 30,
+            auto_converge: false,
+            fail_at: None,
+            switchover_at: SwitchoverAt::Converged,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Live figures, reported during the migration.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// Phase name.
+    pub phase: &'static str,
+    /// Pre-copy round.
+    pub round: u32,
+    /// Bytes on the wire so far.
+    pub sent: u64,
+    /// Bytes still to move (estimate).
+    pub remaining: u64,
+    /// Dirty rate in bytes/s.
+    pub dirty_rate: f64,
+    /// Bandwidth in bytes/s.
+    pub bandwidth: f64,
+    /// Expected downtime if we switched over now, ms.
+    pub expected_downtime_ms: f64,
+    /// Expected total time, ms.
+    pub expected_total_ms: f64,
+    /// Engine throttle in percent.
+    pub throttle_pct: u32,
+}
+
+/// One pre-copy round.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RoundStats {
+    /// Round number.
+    pub round: u32,
+    /// Guest pages sent (CPU- or DMA-dirtied).
+    pub ram_pages: u64,
+    /// Of those, pages only the device's DMA log reported.
+    pub dma_only_pages: u64,
+    /// Device pre-copy bytes (graphics memory pages).
+    pub device_bytes: u64,
+    /// Duration in ms.
+    pub ms: f64,
+    /// Dirty rate measured over the round, bytes/s.
+    pub dirty_rate: f64,
+}
+
+/// Bytes by kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Bytes {
+    /// Guest RAM page bytes.
+    pub ram: u64,
+    /// Guest RAM bytes found dirty only through the device's DMA log.
+    pub dma_ram: u64,
+    /// Device pre-copy bytes.
+    pub device_precopy: u64,
+    /// Device stop-copy bytes.
+    pub device_stopcopy: u64,
+    /// Config and vCPU state.
+    pub state: u64,
+    /// Everything on the wire.
+    pub total: u64,
+}
+
+/// Where the downtime went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    /// Stopping the device (pre-copy -> stop-copy).
+    pub stop_ms: f64,
+    /// Draining the device's final data and the last dirty pages into the stream.
+    pub drain_ms: f64,
+    /// Until the last byte was on the wire.
+    pub wire_ms: f64,
+    /// Target: from the last byte sent to the end record parsed (residue in flight).
+    pub target_receive_ms: f64,
+    /// Target: device validate + commit.
+    pub target_load_ms: f64,
+    /// Target: config replay, BAR map and routes.
+    pub target_config_ms: f64,
+    /// Target: vCPU restore and device RUNNING.
+    pub target_resume_ms: f64,
+}
+
+/// What a successful migration did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceReport {
+    /// Protocol used.
+    pub protocol: &'static str,
+    /// Pre-copy rounds.
+    pub rounds: Vec<RoundStats>,
+    /// Bytes by kind.
+    pub bytes: Bytes,
+    /// Source vCPU stop to target vCPU resume, ms.
+    pub downtime_ms: f64,
+    /// Breakdown of the downtime.
+    pub breakdown: Breakdown,
+    /// Connect to target resume, ms.
+    pub total_ms: f64,
+    /// The downtime expected at switchover, ms.
+    pub expected_downtime_ms: f64,
+    /// Engine throttle at switchover, percent.
+    pub throttle_pct: u32,
+    /// Measured bandwidth, bytes/s.
+    pub bandwidth: f64,
+    /// Where the guest and device were at switchover.
+    pub switchover: SwitchoverPoint,
+}
+
+/// Step the guest one device command at a time until `at` holds (bounded).
+fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
+    use vgpu_sim::regs::{ENGINE_IN_BATCH, REG_BB_OFFSET, REG_ENGINE_STATUS};
+    if at == SwitchoverAt::Converged {
+        return Ok(());
+    }
+    for _ in 0..200_000 {
+        let holds = match at {
+            SwitchoverAt::MidBatch => {
+                vm.reg(REG_ENGINE_STATUS) & ENGINE_IN_BATCH != 0 && vm.reg(REG_BB_OFFSET) > 0
+            }
+            SwitchoverAt::IrqPending => vm.vcpu().has_pending(),
+            SwitchoverAt::Converged => true,
+        };
+        if holds {
+            return Ok(());
+        }
+        // One device command; interrupts it raises are queued to the vCPU but not run. When
+        // the device has nothing to do, the guest runs a step to give it work.
+        if vm.step_device(1) == 0 {
+            vm.step(0);
+        }
+    }
+    Err(MigrationError::Injected {
+        point: format!("switchover position {at:?} never reached"),
+    })
+}
+
+fn switchover_point(vm: &mut Vm) -> SwitchoverPoint {
+    use vgpu_sim::regs::{ENGINE_IN_BATCH, REG_BB_OFFSET, REG_ENGINE_STATUS, REG_IIR};
+    SwitchoverPoint {
+        commands: vm.command_count(),
+        frames: vm.completed_frames(),
+        in_batch: vm.reg(REG_ENGINE_STATUS) & ENGINE_IN_BATCH != 0,
+        batch_offset: vm.reg(REG_BB_OFFSET),
+        iir: vm.reg(REG_IIR),
+        vcpu_irq_pending: vm.vcpu().has_pending(),
+    }
+}
+
+/// Backlog above which the source runs the guest instead of queueing more.
+const HIGH_WATER: u64 = 4 << 20;
+/// Assumed fixed device state when the protocol cannot say (v1 has no size query).
+const V1_FIXED_ESTIMATE: u64 = 1 << 20;
+/// Assumed target load speed for the estimate, bytes/s.
+const TARGET_LOAD_RATE: f64 = 2e9;
+/// Fixed target work for the estimate, ms.
+const TARGET_FIXED_MS: f64 = 1.0;
+
+/// Run `vm` on the main thread until the sender's backlog is below `max`.
+fn run_while_busy(vm: &mut Vm, w: &mut StreamWriter<ChannelWriter>, max: u64) -> std::io::Result<()> {
+    w.get_mut().flush()?;
+    while w.get_mut().backlog() > max {
+        let (_, ran) = vm.step(crate::vm::DEFAULT_BUDGET);
+        if ran == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        if let Some(e) = w.get_mut().peer_error_now() {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Send the pages of `pages` (zero pages as zero runs when `zeros` is set, else skipped).
+fn send_pages(
+    vm: &mut Vm,
+    w: &mut StreamWriter<ChannelWriter>,
+    pages: &DirtyBitmap,
+    zeros: bool,
+    running: bool,
+) -> Result<u64> {
+    let mut sent = 0;
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_start = 0;
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    let flush = |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
+        if !run.is_empty() {
+            w.ram_pages(start, run)?;
+            run.clear();
+        }
+        Ok(())
+    };
+    for gpa in pages.iter_dirty() {
+        memory::read(vm.memory(), gpa, &mut page).map_err(|e| MigrationError::Vmm {
+            source: crate::VmmError::Memory { source: e },
+        })?;
+        if memory::is_zero(&page) {
+            flush(w, run_start, &mut run)?;
+            if zeros {
+                w.ram_zero(gpa, 1)?;
+            }
+            continue;
+        }
+        if run.is_empty() || run_start + run.len() as u64 != gpa {
+            flush(w, run_start, &mut run)?;
+            run_start = gpa;
+        }
+        run.extend_from_slice(&page);
+        sent += 1;
+        if run.len() >= 1 << 20 {
+            flush(w, run_start, &mut run)?;
+            if running {
+                run_while_busy(vm, w, HIGH_WATER).map_err(peer)?;
+            }
+        }
+    }
+    flush(w, run_start, &mut run)?;
+    Ok(sent)
+}
+
+fn peer(e: std::io::Error) -> MigrationError {
+    MigrationError::Peer { what: e.to_string() }
+}
+
+/// Check the target's hello against this source.
+pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::Result<(), String> {
+    if hello.mdev_type != vm.mdev_type() {
+        return Err(format!(
+            "the target's vGPU is mdev type '{}', the source's is '{}'",
+            hello.mdev_type,
+            vm.mdev_type()
+        ));
+    }
+    if hello.stream_version.0 != STREAM_MAJOR {
+        return Err(format!(
+            "the target reads stream format {}.x, the source writes {}.{}",
+            hello.stream_version.0, STREAM_MAJOR, STREAM_MINOR
+        ));
+    }
+    if hello.context_version.0 != FORMAT_MAJOR {
+        return Err(format!(
+            "the target's device reads context format {}.x, the source's writes {}.{}",
+            hello.context_version.0, FORMAT_MAJOR, FORMAT_MINOR
+        ));
+    }
+    let need = match protocol {
+        Protocol::Region => features::PROTOCOL_REGION,
+        Protocol::V2 => features::PROTOCOL_V2,
+    };
+    if hello.features & need == 0 {
+        return Err(format!("the target does not accept the {} protocol", protocol.name()));
+    }
+    Ok(())
+}
+
+/// Migrate `vm` to the target at `url`. On error the VM runs on as before. On success the
+/// control connection is returned, on which the target may send its final outcome.
+pub fn migrate(
+    vm: &mut Vm,
+    url: &str,
+    opts: &SourceOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(SourceReport, TcpStream)> {
+    let t_start = Instant::now();
+    let sock = super::transport::connect(url, opts.connect_timeout)?;
+    let mut ctrl = sock.try_clone().map_err(|e| MigrationError::Peer {
+        what: format!("cannot clone the socket: {e}"),
+    })?;
+    let hello: Hello = control::recv(&mut ctrl, "target's hello")?;
+    if let Err(why) = check_hello(vm, &hello, opts.protocol) {
+        let _ = control::send(&mut ctrl, &Start::Refuse { reason: why.clone() });
+        return Err(MigrationError::Incompatible { why });
+    }
+    control::send(
+        &mut ctrl,
+        &Start::Go {
+            protocol: opts.protocol.name().into(),
+        },
+    )?;
+    info!(vm.log(), "migration: handshake done"; "target" => url, "protocol" => opts.protocol.name());
+
+    let mut dio = DeviceIo::new(vm, opts.protocol)?;
+    let mut dma: Option<DmaTracker> = None;
+    let result = run_migration(vm, sock, &mut ctrl, opts, &mut dio, &mut dma, t_start, progress);
+    if let Some(d) = dma.as_mut() {
+        d.stop(vm);
+    }
+    match result {
+        Ok(r) => Ok((r, ctrl)),
+        Err(e) => {
+            warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
+            vm.device().set_throttle(0);
+            // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy).
+            if let Err(e2) = dio.run(vm) {
+                warn!(vm.log(), "could not resume the source device"; "error" => %e2);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_migration(
+    vm: &mut Vm,
+    sock: TcpStream,
+    ctrl: &mut TcpStream,
+    opts: &SourceOptions,
+    dio: &mut DeviceIo,
+    dma: &mut Option<DmaTracker>,
+    t_start: Instant,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SourceReport> {
+    if opts.fail_at == Some(FailPoint::Setup) {
+        return Err(MigrationError::Injected { point: "setup".into() });
+    }
+    let writer = ChannelWriter::spawn(sock, opts.bandwidth);
+    let counters = writer.counters();
+    let mut w = StreamWriter::new(writer, &crate::snapshot::header(vm))?;
+    let mut report = SourceReport {
+        protocol: opts.protocol.name(),
+        ..Default::default()
+    };
+
+    // Setup: device pre-copy, DMA log, a clean CPU log. Round 0 sends every page.
+    dio.start_precopy(vm)?;
+    *dma = Some(DmaTracker::start(vm, opts.protocol)?);
+    let _ = memory::harvest_dirty(vm.memory());
+    let ram = memory::size(vm.memory());
+    let mut pending = DirtyBitmap::new(0, ram, PAGE_SIZE).map_err(|e| MigrationError::Device {
+        doing: "allocating the dirty bitmap",
+        reason: e.to_string(),
+    })?;
+    let mut gpa = 0;
+    while gpa < ram {
+        pending.mark(gpa);
+        gpa += PAGE_SIZE;
+    }
+    let mut dma_only = DirtyBitmap::new(0, ram, PAGE_SIZE).map_err(|e| MigrationError::Device {
+        doing: "allocating the dirty bitmap",
+        reason: e.to_string(),
+    })?;
+    let mut throttle = 0u32;
+    let limit_s = opts.downtime_limit.as_secs_f64();
+    let mut round = 0u32;
+    let mut expected_downtime_ms;
+    let mut bandwidth;
+    loop {
+        if opts.fail_at == Some(FailPoint::Round(round)) {
+            return Err(MigrationError::Injected {
+                point: format!("pre-copy round {round}"),
+            });
+        }
+        let t_round = Instant::now();
+        let sent_before = counters.sent.load(std::sync::atomic::Ordering::Relaxed);
+        let pages = send_pages(vm, &mut w, &pending, round > 0, true)?;
+        let dma_pages = dma_only.iter_dirty().filter(|a| pending.is_dirty(*a)).count() as u64;
+        let mut dev_bytes = 0;
+        while let Some(chunk) = dio.next_chunk(vm)? {
+            dev_bytes += chunk.len() as u64;
+            w.device_data(&chunk)?;
+            run_while_busy(vm, &mut w, HIGH_WATER).map_err(peer)?;
+        }
+        // Let the link drain while the guest runs: the next harvest then covers only what
+        // was dirtied while this round was on the wire.
+        run_while_busy(vm, &mut w, 0).map_err(peer)?;
+        let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
+
+        // What is dirty now: CPU log, device DMA log, device pre-copy data.
+        let cpu = memory::harvest_dirty(vm.memory());
+        let dev_dma = dma.as_mut().map(|d| d.harvest(vm)).transpose()?;
+        pending = cpu.clone();
+        dma_only.clear();
+        if let Some(d) = &dev_dma {
+            for a in d.iter_dirty() {
+                if !cpu.is_dirty(a) {
+                    dma_only.mark(a);
+                }
+            }
+            pending.merge(d);
+        }
+        let dev_pending = dio.pending(vm, false)?;
+        let fixed = dio.stop_copy_estimate(vm).unwrap_or(V1_FIXED_ESTIMATE);
+        let remaining = pending.count() * PAGE_SIZE + dev_pending + fixed;
+        let sent_round = counters.sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
+        bandwidth = counters
+            .rate()
+            .or(opts.bandwidth.map(|b| b as f64))
+            .unwrap_or(sent_round as f64 / round_s)
+            .max(1.0);
+        let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / round_s;
+        expected_downtime_ms = remaining as f64 / bandwidth * 1e3 + remaining as f64 / TARGET_LOAD_RATE * 1e3 + TARGET_FIXED_MS;
+        report.bytes.dma_ram += dma_pages * PAGE_SIZE;
+        report.rounds.push(RoundStats {
+            round,
+            ram_pages: pages,
+            dma_only_pages: dma_pages,
+            device_bytes: dev_bytes,
+            ms: round_s * 1e3,
+            dirty_rate,
+        });
+        report.bytes.device_precopy += dev_bytes;
+        let p = Progress {
+            phase: "pre-copy",
+            round,
+            sent: counters.sent.load(std::sync::atomic::Ordering::Relaxed),
+            remaining,
+            dirty_rate,
+            bandwidth,
+            expected_downtime_ms,
+            expected_total_ms: t_start.elapsed().as_secs_f64() * 1e3 + expected_downtime_ms,
+            throttle_pct: throttle,
+        };
+        progress(&p);
+        debug!(vm.log(), "pre-copy round"; "round" => round, "pages" => pages, "dma_only" => dma_pages,
+               "device" => dev_bytes, "remaining" => remaining, "dirty_rate" => dirty_rate, "bandwidth" => bandwidth);
+        round += 1;
+        if expected_downtime_ms <= limit_s * 1e3 {
+            break;
+        }
+        if round >= opts.max_rounds {
+            if opts.auto_converge && throttle < 99 {
+                // Out of rounds but still throttling: give the throttle more room.
+            } else {
+                return Err(MigrationError::NoConvergence {
+                    rounds: round,
+                    remaining,
+                    limit_bytes: (bandwidth * limit_s) as u64,
+                    bandwidth_mbps: bandwidth / 1e6,
+                    dirty_mbps: dirty_rate / 1e6,
+                });
+            }
+        }
+        if opts.auto_converge && dirty_rate > bandwidth * 0.5 && round >= 2 {
+            throttle = (throttle + if throttle == 0 { 20 } else { 10 }).min(99);
+            vm.device().set_throttle(throttle as u8);
+            info!(vm.log(), "auto-converge: throttling the engine"; "percent" => throttle);
+        }
+        if round >= opts.max_rounds + 20 {
+            return Err(MigrationError::NoConvergence {
+                rounds: round,
+                remaining,
+                limit_bytes: (bandwidth * limit_s) as u64,
+                bandwidth_mbps: bandwidth / 1e6,
+                dirty_mbps: dirty_rate / 1e6,
+            });
+        }
+    }
+
+    // Switchover: the vCPU stops here (the main loop no longer steps it).
+    position(vm, opts.switchover_at)?;
+    report.switchover = switchover_point(vm);
+    let t_stop = monotonic_ns();
+    info!(vm.log(), "migration: switchover"; "rounds" => round, "expected_downtime_ms" => expected_downtime_ms);
+    w.switchover(t_stop)?;
+    dio.stop_copy(vm)?;
+    let t_stopped = monotonic_ns();
+    let cpu = memory::harvest_dirty(vm.memory());
+    pending.merge(&cpu);
+    if let Some(d) = dma.as_mut() {
+        let dd = d.harvest(vm)?;
+        for a in dd.iter_dirty() {
+            if !pending.is_dirty(a) {
+                report.bytes.dma_ram += PAGE_SIZE;
+            }
+        }
+        pending.merge(&dd);
+    }
+    send_pages(vm, &mut w, &pending, true, false)?;
+    while let Some(chunk) = dio.next_chunk(vm)? {
+        report.bytes.device_stopcopy += chunk.len() as u64;
+        w.device_data(&chunk)?;
+    }
+    if opts.fail_at == Some(FailPoint::StopCopy) {
+        return Err(MigrationError::Injected { point: "stop-and-copy".into() });
+    }
+    w.device_end()?;
+    let cfg = vm.device_ref().config().state().to_bytes();
+    w.config(&cfg)?;
+    let vcpu = vm.vcpu().state().to_bytes();
+    w.vcpu(&vcpu)?;
+    let t_drained = monotonic_ns();
+    let (mut writer, stats) = w.finish()?;
+    writer.finish().map_err(peer)?;
+    let t_wire = monotonic_ns();
+
+    let ack: Ack = control::recv(ctrl, "target's acknowledgement")?;
+    match ack {
+        Ack::Rejected { reason } => Err(MigrationError::Rejected { reason }),
+        Ack::Resumed {
+            resumed_ns,
+            residue_ms: _,
+            load_ms,
+            config_ms,
+            resume_ms,
+            switchover_seen_ns: _,
+            bytes: _,
+        } => {
+            report.downtime_ms = ms_between(t_stop, resumed_ns);
+            report.breakdown = Breakdown {
+                stop_ms: ms_between(t_stop, t_stopped),
+                drain_ms: ms_between(t_stopped, t_drained),
+                wire_ms: ms_between(t_drained, t_wire),
+                target_receive_ms: (ms_between(t_wire, resumed_ns) - load_ms - config_ms - resume_ms).max(0.0),
+                target_load_ms: load_ms,
+                target_config_ms: config_ms,
+                target_resume_ms: resume_ms,
+            };
+            report.bytes.ram = stats.ram;
+            report.bytes.state = stats.state;
+            report.bytes.total = stats.total;
+            report.total_ms = t_start.elapsed().as_secs_f64() * 1e3;
+            report.expected_downtime_ms = expected_downtime_ms;
+            report.throttle_pct = throttle;
+            report.bandwidth = bandwidth;
+            info!(vm.log(), "migration: target resumed"; "downtime_ms" => report.downtime_ms, "total_ms" => report.total_ms);
+            progress(&Progress {
+                phase: "done",
+                round,
+                sent: stats.total,
+                remaining: 0,
+                dirty_rate: 0.0,
+                bandwidth,
+                expected_downtime_ms: report.downtime_ms,
+                expected_total_ms: report.total_ms,
+                throttle_pct: throttle,
+            });
+            Ok(report)
+        }
+    }
+}
