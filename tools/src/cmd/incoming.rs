@@ -101,12 +101,12 @@ pub fn run(
     {
         let _ = control::send(
             &mut ctrl,
-            &control::Outcome {
+            &control::FromTarget::Outcome(control::Outcome {
                 frames,
                 final_checksum: ran.final_checksum.clone(),
                 verified: verified.unwrap_or(false),
                 detail: detail.clone(),
-            },
+            }),
         );
     }
     let report = IncomingReport {

@@ -52,7 +52,7 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
                 Record::DeviceEnd => {}
                 Record::Config(c) => config = Some(c),
                 Record::Vcpu(v) => vcpu = Some(v),
-                Record::Switchover { .. } => {}
+                Record::Switchover { .. } | Record::Sync { .. } => {}
             }
         }
         let vcpu_state = vcpu

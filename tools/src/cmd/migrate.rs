@@ -6,7 +6,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slog::Logger;
-use vmm::migration::{self, control, FailPoint, Progress, Protocol, SourceOptions, SourceReport};
+use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceReport};
 use vmm::{StopAt, Vm};
 
 use super::{boot_with, parse_tracking, CliError, Result};
@@ -130,13 +130,13 @@ pub fn source(
     });
     pb.finish_and_clear();
     match result {
-        Ok((rep, mut ctrl)) => {
+        Ok((rep, events)) => {
             if let Some(p) = png_before {
                 // The source's last displayed frame, as it was at switchover.
                 write_png(&mut vm, p)?;
             }
             // The target finishes the workload and tells us how it ended.
-            let outcome: Option<control::Outcome> = control::recv(&mut ctrl, "target's outcome").ok();
+            let outcome = migration::source::wait_outcome(&events, Duration::from_secs(3600));
             Ok((
                 MigrateReport {
                     migrated: true,

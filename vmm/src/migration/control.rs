@@ -94,6 +94,36 @@ pub struct Outcome {
     pub detail: String,
 }
 
+/// Everything the target sends after its hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromTarget {
+    /// Everything before the stream's `SYNC { seq }` record is consumed.
+    Synced {
+        /// The record's sequence number.
+        seq: u64,
+    },
+    /// The stream ended: resumed or rejected.
+    Ack(Ack),
+    /// The workload's end on the target.
+    Outcome(Outcome),
+}
+
+/// Read the target's messages on a thread, so the source can keep its guest running while
+/// it waits for one.
+pub fn spawn_reader(mut r: std::net::TcpStream) -> std::sync::mpsc::Receiver<Result<FromTarget>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("migration-control".into())
+        .spawn(move || loop {
+            let m = recv::<_, FromTarget>(&mut r, "target's message");
+            let stop = m.is_err();
+            if tx.send(m).is_err() || stop {
+                return;
+            }
+        });
+    rx
+}
+
 /// Write one control message.
 pub fn send<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
     let body = serde_json::to_vec(msg).map_err(|e| MigrationError::Protocol {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use mdev_core::DirtyBitmap;
@@ -11,7 +12,7 @@ use slog::{debug, info, warn};
 use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
 
 use super::clock::{monotonic_ns, ms_between};
-use super::control::{self, features, Ack, Hello, Start};
+use super::control::{self, features, Ack, FromTarget, Hello, Start};
 use super::device_io::{DeviceIo, Protocol};
 use super::dirty::DmaTracker;
 use super::error::{MigrationError, Result};
@@ -263,6 +264,8 @@ fn switchover_point(vm: &mut Vm) -> SwitchoverPoint {
     }
 }
 
+/// Rounds below which pre-copy goes on while each round halves the remainder.
+const MAX_EXTRA_ROUNDS: u32 = 6;
 /// Backlog above which the source runs the guest instead of queueing more.
 const HIGH_WATER: u64 = 4 << 20;
 /// Assumed fixed device state when the protocol cannot say (v1 has no size query).
@@ -369,14 +372,69 @@ pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::R
     Ok(())
 }
 
+/// The target's messages, read on a thread.
+pub type TargetEvents = Receiver<Result<FromTarget>>;
+
+/// Wait (up to `timeout`) for the target's final outcome.
+pub fn wait_outcome(events: &TargetEvents, timeout: Duration) -> Option<control::Outcome> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match events.recv_timeout(left) {
+            Ok(Ok(FromTarget::Outcome(o))) => return Some(o),
+            Ok(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Send a SYNC and keep the guest running until the target has consumed everything sent.
+fn sync(
+    vm: &mut Vm,
+    w: &mut StreamWriter<ChannelWriter>,
+    events: &TargetEvents,
+    seq: u64,
+) -> Result<()> {
+    w.sync(seq)?;
+    w.get_mut().flush().map_err(peer)?;
+    loop {
+        match events.try_recv() {
+            Ok(Ok(FromTarget::Synced { seq: s })) if s == seq => return Ok(()),
+            Ok(Ok(FromTarget::Ack(Ack::Rejected { reason }))) => {
+                return Err(MigrationError::Rejected { reason })
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(TryRecvError::Disconnected) => {
+                return Err(MigrationError::Peer {
+                    what: "the target closed the connection".into(),
+                })
+            }
+            Err(TryRecvError::Empty) => {
+                if let Some(e) = w.get_mut().peer_error_now() {
+                    return Err(peer(e));
+                }
+                // Small steps, so the answer is noticed promptly.
+                let (_, ran) = vm.step(SYNC_BUDGET);
+                if ran == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+    }
+}
+
+/// Device commands per guest step while waiting for the target.
+const SYNC_BUDGET: usize = 4;
+
 /// Migrate `vm` to the target at `url`. On error the VM runs on as before. On success the
-/// control connection is returned, on which the target may send its final outcome.
+/// target's message channel is returned, on which its final outcome may arrive.
 pub fn migrate(
     vm: &mut Vm,
     url: &str,
     opts: &SourceOptions,
     progress: &mut dyn FnMut(&Progress),
-) -> Result<(SourceReport, TcpStream)> {
+) -> Result<(SourceReport, TargetEvents)> {
     let t_start = Instant::now();
     let sock = super::transport::connect(url, opts.connect_timeout)?;
     let mut ctrl = sock.try_clone().map_err(|e| MigrationError::Peer {
@@ -394,15 +452,16 @@ pub fn migrate(
         },
     )?;
     info!(vm.log(), "migration: handshake done"; "target" => url, "protocol" => opts.protocol.name());
+    let events = control::spawn_reader(ctrl);
 
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
     let mut dma: Option<DmaTracker> = None;
-    let result = run_migration(vm, sock, &mut ctrl, opts, &mut dio, &mut dma, t_start, progress);
+    let result = run_migration(vm, sock, &events, opts, &mut dio, &mut dma, t_start, progress);
     if let Some(d) = dma.as_mut() {
         d.stop(vm);
     }
     match result {
-        Ok(r) => Ok((r, ctrl)),
+        Ok(r) => Ok((r, events)),
         Err(e) => {
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
             vm.device().set_throttle(0);
@@ -419,7 +478,7 @@ pub fn migrate(
 fn run_migration(
     vm: &mut Vm,
     sock: TcpStream,
-    ctrl: &mut TcpStream,
+    events: &TargetEvents,
     opts: &SourceOptions,
     dio: &mut DeviceIo,
     dma: &mut Option<DmaTracker>,
@@ -459,7 +518,9 @@ fn run_migration(
     let limit_s = opts.downtime_limit.as_secs_f64();
     let mut round = 0u32;
     let mut expected_downtime_ms;
-    let mut bandwidth;
+    let mut bandwidth = opts.bandwidth.map_or(1e9, |b| b as f64);
+    let mut measured = false;
+    let mut prev_remaining = u64::MAX;
     loop {
         if opts.fail_at == Some(FailPoint::Round(round)) {
             return Err(MigrationError::Injected {
@@ -476,9 +537,10 @@ fn run_migration(
             w.device_data(&chunk)?;
             run_while_busy(vm, &mut w, HIGH_WATER).map_err(peer)?;
         }
-        // Let the link drain while the guest runs: the next harvest then covers only what
-        // was dirtied while this round was on the wire.
-        run_while_busy(vm, &mut w, 0).map_err(peer)?;
+        // Let the link drain and the target catch up while the guest runs: the next
+        // harvest then covers what was dirtied while this round was in flight, and the
+        // round's time is the end-to-end time.
+        sync(vm, &mut w, events, u64::from(round))?;
         let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
 
         // What is dirty now: CPU log, device DMA log, device pre-copy data.
@@ -498,11 +560,17 @@ fn run_migration(
         let fixed = dio.stop_copy_estimate(vm).unwrap_or(V1_FIXED_ESTIMATE);
         let remaining = pending.count() * PAGE_SIZE + dev_pending + fixed;
         let sent_round = counters.sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
-        bandwidth = counters
-            .rate()
-            .or(opts.bandwidth.map(|b| b as f64))
-            .unwrap_or(sent_round as f64 / round_s)
-            .max(1.0);
+        // End-to-end rate of this round (to the target having consumed it), when the round
+        // moved enough to measure; else the last estimate, the cap, or 1 GB/s.
+        if sent_round >= 1 << 20 {
+            // The best round is the closest to the link's capacity: noise only slows rounds.
+            let r = sent_round as f64 / round_s;
+            bandwidth = if measured { bandwidth.max(r) } else { r };
+            measured = true;
+        }
+        if let Some(cap) = opts.bandwidth {
+            bandwidth = bandwidth.min(cap as f64);
+        }
         let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / round_s;
         expected_downtime_ms = remaining as f64 / bandwidth * 1e3 + remaining as f64 / TARGET_LOAD_RATE * 1e3 + TARGET_FIXED_MS;
         report.bytes.dma_ram += dma_pages * PAGE_SIZE;
@@ -530,7 +598,11 @@ fn run_migration(
         debug!(vm.log(), "pre-copy round"; "round" => round, "pages" => pages, "dma_only" => dma_pages,
                "device" => dev_bytes, "remaining" => remaining, "dirty_rate" => dirty_rate, "bandwidth" => bandwidth);
         round += 1;
-        if expected_downtime_ms <= limit_s * 1e3 {
+        // Switch over once the remainder fits the limit (as QEMU does) — unless the last
+        // round still halved it: then one more short round buys a smaller downtime cheaply.
+        let still_shrinking = remaining.saturating_mul(2) < prev_remaining && round < MAX_EXTRA_ROUNDS;
+        prev_remaining = remaining;
+        if expected_downtime_ms <= limit_s * 1e3 && !still_shrinking {
             break;
         }
         if round >= opts.max_rounds {
@@ -599,7 +671,18 @@ fn run_migration(
     writer.finish().map_err(peer)?;
     let t_wire = monotonic_ns();
 
-    let ack: Ack = control::recv(ctrl, "target's acknowledgement")?;
+    let ack = loop {
+        match events.recv() {
+            Ok(Ok(FromTarget::Ack(a))) => break a,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(MigrationError::Peer {
+                    what: "the target closed the connection before acknowledging".into(),
+                })
+            }
+        }
+    };
     match ack {
         Ack::Rejected { reason } => Err(MigrationError::Rejected { reason }),
         Ack::Resumed {

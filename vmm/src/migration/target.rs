@@ -10,7 +10,7 @@ use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
 use vgpu_sim::DirtyTracking;
 
 use super::clock::monotonic_ns;
-use super::control::{self, features, Ack, Hello, Start};
+use super::control::{self, features, Ack, FromTarget, Hello, Start};
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
 use super::source::FailPoint;
@@ -80,11 +80,11 @@ pub fn incoming(listener: &TcpListener, opts: &TargetOptions) -> Result<(Vm, Tar
             what: format!("unknown protocol '{protocol}'"),
         })?,
     };
-    match receive(&mut input, opts, protocol) {
+    match receive(&mut input, &mut ctrl, opts, protocol) {
         Ok((vm, report)) => {
             control::send(
                 &mut ctrl,
-                &Ack::Resumed {
+                &FromTarget::Ack(Ack::Resumed {
                     resumed_ns: report.resumed_ns,
                     switchover_seen_ns: report.source_stopped_ns,
                     residue_ms: 0.0,
@@ -92,13 +92,18 @@ pub fn incoming(listener: &TcpListener, opts: &TargetOptions) -> Result<(Vm, Tar
                     config_ms: report.config_ms,
                     resume_ms: report.resume_ms,
                     bytes: report.bytes,
-                },
+                }),
             )?;
             Ok((vm, report, ctrl))
         }
         Err(e) => {
             warn!(opts.log, "incoming migration failed; discarding what was received"; "error" => %e);
-            let _ = control::send(&mut ctrl, &Ack::Rejected { reason: e.to_string() });
+            let _ = control::send(
+                &mut ctrl,
+                &FromTarget::Ack(Ack::Rejected {
+                    reason: e.to_string(),
+                }),
+            );
             Err(e)
         }
     }
@@ -106,10 +111,11 @@ pub fn incoming(listener: &TcpListener, opts: &TargetOptions) -> Result<(Vm, Tar
 
 fn receive(
     input: &mut BufReader<std::net::TcpStream>,
+    ctrl: &mut TcpStream,
     opts: &TargetOptions,
     protocol: Protocol,
 ) -> Result<(Vm, TargetReport)> {
-    let mut r = StreamReader::new(input, TrailerCheck::Enforce)?;
+    let mut r = StreamReader::new(input, TrailerCheck::Enforce)?.without_eof_check();
     let h = r.header().clone();
     if h.mdev_type != opts.mdev_type {
         return Err(MigrationError::Incompatible {
@@ -139,6 +145,7 @@ fn receive(
             Record::Config(b) => config = Some(b),
             Record::Vcpu(b) => vcpu = Some(b),
             Record::Switchover { stopped_ns } => report.source_stopped_ns = stopped_ns,
+            Record::Sync { seq } => control::send(ctrl, &FromTarget::Synced { seq })?,
             other => apply_record_ram(&mut vm, other)?,
         }
     }

@@ -6,8 +6,14 @@
 //! header  := "VGPUMIG\0" major:u16 minor:u16 flags:u32 ram_size:u64 page_size:u32
 //!            type_len:u16 mdev_type:[u8; type_len]
 //! record  := kind:u32 length:u32 payload:[u8; length]
-//! end     := kind=END length=32 sha256(every byte before this record)
+//! end     := kind=END length=32 sha256(every byte before this record, except the
+//!            payloads of DEVICE_DATA records)
 //! ```
+//!
+//! Device data is left out of the stream digest on purpose: the device's context format
+//! carries its own SHA-256 per section and a digest chaining the whole context, which the
+//! target device checks before it commits anything; hashing those bytes twice would halve
+//! the target's speed for nothing.
 //!
 //! Record kinds ([`RecordKind`]): guest RAM pages (a run of consecutive pages), zero runs (pages
 //! the target must clear), device data chunks exactly as the device-state region produced

@@ -30,6 +30,7 @@ pub struct StreamReader<R: Read> {
     finished: bool,
     check: TrailerCheck,
     digest_ok: Option<bool>,
+    expect_eof: bool,
 }
 
 impl<R: Read> StreamReader<R> {
@@ -53,6 +54,7 @@ impl<R: Read> StreamReader<R> {
             finished: false,
             check,
             digest_ok: None,
+            expect_eof: true,
         };
         let mut fixed = [0u8; 30];
         r.fill(&mut fixed, "stream header")?;
@@ -117,6 +119,13 @@ impl<R: Read> StreamReader<R> {
         Ok(r)
     }
 
+    /// For a stream inside a connection that goes on after it (control messages follow):
+    /// do not wait for end-of-file after the end record.
+    pub fn without_eof_check(mut self) -> Self {
+        self.expect_eof = false;
+        self
+    }
+
     /// The stream header.
     pub fn header(&self) -> &Header {
         &self.header
@@ -133,6 +142,10 @@ impl<R: Read> StreamReader<R> {
     }
 
     fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+        self.fill_inner(buf, what, true)
+    }
+
+    fn fill_inner(&mut self, buf: &mut [u8], what: &'static str, hash: bool) -> Result<()> {
         let mut got = 0;
         while got < buf.len() {
             match self.input.read(&mut buf[got..]) {
@@ -152,7 +165,9 @@ impl<R: Read> StreamReader<R> {
                 }
             }
         }
-        self.hash.update(&*buf);
+        if hash {
+            self.hash.update(&*buf);
+        }
         self.offset += buf.len() as u64;
         Ok(())
     }
@@ -226,7 +241,7 @@ impl<R: Read> StreamReader<R> {
                     return Err(order("config or vCPU state is missing"));
                 }
                 let mut extra = [0u8; 1];
-                loop {
+                while self.expect_eof {
                     match self.input.read(&mut extra) {
                         Ok(0) => break,
                         Ok(_) => return Err(StreamError::Trailing { offset: self.offset }),
@@ -281,14 +296,14 @@ impl<R: Read> StreamReader<R> {
                     return Err(order("a second vCPU record"));
                 }
             }
-            RecordKind::Switchover => {
+            RecordKind::Switchover | RecordKind::Sync => {
                 if length != 8 {
-                    return Err(bad_len("expected a timestamp".into()));
+                    return Err(bad_len("expected 8 bytes".into()));
                 }
             }
         }
         let mut payload = vec![0u8; length as usize];
-        self.fill(&mut payload, "a record payload")?;
+        self.fill_inner(&mut payload, "a record payload", kind != RecordKind::DeviceData)?;
         let ram = self.header.ram_size;
         let check_range = |gpa: u64, len: u64| {
             let ok = gpa % 4096 == 0 && gpa.checked_add(len).is_some_and(|end| end <= ram);
@@ -337,6 +352,9 @@ impl<R: Read> StreamReader<R> {
             }
             RecordKind::Switchover => Record::Switchover {
                 stopped_ns: u64at(&payload, 0),
+            },
+            RecordKind::Sync => Record::Sync {
+                seq: u64at(&payload, 0),
             },
             RecordKind::End => unreachable!("handled above"),
         }))

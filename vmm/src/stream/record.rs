@@ -168,6 +168,9 @@ pub enum RecordKind {
     /// The source stopped its vCPU: `stopped_ns:u64` (CLOCK_MONOTONIC). What follows is
     /// the stop-and-copy residue.
     Switchover = 7,
+    /// `seq:u64`: the target answers with a `Synced` control message once it has consumed
+    /// everything before this record (the source learns how far behind the target is).
+    Sync = 8,
     /// End of stream: SHA-256 of every byte before this record.
     End = 0xff,
 }
@@ -183,6 +186,7 @@ impl RecordKind {
             5 => Self::Config,
             6 => Self::Vcpu,
             7 => Self::Switchover,
+            8 => Self::Sync,
             0xff => Self::End,
             _ => return None,
         })
@@ -198,6 +202,7 @@ impl RecordKind {
             Self::Config => "CONFIG",
             Self::Vcpu => "VCPU",
             Self::Switchover => "SWITCHOVER",
+            Self::Sync => "SYNC",
             Self::End => "END",
         }
     }
@@ -228,6 +233,11 @@ pub enum Record {
     Config(Vec<u8>),
     /// vCPU state bytes.
     Vcpu(Vec<u8>),
+    /// Answer with `Synced { seq }` once everything before is consumed.
+    Sync {
+        /// Sequence number.
+        seq: u64,
+    },
     /// The source stopped its vCPU at this CLOCK_MONOTONIC time.
     Switchover {
         /// Nanoseconds.

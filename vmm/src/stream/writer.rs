@@ -60,6 +60,13 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
+    fn raw_unhashed(&mut self, b: &[u8]) -> Result<()> {
+        let offset = self.stats.total;
+        self.out.write_all(b).context(IoSnafu { offset })?;
+        self.stats.total += b.len() as u64;
+        Ok(())
+    }
+
     fn record(&mut self, kind: RecordKind, parts: &[&[u8]]) -> Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         debug_assert!(len <= MAX_RECORD as usize);
@@ -92,7 +99,10 @@ impl<W: Write> StreamWriter<W> {
     /// One device data chunk (at most [`MAX_RECORD`] bytes).
     pub fn device_data(&mut self, chunk: &[u8]) -> Result<()> {
         for c in chunk.chunks(MAX_RECORD as usize) {
-            self.record(RecordKind::DeviceData, &[c])?;
+            // Header hashed, payload not (the device's own digests cover it).
+            self.raw(&(RecordKind::DeviceData as u32).to_le_bytes())?;
+            self.raw(&(c.len() as u32).to_le_bytes())?;
+            self.raw_unhashed(c)?;
             self.stats.device += c.len() as u64;
         }
         Ok(())
@@ -115,6 +125,11 @@ impl<W: Write> StreamWriter<W> {
         self.record(RecordKind::Vcpu, &[bytes])?;
         self.stats.state += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Ask the target to confirm it consumed everything so far.
+    pub fn sync(&mut self, seq: u64) -> Result<()> {
+        self.record(RecordKind::Sync, &[&seq.to_le_bytes()])
     }
 
     /// The source stopped its vCPU at `stopped_ns` (CLOCK_MONOTONIC).
