@@ -56,6 +56,9 @@ pub enum SwitchoverAt {
     MidBatch,
     /// With an interrupt raised by the device and not yet handled by the guest.
     IrqPending,
+    /// Right after one more frame completed (its checksum and seqno were written by DMA
+    /// after the last pre-copy round: only DMA tracking can carry them).
+    NextFrame,
 }
 
 impl SwitchoverAt {
@@ -65,6 +68,7 @@ impl SwitchoverAt {
             "converged" => Some(Self::Converged),
             "mid-batch" => Some(Self::MidBatch),
             "irq-pending" => Some(Self::IrqPending),
+            "next-frame" => Some(Self::NextFrame),
             _ => None,
         }
     }
@@ -230,12 +234,14 @@ fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
     if at == SwitchoverAt::Converged {
         return Ok(());
     }
+    let start_frames = vm.completed_frames();
     for _ in 0..200_000 {
         let holds = match at {
             SwitchoverAt::MidBatch => {
                 vm.reg(REG_ENGINE_STATUS) & ENGINE_IN_BATCH != 0 && vm.reg(REG_BB_OFFSET) > 0
             }
             SwitchoverAt::IrqPending => vm.vcpu().has_pending(),
+            SwitchoverAt::NextFrame => vm.completed_frames() > start_frames,
             SwitchoverAt::Converged => true,
         };
         if holds {
@@ -275,11 +281,29 @@ const TARGET_LOAD_RATE: f64 = 2e9;
 /// Fixed target work for the estimate, ms.
 const TARGET_FIXED_MS: f64 = 1.0;
 
+thread_local! {
+    /// Time the guest ran on this thread during the current round (see [`guest_step`]).
+    static GUEST_TIME: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// One guest step, with its time accounted: a round's transfer time is its wall time less
+/// the time the guest held this thread.
+fn guest_step(vm: &mut Vm, budget: usize) -> usize {
+    let t = Instant::now();
+    let (_, ran) = vm.step(budget);
+    GUEST_TIME.with(|g| g.set(g.get() + t.elapsed()));
+    ran
+}
+
+fn take_guest_time() -> Duration {
+    GUEST_TIME.with(|g| g.replace(Duration::ZERO))
+}
+
 /// Run `vm` on the main thread until the sender's backlog is below `max`.
 fn run_while_busy(vm: &mut Vm, w: &mut StreamWriter<ChannelWriter>, max: u64) -> std::io::Result<()> {
     w.get_mut().flush()?;
     while w.get_mut().backlog() > max {
-        let (_, ran) = vm.step(crate::vm::DEFAULT_BUDGET);
+        let ran = guest_step(vm, crate::vm::DEFAULT_BUDGET);
         if ran == 0 {
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -290,22 +314,50 @@ fn run_while_busy(vm: &mut Vm, w: &mut StreamWriter<ChannelWriter>, max: u64) ->
     Ok(())
 }
 
-/// Send the pages of `pages` (zero pages as zero runs when `zeros` is set, else skipped).
+/// What [`send_pages`] sent.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sent {
+    /// Non-zero pages sent whole.
+    nonzero: u64,
+    /// Zero pages sent as zero runs (or skipped).
+    zero: u64,
+    /// Of the non-zero pages, those only the DMA log reported.
+    dma_nonzero: u64,
+}
+
+impl Sent {
+    /// Wire bytes per page processed (a zero run costs a 24-byte record, shared by a run).
+    fn bytes_per_page(&self) -> Option<f64> {
+        let n = self.nonzero + self.zero;
+        (n > 0).then(|| (self.nonzero * PAGE_SIZE + self.zero * 24) as f64 / n as f64)
+    }
+}
+
+/// Send the pages of `pages` in runs; zero pages as zero runs when `zeros` is set (the
+/// target's RAM starts zeroed, so round 0 skips them).
 fn send_pages(
     vm: &mut Vm,
     w: &mut StreamWriter<ChannelWriter>,
     pages: &DirtyBitmap,
+    dma_only: &DirtyBitmap,
     zeros: bool,
     running: bool,
-) -> Result<u64> {
-    let mut sent = 0;
+) -> Result<Sent> {
+    let mut sent = Sent::default();
     let mut run: Vec<u8> = Vec::new();
     let mut run_start = 0;
+    let mut zrun: Option<(u64, u64)> = None;
     let mut page = vec![0u8; PAGE_SIZE as usize];
     let flush = |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
         if !run.is_empty() {
             w.ram_pages(start, run)?;
             run.clear();
+        }
+        Ok(())
+    };
+    let flush_zero = |w: &mut StreamWriter<ChannelWriter>, z: &mut Option<(u64, u64)>| -> Result<()> {
+        if let Some((gpa, n)) = z.take() {
+            w.ram_zero(gpa, n)?;
         }
         Ok(())
     };
@@ -315,17 +367,28 @@ fn send_pages(
         })?;
         if memory::is_zero(&page) {
             flush(w, run_start, &mut run)?;
+            sent.zero += 1;
             if zeros {
-                w.ram_zero(gpa, 1)?;
+                match &mut zrun {
+                    Some((start, n)) if *start + *n * PAGE_SIZE == gpa => *n += 1,
+                    _ => {
+                        flush_zero(w, &mut zrun)?;
+                        zrun = Some((gpa, 1));
+                    }
+                }
             }
             continue;
         }
+        flush_zero(w, &mut zrun)?;
         if run.is_empty() || run_start + run.len() as u64 != gpa {
             flush(w, run_start, &mut run)?;
             run_start = gpa;
         }
         run.extend_from_slice(&page);
-        sent += 1;
+        sent.nonzero += 1;
+        if dma_only.is_dirty(gpa) {
+            sent.dma_nonzero += 1;
+        }
         if run.len() >= 1 << 20 {
             flush(w, run_start, &mut run)?;
             if running {
@@ -334,6 +397,7 @@ fn send_pages(
         }
     }
     flush(w, run_start, &mut run)?;
+    flush_zero(w, &mut zrun)?;
     Ok(sent)
 }
 
@@ -415,7 +479,7 @@ fn sync(
                     return Err(peer(e));
                 }
                 // Small steps, so the answer is noticed promptly.
-                let (_, ran) = vm.step(SYNC_BUDGET);
+                let ran = guest_step(vm, SYNC_BUDGET);
                 if ran == 0 {
                     std::thread::sleep(Duration::from_micros(50));
                 }
@@ -452,6 +516,11 @@ pub fn migrate(
         },
     )?;
     info!(vm.log(), "migration: handshake done"; "target" => url, "protocol" => opts.protocol.name());
+    // Closing one clone does not close the connection; shutting it down does. A failed
+    // migration shuts it down so the target sees the end at once.
+    let closer = sock.try_clone().map_err(|e| MigrationError::Peer {
+        what: format!("cannot clone the socket: {e}"),
+    })?;
     let events = control::spawn_reader(ctrl);
 
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
@@ -463,6 +532,7 @@ pub fn migrate(
     match result {
         Ok(r) => Ok((r, events)),
         Err(e) => {
+            let _ = closer.shutdown(std::net::Shutdown::Both);
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
             vm.device().set_throttle(0);
             // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy).
@@ -521,6 +591,8 @@ fn run_migration(
     let mut bandwidth = opts.bandwidth.map_or(1e9, |b| b as f64);
     let mut measured = false;
     let mut prev_remaining = u64::MAX;
+    // Until a round has shown otherwise, every dirty page is assumed to cost a full page.
+    let mut ram_bytes_per_page = PAGE_SIZE as f64;
     loop {
         if opts.fail_at == Some(FailPoint::Round(round)) {
             return Err(MigrationError::Injected {
@@ -528,9 +600,16 @@ fn run_migration(
             });
         }
         let t_round = Instant::now();
+        let _ = take_guest_time();
         let sent_before = counters.sent.load(std::sync::atomic::Ordering::Relaxed);
-        let pages = send_pages(vm, &mut w, &pending, round > 0, true)?;
         let dma_pages = dma_only.iter_dirty().filter(|a| pending.is_dirty(*a)).count() as u64;
+        let sent = send_pages(vm, &mut w, &pending, &dma_only, round > 0, true)?;
+        let pages = sent.nonzero;
+        if round > 0 {
+            if let Some(b) = sent.bytes_per_page() {
+                ram_bytes_per_page = b;
+            }
+        }
         let mut dev_bytes = 0;
         while let Some(chunk) = dio.next_chunk(vm)? {
             dev_bytes += chunk.len() as u64;
@@ -558,13 +637,17 @@ fn run_migration(
         }
         let dev_pending = dio.pending(vm, false)?;
         let fixed = dio.stop_copy_estimate(vm).unwrap_or(V1_FIXED_ESTIMATE);
-        let remaining = pending.count() * PAGE_SIZE + dev_pending + fixed;
+        let remaining = (pending.count() as f64 * ram_bytes_per_page) as u64 + dev_pending + fixed;
         let sent_round = counters.sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
         // End-to-end rate of this round (to the target having consumed it), when the round
         // moved enough to measure; else the last estimate, the cap, or 1 GB/s.
         if sent_round >= 1 << 20 {
-            // The best round is the closest to the link's capacity: noise only slows rounds.
-            let r = sent_round as f64 / round_s;
+            // Transfer time: the round less the time the guest held this thread (bounded
+            // below, as the guest and the transfer partly overlap on other cores). The best
+            // round is the closest to the link's capacity: noise only slows rounds.
+            let guest = take_guest_time().as_secs_f64();
+            let transfer_s = (round_s - guest).max(round_s / 4.0);
+            let r = sent_round as f64 / transfer_s;
             bandwidth = if measured { bandwidth.max(r) } else { r };
             measured = true;
         }
@@ -573,7 +656,7 @@ fn run_migration(
         }
         let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / round_s;
         expected_downtime_ms = remaining as f64 / bandwidth * 1e3 + remaining as f64 / TARGET_LOAD_RATE * 1e3 + TARGET_FIXED_MS;
-        report.bytes.dma_ram += dma_pages * PAGE_SIZE;
+        report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
         report.rounds.push(RoundStats {
             round,
             ram_pages: pages,
@@ -644,16 +727,18 @@ fn run_migration(
     let t_stopped = monotonic_ns();
     let cpu = memory::harvest_dirty(vm.memory());
     pending.merge(&cpu);
+    dma_only.clear();
     if let Some(d) = dma.as_mut() {
         let dd = d.harvest(vm)?;
         for a in dd.iter_dirty() {
             if !pending.is_dirty(a) {
-                report.bytes.dma_ram += PAGE_SIZE;
+                dma_only.mark(a);
             }
         }
         pending.merge(&dd);
     }
-    send_pages(vm, &mut w, &pending, true, false)?;
+    let sent = send_pages(vm, &mut w, &pending, &dma_only, true, false)?;
+    report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
     while let Some(chunk) = dio.next_chunk(vm)? {
         report.bytes.device_stopcopy += chunk.len() as u64;
         w.device_data(&chunk)?;
