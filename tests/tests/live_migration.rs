@@ -56,7 +56,8 @@ fn booted_with(tracking: DirtyTracking) -> Vm {
     cfg.ram_size = 64 << 20;
     cfg.dirty_tracking = tracking;
     let mut vm = Vm::new(&cfg).unwrap();
-    vm.boot(&vgpu_migrate_tests::small_params(FRAMES, SEED)).unwrap();
+    vm.boot(&vgpu_migrate_tests::small_params(FRAMES, SEED))
+        .unwrap();
     vm
 }
 
@@ -77,7 +78,10 @@ fn both_protocols_both_tracking_modes_verify() {
             assert_eq!(got, want, "{protocol:?}/{tracking:?}");
             assert!(!rep.rounds.is_empty());
             assert!(rep.downtime_ms > 0.0 && rep.total_ms >= rep.downtime_ms);
-            assert!(rep.bytes.device_stopcopy > 0, "device state moved at stop-copy");
+            assert!(
+                rep.bytes.device_stopcopy > 0,
+                "device state moved at stop-copy"
+            );
         }
     }
 }
@@ -97,7 +101,9 @@ fn switchover_mid_batch_and_with_a_pending_interrupt() {
         };
         let (got, rep) = migrate_and_finish(DirtyTracking::ShadowPt, o, 2).unwrap();
         match at {
-            SwitchoverAt::MidBatch => assert!(rep.switchover.in_batch && rep.switchover.batch_offset > 0),
+            SwitchoverAt::MidBatch => {
+                assert!(rep.switchover.in_batch && rep.switchover.batch_offset > 0)
+            }
             SwitchoverAt::IrqPending => assert!(rep.switchover.vcpu_irq_pending),
             _ => {}
         }
@@ -113,7 +119,8 @@ fn idle_device_migrates_and_target_goes_on() {
     let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
     let mut src = Vm::new(&cfg).unwrap();
-    src.boot(&vgpu_migrate_tests::small_params(5, SEED)).unwrap();
+    src.boot(&vgpu_migrate_tests::small_params(5, SEED))
+        .unwrap();
     src.run(StopAt::Done).unwrap();
     migration::migrate(&mut src, &url, &opts(Protocol::V2), &mut |_| {}).unwrap();
     let mut dst = target.join().unwrap().unwrap();
@@ -172,12 +179,19 @@ fn failures_at_every_phase_leave_the_source_intact() {
             o
         };
         let err = migration::migrate(&mut src, &url, &o, &mut |_| {}).unwrap_err();
-        assert!(target.join().unwrap().is_err(), "the target must discard ({fail:?}/{target_fail:?})");
+        assert!(
+            target.join().unwrap().is_err(),
+            "the target must discard ({fail:?}/{target_fail:?})"
+        );
         let msg = err.to_string();
         assert!(!msg.is_empty());
         // The source goes on as if nothing had happened.
         src.run(StopAt::Done).unwrap();
-        assert_eq!(outcome(&mut src, FRAMES), want, "source after {fail:?}/{target_fail:?}: {msg}");
+        assert_eq!(
+            outcome(&mut src, FRAMES),
+            want,
+            "source after {fail:?}/{target_fail:?}: {msg}"
+        );
     }
 }
 
@@ -209,7 +223,9 @@ fn incompatible_target_is_refused_before_any_data() {
             fail_at: None,
             log: quiet(),
         };
-        migration::incoming(&l, &opts).map(|_| ()).map_err(|e| e.to_string())
+        migration::incoming(&l, &opts)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     let mut src = booted("vgpu-64", FRAMES, SEED, 100);
     src.run(StopAt::Frame(2)).unwrap();
@@ -218,7 +234,10 @@ fn incompatible_target_is_refused_before_any_data() {
     let terr = target.join().unwrap().unwrap_err();
     assert!(terr.contains("incompatible"), "{terr}");
     src.run(StopAt::Done).unwrap();
-    assert_eq!(outcome(&mut src, FRAMES), reference("vgpu-64", FRAMES, SEED));
+    assert_eq!(
+        outcome(&mut src, FRAMES),
+        reference("vgpu-64", FRAMES, SEED)
+    );
 }
 
 #[test]
@@ -235,5 +254,8 @@ fn a_dead_target_is_a_clear_error() {
     let err = migration::migrate(&mut src, &url, &o, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
     src.run(StopAt::Done).unwrap();
-    assert_eq!(outcome(&mut src, FRAMES), reference("vgpu-64", FRAMES, SEED));
+    assert_eq!(
+        outcome(&mut src, FRAMES),
+        reference("vgpu-64", FRAMES, SEED)
+    );
 }

@@ -21,9 +21,15 @@ fn dump_and_restore(frames: u64, k: u64, extra_cmds: u64, seed: u64) {
     let mut dst = vmm::snapshot::restore(&snap[..], &quiet(), Default::default(), 300).unwrap();
     dst.run(StopAt::Done).unwrap();
     let got = outcome(&mut dst, frames);
-    assert_eq!(got.checksums, want.checksums, "checksum log, K={k} +{extra_cmds}");
+    assert_eq!(
+        got.checksums, want.checksums,
+        "checksum log, K={k} +{extra_cmds}"
+    );
     assert_eq!(got.ram, want.ram, "guest RAM digest, K={k} +{extra_cmds}");
-    assert_eq!(got.gmem, want.gmem, "graphics memory digest, K={k} +{extra_cmds}");
+    assert_eq!(
+        got.gmem, want.gmem,
+        "graphics memory digest, K={k} +{extra_cmds}"
+    );
 }
 
 #[test]

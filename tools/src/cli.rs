@@ -18,8 +18,9 @@ pub struct Cli {
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
-    s.parse::<Level>()
-        .map_err(|_| format!("'{s}' is not a log level (critical, error, warning, info, debug, trace)"))
+    s.parse::<Level>().map_err(|_| {
+        format!("'{s}' is not a log level (critical, error, warning, info, debug, trace)")
+    })
 }
 
 /// Workload options shared by the commands that boot a guest.

@@ -88,7 +88,9 @@ pub fn write_rgba(path: &Path, w: u32, h: u32, rgba: &[u8]) -> Result<(), Output
     enc.set_color(png::ColorType::Rgba);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header().context(EncodeSnafu { path })?;
-    writer.write_image_data(rgba).context(EncodeSnafu { path })?;
+    writer
+        .write_image_data(rgba)
+        .context(EncodeSnafu { path })?;
     writer.finish().context(EncodeSnafu { path })?;
     Ok(())
 }

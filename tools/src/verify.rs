@@ -25,7 +25,13 @@ pub fn fingerprint(vm: &mut Vm, frames: u64) -> Fingerprint {
 }
 
 /// Run a reference that never migrates: same type, RAM, parameters, frames.
-pub fn reference(mdev_type: &str, ram_size: u64, params: &Params, frames: u64, log: &Logger) -> vmm::Result<Fingerprint> {
+pub fn reference(
+    mdev_type: &str,
+    ram_size: u64,
+    params: &Params,
+    frames: u64,
+    log: &Logger,
+) -> vmm::Result<Fingerprint> {
     let mut cfg = VmConfig::new(mdev_type, log.clone());
     cfg.ram_size = ram_size;
     let mut vm = Vm::new(&cfg)?;

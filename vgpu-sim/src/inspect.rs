@@ -76,7 +76,11 @@ fn irq_bits(v: u32) -> String {
         (INT_GTT_ERROR, "GTT_ERROR"),
         (INT_CMD_ERROR, "CMD_ERROR"),
     ];
-    let set: Vec<&str> = names.iter().filter(|(b, _)| v & b != 0).map(|(_, n)| *n).collect();
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| v & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     if set.is_empty() {
         format!("{v:#x}")
     } else {
@@ -90,7 +94,10 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
     let mut c = Collect::default();
     parser.feed(bytes, &mut c).map_err(|e| e.to_string())?;
     parser.finish().map_err(|e| e.to_string())?;
-    let ty_name = parser.header().map(|h| h.mdev_type.clone()).unwrap_or_default();
+    let ty_name = parser
+        .header()
+        .map(|h| h.mdev_type.clone())
+        .unwrap_or_default();
     let ty = VgpuType::by_name(&ty_name).map_err(|e| e.to_string())?;
     let empty: &[u8] = &[];
     let find = |id: SectionId| -> &[u8] {
@@ -104,7 +111,10 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
     let r = &st.regs;
     let mapped = st.gtt.iter().filter(|e| *e & GTT_PRESENT != 0).count();
     let mut out = vec![
-        ("mdev type".to_string(), format!("{} ({} MiB graphics memory)", ty.name, ty.gmem_size >> 20)),
+        (
+            "mdev type".to_string(),
+            format!("{} ({} MiB graphics memory)", ty.name, ty.gmem_size >> 20),
+        ),
         (
             "graphics memory".into(),
             if c.gmem_bytes > 0 {
@@ -113,14 +123,21 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
                 format!("{} page sections (pre-copy)", c.gmem_page_sections)
             },
         ),
-        ("GTT".into(), format!("{mapped} of {} entries present", st.gtt.len())),
+        (
+            "GTT".into(),
+            format!("{mapped} of {} entries present", st.gtt.len()),
+        ),
         (
             "ring".into(),
             format!(
                 "start {:#x} size {:#x} {} head {:#x} tail {:#x}",
                 r.ring_start(),
                 r.ring_size(),
-                if r.ring_enabled() { "enabled" } else { "disabled" },
+                if r.ring_enabled() {
+                    "enabled"
+                } else {
+                    "disabled"
+                },
                 r.get(REG_RING_HEAD),
                 r.get(REG_RING_TAIL)
             ),
@@ -164,7 +181,11 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
             "display".into(),
             format!(
                 "{} surface {:#x} stride {} size {}x{}, {} flips",
-                if r.get(REG_DSP_CTL) & DSP_CTL_ENABLE != 0 { "on," } else { "off," },
+                if r.get(REG_DSP_CTL) & DSP_CTL_ENABLE != 0 {
+                    "on,"
+                } else {
+                    "off,"
+                },
                 r.get(REG_DSP_SURF),
                 r.get(REG_DSP_STRIDE),
                 r.get(REG_DSP_SIZE) & 0xffff,

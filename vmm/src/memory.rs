@@ -18,7 +18,9 @@ pub const PAGE_SIZE: u64 = 4096;
 #[snafu(visibility(pub))]
 pub enum MemoryError {
     /// The size is not usable.
-    #[snafu(display("guest RAM size {size:#x} must be a non-zero multiple of 4 KiB below {limit:#x}"))]
+    #[snafu(display(
+        "guest RAM size {size:#x} must be a non-zero multiple of 4 KiB below {limit:#x}"
+    ))]
     BadSize {
         /// Size asked for.
         size: u64,
@@ -34,7 +36,9 @@ pub enum MemoryError {
         source: vm_memory::mmap::FromRangesError,
     },
     /// A guest-physical access outside guest RAM.
-    #[snafu(display("guest RAM access of {len} bytes at {gpa:#x} is outside guest RAM (size {size:#x})"))]
+    #[snafu(display(
+        "guest RAM access of {len} bytes at {gpa:#x} is outside guest RAM (size {size:#x})"
+    ))]
     OutOfRange {
         /// Address.
         gpa: u64,
@@ -86,20 +90,22 @@ pub fn harvest_dirty(mem: &GuestMem) -> DirtyBitmap {
 
 /// Read `buf.len()` bytes at `gpa`, checking the range.
 pub fn read(mem: &GuestMem, gpa: u64, buf: &mut [u8]) -> Result<()> {
-    mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
-        gpa,
-        len: buf.len(),
-        size: size(mem),
-    })
+    mem.read_slice(buf, GuestAddress(gpa))
+        .map_err(|_| MemoryError::OutOfRange {
+            gpa,
+            len: buf.len(),
+            size: size(mem),
+        })
 }
 
 /// Write `buf` at `gpa` (marks the CPU dirty log), checking the range.
 pub fn write(mem: &GuestMem, gpa: u64, buf: &[u8]) -> Result<()> {
-    mem.write_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
-        gpa,
-        len: buf.len(),
-        size: size(mem),
-    })
+    mem.write_slice(buf, GuestAddress(gpa))
+        .map_err(|_| MemoryError::OutOfRange {
+            gpa,
+            len: buf.len(),
+            size: size(mem),
+        })
 }
 
 /// Whether a page is all zeros.
@@ -145,15 +151,27 @@ mod tests {
         write(&mem, 0x3000 + 10, &[1, 2, 3]).unwrap();
         write(&mem, 0x5ffe, &[1, 2, 3, 4]).unwrap();
         let d = harvest_dirty(&mem);
-        assert_eq!(d.iter_dirty().collect::<Vec<_>>(), vec![0x3000, 0x5000, 0x6000]);
+        assert_eq!(
+            d.iter_dirty().collect::<Vec<_>>(),
+            vec![0x3000, 0x5000, 0x6000]
+        );
         assert_eq!(harvest_dirty(&mem).count(), 0);
     }
 
     #[test]
     fn rejects_bad_sizes_and_ranges() {
-        assert!(matches!(create(0, 1 << 30), Err(MemoryError::BadSize { .. })));
-        assert!(matches!(create(4097, 1 << 30), Err(MemoryError::BadSize { .. })));
-        assert!(matches!(create(2 << 30, 1 << 30), Err(MemoryError::BadSize { .. })));
+        assert!(matches!(
+            create(0, 1 << 30),
+            Err(MemoryError::BadSize { .. })
+        ));
+        assert!(matches!(
+            create(4097, 1 << 30),
+            Err(MemoryError::BadSize { .. })
+        ));
+        assert!(matches!(
+            create(2 << 30, 1 << 30),
+            Err(MemoryError::BadSize { .. })
+        ));
         let mem = create(1 << 20, 1 << 30).unwrap();
         let err = write(&mem, (1 << 20) - 2, &[0; 4]).unwrap_err();
         assert!(err.to_string().contains("outside guest RAM"), "{err}");

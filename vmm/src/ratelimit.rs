@@ -28,7 +28,8 @@ impl RateLimit {
     /// Whether an event may be logged now.
     pub fn allow(&mut self) -> bool {
         let now = Instant::now();
-        let refill = (now.duration_since(self.last).as_nanos() / self.period.as_nanos().max(1)) as u32;
+        let refill =
+            (now.duration_since(self.last).as_nanos() / self.period.as_nanos().max(1)) as u32;
         if refill > 0 {
             self.tokens = (self.tokens + refill).min(self.burst);
             self.last = now;

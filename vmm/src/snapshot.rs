@@ -141,7 +141,12 @@ pub fn resume_source(vm: &mut Vm) -> Result<()> {
 
 /// Read a stream into a fresh VM of the stream's mdev type and RAM size; the VM is ready to
 /// run when this returns.
-pub fn restore<R: Read>(input: R, log: &Logger, tracking: DirtyTracking, sink_base: u32) -> Result<Vm> {
+pub fn restore<R: Read>(
+    input: R,
+    log: &Logger,
+    tracking: DirtyTracking,
+    sink_base: u32,
+) -> Result<Vm> {
     let mut r = StreamReader::new(input, TrailerCheck::Enforce).context(StreamSnafu)?;
     let h = r.header().clone();
     let mut cfg = VmConfig::new(&h.mdev_type, log.clone());
@@ -150,9 +155,11 @@ pub fn restore<R: Read>(input: R, log: &Logger, tracking: DirtyTracking, sink_ba
     cfg.irq_sink_base = sink_base;
     let mut vm = Vm::new(&cfg)?;
     let index = state_region_index(&vm)?;
-    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).context(DeviceSnafu {
-        doing: "entering resuming",
-    })?;
+    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).context(
+        DeviceSnafu {
+            doing: "entering resuming",
+        },
+    )?;
     let mut config = None;
     let mut vcpu = None;
     while let Some(rec) = r.next_record().context(StreamSnafu)? {
@@ -188,7 +195,9 @@ pub fn apply_record(
 /// Apply a guest RAM record; other records are ignored.
 pub fn apply_record_ram(vm: &mut Vm, rec: Record) -> Result<()> {
     match rec {
-        Record::RamPages { gpa, data } => memory::write(vm.memory(), gpa, &data).context(MemorySnafu)?,
+        Record::RamPages { gpa, data } => {
+            memory::write(vm.memory(), gpa, &data).context(MemorySnafu)?
+        }
         Record::RamZero { gpa, pages } => {
             let zero = vec![0u8; PAGE_SIZE as usize];
             for p in 0..pages {
@@ -230,11 +239,12 @@ pub fn decode_state(
 /// pending and are deliverable now fire.
 pub fn replay_config(vm: &mut Vm, saved: &ConfigSpaceState) -> Result<()> {
     let host = vm.host_resources().clone();
-    let result = pci_config_replay::replay(vm.device().config_mut(), saved, &host).map_err(|e| {
-        VmmError::Config {
-            reason: e.to_string(),
-        }
-    })?;
+    let result =
+        pci_config_replay::replay(vm.device().config_mut(), saved, &host).map_err(|e| {
+            VmmError::Config {
+                reason: e.to_string(),
+            }
+        })?;
     vm.install_maps(result.bar_map.clone(), result.interrupt_routes.clone());
     // Vectors that were pending on the source and are deliverable now fire through the
     // target's rebuilt routes.
@@ -276,8 +286,10 @@ pub fn finish_restore(
     })?;
     replay_config(vm, &saved)?;
     restore_vcpu(vm, &vcpu);
-    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(DeviceSnafu {
-        doing: "starting the restored device",
-    })?;
+    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(
+        DeviceSnafu {
+            doing: "starting the restored device",
+        },
+    )?;
     Ok(())
 }

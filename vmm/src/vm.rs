@@ -162,7 +162,11 @@ impl Vm {
         for (off, addr) in [(0x10u64, BAR0_GPA), (0x18, BAR2_GPA)] {
             for (i, half) in [addr as u32, (addr >> 32) as u32].into_iter().enumerate() {
                 self.dev
-                    .region_write(VFIO_PCI_CONFIG_REGION_INDEX, off + 4 * i as u64, &half.to_le_bytes())
+                    .region_write(
+                        VFIO_PCI_CONFIG_REGION_INDEX,
+                        off + 4 * i as u64,
+                        &half.to_le_bytes(),
+                    )
                     .context(DeviceSnafu {
                         doing: "placing BARs",
                     })?;
@@ -247,7 +251,8 @@ impl Vm {
                 .iter()
                 .find(|r| r.kind.vfio_irq_index() == index && u32::from(r.vector) == vector);
             match route {
-                Some(r) if r.sink == self.sink_base + vector => match msi_vector(r.address, r.data) {
+                Some(r) if r.sink == self.sink_base + vector => match msi_vector(r.address, r.data)
+                {
                     Some(v) => self.vcpu.inject(v),
                     None => {
                         if self.warn_limit.allow() {
@@ -305,7 +310,10 @@ impl Vm {
     /// Read a device register through BAR0's region (host side).
     pub fn reg(&mut self, reg: u32) -> u32 {
         let mut b = [0u8; 4];
-        match self.dev.region_read(VFIO_PCI_BAR0_REGION_INDEX, u64::from(reg), &mut b) {
+        match self
+            .dev
+            .region_read(VFIO_PCI_BAR0_REGION_INDEX, u64::from(reg), &mut b)
+        {
             Ok(()) => u32::from_le_bytes(b),
             Err(_) => u32::MAX,
         }
@@ -474,4 +482,3 @@ impl Vm {
         &self.log
     }
 }
-

@@ -9,7 +9,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slog::Logger;
 use state_region::driver as v1;
-use vfio_bindings::bindings::vfio::{VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING};
+use vfio_bindings::bindings::vfio::{
+    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
+};
 use vgpu_sim::workload::Params;
 use vmm::{StopAt, Vm, VmConfig};
 
@@ -98,7 +100,10 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
         }
 
         // Save through the v2 data stream (no data window).
-        let mig = src.device().migration().ok_or_else(|| err("no v2 migration"))?;
+        let mig = src
+            .device()
+            .migration()
+            .ok_or_else(|| err("no v2 migration"))?;
         let mut buf = vec![0u8; 1 << 20];
         let t = Instant::now();
         mig.set_mig_state(MigState::StopCopy).map_err(err)?;
@@ -169,10 +174,16 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("device context of {mdev_type}: {} MiB, medians of {runs} runs", total >> 20);
+        println!(
+            "device context of {mdev_type}: {} MiB, medians of {runs} runs",
+            total >> 20
+        );
         println!("{:<20} {:>10} {:>12}", "path", "GB/s", "x sha256");
         for f in &figures {
-            println!("{:<20} {:>10.2} {:>12.2}", f.name, f.median_gbps, f.ratio_to_sha256);
+            println!(
+                "{:<20} {:>10.2} {:>12.2}",
+                f.name, f.median_gbps, f.ratio_to_sha256
+            );
         }
     }
     Ok(())

@@ -26,8 +26,14 @@ fn one(
     opts: &SourceOptions,
     log: &Logger,
 ) -> Result<SourceReport> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let url = format!("tcp://{}", listener.local_addr().map_err(|e| CliError::Check { msg: e.to_string() })?);
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
+    let url = format!(
+        "tcp://{}",
+        listener
+            .local_addr()
+            .map_err(|e| CliError::Check { msg: e.to_string() })?
+    );
     let topts = TargetOptions {
         mdev_type: mdev_type.into(),
         irq_sink_base: 900,
@@ -35,7 +41,8 @@ fn one(
         fail_at: None,
         log: log.clone(),
     };
-    let target = std::thread::spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r));
+    let target =
+        std::thread::spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r));
     let mut cfg = VmConfig::new(mdev_type, log.clone());
     cfg.ram_size = ram;
     cfg.dirty_tracking = tracking;
@@ -63,7 +70,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Raw loopback TCP throughput for `bytes` bytes, bytes/s.
 fn raw_tcp(bytes: u64) -> Result<f64> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let addr = l.local_addr().map_err(|e| CliError::Check { msg: e.to_string() })?;
+    let addr = l
+        .local_addr()
+        .map_err(|e| CliError::Check { msg: e.to_string() })?;
     let rx = std::thread::spawn(move || -> std::io::Result<u64> {
         let (mut s, _) = l.accept()?;
         let mut buf = vec![0u8; 1 << 20];
@@ -82,13 +91,16 @@ fn raw_tcp(bytes: u64) -> Result<f64> {
     let mut left = bytes;
     while left > 0 {
         let k = left.min(buf.len() as u64) as usize;
-        s.write_all(&buf[..k]).map_err(|e| CliError::Check { msg: e.to_string() })?;
+        s.write_all(&buf[..k])
+            .map_err(|e| CliError::Check { msg: e.to_string() })?;
         left -= k as u64;
     }
     drop(s);
     let got = rx
         .join()
-        .map_err(|_| CliError::Check { msg: "receiver panicked".into() })?
+        .map_err(|_| CliError::Check {
+            msg: "receiver panicked".into(),
+        })?
         .map_err(|e| CliError::Check { msg: e.to_string() })?;
     let secs = t.elapsed().as_secs_f64();
     Ok(got as f64 / secs)
@@ -96,7 +108,9 @@ fn raw_tcp(bytes: u64) -> Result<f64> {
 
 /// SHA-256 throughput over `bytes` bytes on one core, bytes/s.
 fn sha_rate(bytes: u64) -> f64 {
-    let buf: Vec<u8> = (0..(16u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let buf: Vec<u8> = (0..(16u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let t = Instant::now();
     let mut h = Sha256::new();
     let mut left = bytes;
@@ -142,7 +156,15 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
     };
     let mut reps = Vec::new();
     for _ in 0..runs {
-        reps.push(one("vgpu-512", ram, &params, 8, DirtyTracking::ShadowPt, &capped, log)?);
+        reps.push(one(
+            "vgpu-512",
+            ram,
+            &params,
+            8,
+            DirtyTracking::ShadowPt,
+            &capped,
+            log,
+        )?);
     }
     let mid = &reps[reps.len() / 2];
     let floor_ms = mid.bytes.total as f64 / bw as f64 * 1e3;
@@ -172,7 +194,15 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
     let mut tcp = Vec::new();
     let mut sha = Vec::new();
     for _ in 0..runs {
-        let r = one("vgpu-512", ram, &params, 8, DirtyTracking::ShadowPt, &free, log)?;
+        let r = one(
+            "vgpu-512",
+            ram,
+            &params,
+            8,
+            DirtyTracking::ShadowPt,
+            &free,
+            log,
+        )?;
         stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
         tcp.push(raw_tcp(r.bytes.total)?);
         sha.push(sha_rate(r.bytes.total));
@@ -205,9 +235,15 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!("live migration, vgpu-512, 2 GiB guest RAM, 1280x720, 10 Gbit/s, medians of {runs} runs");
-        println!("  downtime            {:>9.2} ms   (GVT-g: 300-500 ms; aim <= 30 ms)", scenario.downtime_ms);
+        println!(
+            "  downtime            {:>9.2} ms   (GVT-g: 300-500 ms; aim <= 30 ms)",
+            scenario.downtime_ms
+        );
         println!("  total               {:>9.1} ms", scenario.total_ms);
-        println!("  floor (bytes/bw)    {:>9.1} ms   total/floor {:.2} (aim <= 1.3)", scenario.floor_ms, scenario.total_over_floor);
+        println!(
+            "  floor (bytes/bw)    {:>9.1} ms   total/floor {:.2} (aim <= 1.3)",
+            scenario.floor_ms, scenario.total_over_floor
+        );
         println!(
             "  bytes: {:.1} MiB total, RAM {:.1} MiB (DMA-found {:.2}), device pre-copy {:.1} MiB, stop-copy {:.2} MiB, {} rounds",
             scenario.bytes_total as f64 / 1048576.0,
@@ -221,10 +257,18 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
         println!("  migration stream    {:>9.0} MB/s", s / 1e6);
         println!("  raw loopback TCP    {:>9.0} MB/s", t / 1e6);
         println!("  SHA-256, 1 core     {:>9.0} MB/s", h / 1e6);
-        println!("  stream / slower     {:>9.2}      (aim >= 0.7)", s / t.min(h));
+        println!(
+            "  stream / slower     {:>9.2}      (aim >= 0.7)",
+            s / t.min(h)
+        );
         println!("DMA dirty tracking (vgpu-64, 640x360):");
         for (k, d, r) in &dma {
-            println!("  {:<10?} DMA-found RAM {:>8.2} MiB of {:>8.2} MiB RAM sent", k, *d as f64 / 1048576.0, *r as f64 / 1048576.0);
+            println!(
+                "  {:<10?} DMA-found RAM {:>8.2} MiB of {:>8.2} MiB RAM sent",
+                k,
+                *d as f64 / 1048576.0,
+                *r as f64 / 1048576.0
+            );
         }
     }
     let _ = Duration::ZERO;

@@ -34,9 +34,11 @@ fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check {
         msg: format!("cannot find a free loopback port: {e}"),
     })?;
-    l.local_addr().map(|a| a.port()).map_err(|e| CliError::Check {
-        msg: format!("cannot find a free loopback port: {e}"),
-    })
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| CliError::Check {
+            msg: format!("cannot find a free loopback port: {e}"),
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -55,7 +57,10 @@ pub fn run(
             msg: format!("--migrate-at {migrate_at} must be between 1 and --frames - 1"),
         });
     }
-    fs::create_dir_all(dir).context(FileSnafu { what: "cannot create", path: dir })?;
+    fs::create_dir_all(dir).context(FileSnafu {
+        what: "cannot create",
+        path: dir,
+    })?;
     let before = dir.join("before.png");
     let after = dir.join("after.png");
     let url = format!("tcp://127.0.0.1:{}", free_port()?);
@@ -64,7 +69,14 @@ pub fn run(
     })?;
     let mut child = Command::new(exe)
         .args(["--log-level", log_level.as_short_str()])
-        .args(["incoming", "--listen", &url, "--type", &w.mdev_type, "--json"])
+        .args([
+            "incoming",
+            "--listen",
+            &url,
+            "--type",
+            &w.mdev_type,
+            "--json",
+        ])
         .arg("--png-after")
         .arg(&after)
         .args(["--frames", &frames.to_string()])
@@ -104,7 +116,10 @@ pub fn run(
         png_after: after.display().to_string(),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_summary(w, frames, migrate_at, &report, &rep.error);
     }
@@ -115,7 +130,11 @@ pub fn run(
         (None, false) => Err(CliError::Check {
             msg: format!(
                 "the migrated run differs from a run that never migrated: {}",
-                report.target.get("detail").and_then(Value::as_str).unwrap_or("target gave no result")
+                report
+                    .target
+                    .get("detail")
+                    .and_then(Value::as_str)
+                    .unwrap_or("target gave no result")
             ),
         }),
         _ => Ok(()),
@@ -136,7 +155,11 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
         return;
     }
     if let Some(m) = &r.migration {
-        println!("  protocol {}, {} pre-copy rounds:", m.protocol, m.rounds.len());
+        println!(
+            "  protocol {}, {} pre-copy rounds:",
+            m.protocol,
+            m.rounds.len()
+        );
         for rd in &m.rounds {
             println!(
                 "    round {:>2}: {:>6} RAM pages ({} via DMA log only), {:>8.2} MiB device data, {:>7.1} ms, dirty {:>7.1} MB/s",
@@ -159,10 +182,17 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
             m.downtime_ms, m.expected_downtime_ms, d.stop_ms, d.drain_ms, d.wire_ms, d.target_receive_ms,
             d.target_load_ms, d.target_config_ms, d.target_resume_ms
         );
-        println!("  total {:.1} ms, link {:.0} MB/s", m.total_ms, m.bandwidth / 1e6);
+        println!(
+            "  total {:.1} ms, link {:.0} MB/s",
+            m.total_ms,
+            m.bandwidth / 1e6
+        );
     }
     println!("  final checksum {}", r.final_checksum);
-    println!("  frames: {} (source, at switchover) and {} (target, first after)", r.png_before, r.png_after);
+    println!(
+        "  frames: {} (source, at switchover) and {} (target, first after)",
+        r.png_before, r.png_after
+    );
     println!(
         "  {}",
         if r.verified {

@@ -21,13 +21,19 @@ pub fn run(
 ) -> Result<()> {
     let mut vm = boot(w, frames, log)?;
     vm.run(at_command.map_or(StopAt::Done, StopAt::Command))?;
-    let file = File::create(out).context(FileSnafu { what: "cannot create", path: out })?;
+    let file = File::create(out).context(FileSnafu {
+        what: "cannot create",
+        path: out,
+    })?;
     let mut file = BufWriter::new(file);
     if device_only {
         vmm::snapshot::save_device_only(&mut vm, &mut file)?;
     } else {
         vmm::snapshot::save(&mut vm, &mut file)?;
     }
-    std::io::Write::flush(&mut file).context(FileSnafu { what: "cannot write", path: out })?;
+    std::io::Write::flush(&mut file).context(FileSnafu {
+        what: "cannot write",
+        path: out,
+    })?;
     Ok(())
 }

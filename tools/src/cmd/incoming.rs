@@ -58,7 +58,8 @@ pub fn run(
             })
         })
         .transpose()?;
-    let listener = migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
+    let listener =
+        migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
     let opts = TargetOptions {
         mdev_type: mdev_type.to_string(),
         irq_sink_base: 500,
@@ -66,16 +67,20 @@ pub fn run(
         fail_at,
         log: log.clone(),
     };
-    let (mut vm, rep, mut ctrl) = migration::incoming(&listener, &opts).map_err(|e| CliError::Check {
-        msg: format!("incoming migration failed: {e}"),
-    })?;
+    let (mut vm, rep, mut ctrl) =
+        migration::incoming(&listener, &opts).map_err(|e| CliError::Check {
+            msg: format!("incoming migration failed: {e}"),
+        })?;
     let params = vm.params().ok_or_else(|| CliError::Check {
         msg: "the migrated guest has no workload parameters".into(),
     })?;
     let frames = frames.unwrap_or(params.frame_limit);
     if frames < vm.completed_frames() {
         return Err(CliError::Usage {
-            msg: format!("--frames {frames} is below the {} frames already rendered", vm.completed_frames()),
+            msg: format!(
+                "--frames {frames} is below the {} frames already rendered",
+                vm.completed_frames()
+            ),
         });
     }
     vm.set_frame_limit(frames)?;
@@ -123,7 +128,10 @@ pub fn run(
         resume_ms: rep.resume_ms,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         println!("{}", report.final_checksum);
     }

@@ -16,7 +16,10 @@ use super::{CliError, FileSnafu, Result};
 const MAX_FILE: u64 = 8 << 30;
 
 pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
-    let mut f = File::open(path).context(FileSnafu { what: "cannot open", path })?;
+    let mut f = File::open(path).context(FileSnafu {
+        what: "cannot open",
+        path,
+    })?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len > MAX_FILE {
         return Err(CliError::BadFile {
@@ -25,17 +28,24 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
         });
     }
     let mut magic = [0u8; 8];
-    let n = f.read(&mut magic).context(FileSnafu { what: "cannot read", path })?;
+    let n = f.read(&mut magic).context(FileSnafu {
+        what: "cannot read",
+        path,
+    })?;
     drop(f);
     let bad = |msg: String| CliError::BadFile {
         path: path.to_path_buf(),
         msg,
     };
-    let f = File::open(path).context(FileSnafu { what: "cannot open", path })?;
+    let f = File::open(path).context(FileSnafu {
+        what: "cannot open",
+        path,
+    })?;
     let mut out = json!({ "file": path.display().to_string(), "bytes": len });
     let mut text = Vec::new();
     let (device, config) = if n == 8 && magic == STREAM_MAGIC {
-        let mut r = StreamReader::new(BufReader::new(f), TrailerCheck::Enforce).map_err(|e| bad(e.to_string()))?;
+        let mut r = StreamReader::new(BufReader::new(f), TrailerCheck::Enforce)
+            .map_err(|e| bad(e.to_string()))?;
         let h = r.header().clone();
         let (mut ram_pages, mut zero_pages, mut chunks) = (0u64, 0u64, 0u64);
         let mut device = Vec::new();
@@ -61,7 +71,11 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
         let pending: Vec<u32> = vcpu_state
-            .map(|s| (0..256u32).filter(|v| s.irr[(v / 64) as usize] & (1 << (v % 64)) != 0).collect())
+            .map(|s| {
+                (0..256u32)
+                    .filter(|v| s.irr[(v / 64) as usize] & (1 << (v % 64)) != 0)
+                    .collect()
+            })
             .unwrap_or_default();
         out["stream"] = json!({
             "format": format!("{}.{}", h.major, h.minor),
@@ -89,13 +103,17 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
         let mut device = Vec::new();
         BufReader::new(f)
             .read_to_end(&mut device)
-            .context(FileSnafu { what: "cannot read", path })?;
+            .context(FileSnafu {
+                what: "cannot read",
+                path,
+            })?;
         (device, None)
     };
 
     // The device context: every section verified, then decoded.
     let limits = vgpu_sim::inspect::context_limits(None);
-    let summary: ContextSummary = format::inspect(&device, limits).map_err(|e| bad(format!("device context: {e}")))?;
+    let summary: ContextSummary =
+        format::inspect(&device, limits).map_err(|e| bad(format!("device context: {e}")))?;
     let sections: Vec<Value> = summary
         .sections
         .iter()
@@ -129,7 +147,8 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             &s.digest_hex[..16.min(s.digest_hex.len())]
         ));
     }
-    let facts = vgpu_sim::inspect::summarize(&device).map_err(|e| bad(format!("device context: {e}")))?;
+    let facts =
+        vgpu_sim::inspect::summarize(&device).map_err(|e| bad(format!("device context: {e}")))?;
     let mut facts_json = serde_json::Map::new();
     for (k, v) in &facts {
         text.push(format!("  {k}: {v}"));
@@ -144,7 +163,8 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
     });
 
     if let Some(c) = config {
-        let saved = ConfigSpaceState::from_bytes(&c).map_err(|e| bad(format!("config space: {e}")))?;
+        let saved =
+            ConfigSpaceState::from_bytes(&c).map_err(|e| bad(format!("config space: {e}")))?;
         let mut bytes = [0u8; 4096];
         bytes.copy_from_slice(&saved.config[..]);
         let cfg = config_view(&saved).map_err(|e| bad(format!("config space: {e}")))?;
@@ -155,7 +175,9 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             text.push(cfg.decoded());
         }
     } else if show_config {
-        return Err(bad("no config space in this file (a device-only context)".into()));
+        return Err(bad(
+            "no config space in this file (a device-only context)".into()
+        ));
     }
 
     if json {
@@ -181,7 +203,8 @@ fn config_view(saved: &ConfigSpaceState) -> std::result::Result<ConfigSpace, Str
         revision: b[8],
         bar0_size: saved.bar_sizes[0],
         bar2_size: saved.bar_sizes[2],
-        msix_table_size: (saved.msix_table.len() / pci_config_replay::MSIX_ENTRY_SIZE as usize) as u16,
+        msix_table_size: (saved.msix_table.len() / pci_config_replay::MSIX_ENTRY_SIZE as usize)
+            as u16,
         ..vgpu_sim::inspect::config_params_hint()
     };
     let mut cfg = ConfigSpace::new(params).map_err(|e| e.to_string())?;

@@ -62,7 +62,10 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
         .transpose()?;
     if !(m.downtime_limit > 0.0 && m.downtime_limit.is_finite()) {
         return Err(CliError::Usage {
-            msg: format!("--downtime-limit {} must be a positive number of ms", m.downtime_limit),
+            msg: format!(
+                "--downtime-limit {} must be a positive number of ms",
+                m.downtime_limit
+            ),
         });
     }
     Ok(SourceOptions {
@@ -80,7 +83,8 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
 pub fn progress_bar() -> ProgressBar {
     let pb = ProgressBar::new_spinner();
     pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
@@ -142,7 +146,10 @@ pub fn source(
                     migrated: true,
                     error: None,
                     verified: outcome.as_ref().map(|o| o.verified),
-                    detail: outcome.as_ref().map(|o| o.detail.clone()).unwrap_or_default(),
+                    detail: outcome
+                        .as_ref()
+                        .map(|o| o.detail.clone())
+                        .unwrap_or_default(),
                     final_checksum: outcome.map(|o| o.final_checksum).unwrap_or_default(),
                     downtime_ms: rep.downtime_ms,
                     total_ms: rep.total_ms,
@@ -211,11 +218,18 @@ pub fn run(
         (Some(e), Some(ok)) => Err(CliError::Check {
             msg: format!(
                 "migration failed: {e}; the source kept running and finished frame {frames} ({})",
-                if ok { "checksum log equals the reference" } else { "checksum log DIFFERS from the reference" }
+                if ok {
+                    "checksum log equals the reference"
+                } else {
+                    "checksum log DIFFERS from the reference"
+                }
             ),
         }),
         (None, Some(false)) => Err(CliError::Check {
-            msg: format!("migrated, but the target's run differs from the reference: {}", rep.detail),
+            msg: format!(
+                "migrated, but the target's run differs from the reference: {}",
+                rep.detail
+            ),
         }),
         _ => Ok(()),
     }

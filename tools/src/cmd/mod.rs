@@ -84,7 +84,12 @@ impl From<crate::output::OutputError> for CliError {
 pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()> {
     match cmd {
         Command::Types { json } => types::run(json),
-        Command::Run { w, frames, png, json } => run::run(&w, frames, png.as_deref(), json, log),
+        Command::Run {
+            w,
+            frames,
+            png,
+            json,
+        } => run::run(&w, frames, png.as_deref(), json, log),
         Command::Dump {
             w,
             frames,
@@ -135,7 +140,16 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             migrate_at,
             png_before,
             json,
-        } => migrate::run(&to, &w, &m, frames, migrate_at, png_before.as_deref(), json, log),
+        } => migrate::run(
+            &to,
+            &w,
+            &m,
+            frames,
+            migrate_at,
+            png_before.as_deref(),
+            json,
+            log,
+        ),
         Command::SnapshotDemo {
             w,
             frames,
@@ -172,9 +186,12 @@ pub fn boot_with(
     log: &Logger,
 ) -> Result<vmm::Vm> {
     let mut cfg = vmm::VmConfig::new(&w.mdev_type, log.clone());
-    cfg.ram_size = w.ram_mib.checked_mul(1 << 20).ok_or_else(|| CliError::Usage {
-        msg: format!("--ram-mib {} is too large", w.ram_mib),
-    })?;
+    cfg.ram_size = w
+        .ram_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| CliError::Usage {
+            msg: format!("--ram-mib {} is too large", w.ram_mib),
+        })?;
     cfg.dirty_tracking = tracking;
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&vgpu_sim::workload::Params {

@@ -12,7 +12,10 @@ use super::{FileSnafu, Result};
 use crate::output::{write_png, RunReport};
 
 pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
-    let f = File::open(file).context(FileSnafu { what: "cannot open", path: file })?;
+    let f = File::open(file).context(FileSnafu {
+        what: "cannot open",
+        path: file,
+    })?;
     let mut vm = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200)?;
     vm.set_frame_limit(frames)?;
     vm.run(StopAt::Done)?;

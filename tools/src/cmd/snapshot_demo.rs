@@ -35,13 +35,26 @@ struct DemoReport {
     png_after: String,
 }
 
-pub fn run(w: &WorkloadArgs, frames: u64, dump_at: u64, dir: &Path, json: bool, log: &Logger) -> Result<()> {
+pub fn run(
+    w: &WorkloadArgs,
+    frames: u64,
+    dump_at: u64,
+    dir: &Path,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
     if dump_at == 0 || dump_at >= frames {
         return Err(CliError::Usage {
-            msg: format!("--dump-at {dump_at} must be between 1 and --frames - 1 ({})", frames - 1),
+            msg: format!(
+                "--dump-at {dump_at} must be between 1 and --frames - 1 ({})",
+                frames - 1
+            ),
         });
     }
-    fs::create_dir_all(dir).context(FileSnafu { what: "cannot create", path: dir })?;
+    fs::create_dir_all(dir).context(FileSnafu {
+        what: "cannot create",
+        path: dir,
+    })?;
 
     // The reference: a run that never stops.
     let mut reference = boot(w, frames, log)?;
@@ -61,10 +74,16 @@ pub fn run(w: &WorkloadArgs, frames: u64, dump_at: u64, dir: &Path, json: bool, 
     let snap = dir.join("snapshot.vgm");
     let t = Instant::now();
     {
-        let f = File::create(&snap).context(FileSnafu { what: "cannot create", path: &snap })?;
+        let f = File::create(&snap).context(FileSnafu {
+            what: "cannot create",
+            path: &snap,
+        })?;
         let mut f = BufWriter::new(f);
         vmm::snapshot::save(&mut src, &mut f)?;
-        f.flush().context(FileSnafu { what: "cannot write", path: &snap })?;
+        f.flush().context(FileSnafu {
+            what: "cannot write",
+            path: &snap,
+        })?;
     }
     let save_ms = t.elapsed().as_secs_f64() * 1e3;
     let snapshot_bytes = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
@@ -72,7 +91,10 @@ pub fn run(w: &WorkloadArgs, frames: u64, dump_at: u64, dir: &Path, json: bool, 
 
     // A fresh VM, other interrupt sinks, loads it and finishes.
     let t = Instant::now();
-    let f = File::open(&snap).context(FileSnafu { what: "cannot open", path: &snap })?;
+    let f = File::open(&snap).context(FileSnafu {
+        what: "cannot open",
+        path: &snap,
+    })?;
     let mut dst = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 700)?;
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
     let next = dst.completed_frames() + 1;
@@ -102,19 +124,45 @@ pub fn run(w: &WorkloadArgs, frames: u64, dump_at: u64, dir: &Path, json: bool, 
         png_after: png_after.display().to_string(),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
-        println!("vgpu-migrate demo: {} on {} frames, {}x{}, {} triangles, seed {}",
-                 w.mdev_type, frames, w.width, w.height, w.triangles, w.seed);
-        println!("  saved after frame {} at command {} ({}, batch offset {:#x}): {} bytes in {:.1} ms",
-                 dump_at, c, if report.dump_in_batch { "mid-batch" } else { "between batches" },
-                 bb_off, snapshot_bytes, save_ms);
+        println!(
+            "vgpu-migrate demo: {} on {} frames, {}x{}, {} triangles, seed {}",
+            w.mdev_type, frames, w.width, w.height, w.triangles, w.seed
+        );
+        println!(
+            "  saved after frame {} at command {} ({}, batch offset {:#x}): {} bytes in {:.1} ms",
+            dump_at,
+            c,
+            if report.dump_in_batch {
+                "mid-batch"
+            } else {
+                "between batches"
+            },
+            bb_off,
+            snapshot_bytes,
+            save_ms
+        );
         println!("  restored into a fresh VM in {restore_ms:.1} ms and ran to frame {frames}");
-        println!("  checksum log equal: {}  guest RAM equal: {}  graphics memory equal: {}",
-                 report.checksums_equal, report.ram_equal, report.gmem_equal);
-        println!("  final checksum {}  frames: {} and {}", report.final_checksum,
-                 report.png_before, report.png_after);
-        println!("  {}", if report.verified { "VERIFIED: the restored run equals a run that never stopped" } else { "MISMATCH" });
+        println!(
+            "  checksum log equal: {}  guest RAM equal: {}  graphics memory equal: {}",
+            report.checksums_equal, report.ram_equal, report.gmem_equal
+        );
+        println!(
+            "  final checksum {}  frames: {} and {}",
+            report.final_checksum, report.png_before, report.png_after
+        );
+        println!(
+            "  {}",
+            if report.verified {
+                "VERIFIED: the restored run equals a run that never stopped"
+            } else {
+                "MISMATCH"
+            }
+        );
     }
     if !report.verified {
         return Err(CliError::Check {

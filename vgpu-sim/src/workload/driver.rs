@@ -258,7 +258,11 @@ fn boot(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     s.bar0 = bar_address(bus, PCI_BAR0);
     s.bar2 = bar_address(bus, PCI_BAR2);
     let cmd = cfg_read16(bus, PCI_COMMAND);
-    cfg_write16(bus, PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    cfg_write16(
+        bus,
+        PCI_COMMAND,
+        cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER,
+    );
     if mmio_read(bus, s, REG_ID) != ID_VALUE {
         s.phase = PHASE_FAILED;
         return StepOutcome::Failed;
@@ -315,7 +319,12 @@ fn boot(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     mmio_write(bus, s, REG_RING_HEAD, 0);
     mmio_write(bus, s, REG_RING_TAIL, 0);
     let pages = (RING_SIZE / PAGE_SIZE) as u32 - 1;
-    mmio_write(bus, s, REG_RING_CTL, RING_CTL_ENABLE | (pages << RING_CTL_SIZE_SHIFT));
+    mmio_write(
+        bus,
+        s,
+        REG_RING_CTL,
+        RING_CTL_ENABLE | (pages << RING_CTL_SIZE_SHIFT),
+    );
     mmio_write(bus, s, REG_IMR, 0);
     mmio_write(bus, s, REG_IIR, INT_ALL);
     mmio_write(bus, s, REG_IER, INT_ALL);
@@ -334,7 +343,11 @@ fn frame(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     let done = super::completed_frames(bus);
     if s.frame >= p.frame_limit {
         let idle = done >= s.frame && mmio_read(bus, s, REG_IIR) == 0;
-        return if idle { StepOutcome::Done } else { StepOutcome::Waiting };
+        return if idle {
+            StepOutcome::Done
+        } else {
+            StepOutcome::Waiting
+        };
     }
     // Slot s.frame % 2 was last used by frame s.frame - 2 (seqno s.frame - 1).
     if s.frame >= 2 && done + 1 < s.frame {
@@ -372,7 +385,10 @@ fn frame(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
         let flags = match tex {
             Some(t) => {
                 let off = plan.texture(u64::from(t)) as u32;
-                b.cmd(cmd::OP_SET_TEXTURE, &[off, TEX_DIM * 4, TEX_DIM | (TEX_DIM << 16)]);
+                b.cmd(
+                    cmd::OP_SET_TEXTURE,
+                    &[off, TEX_DIM * 4, TEX_DIM | (TEX_DIM << 16)],
+                );
                 DRAW_TEXTURED
             }
             None => 0,

@@ -103,10 +103,16 @@ pub fn meshes(seed: u64, triangles: u32, height: u32) -> Vec<Mesh> {
 pub fn mesh_vertices(mesh: &Mesh, frame: u64, width: u32, height: u32, out: &mut Vec<Vertex>) {
     let f = frame as u32;
     let cx = i64::from(width / 2)
-        + i64::from(width / 3) * i64::from(sin_q16(mesh.phase.0.wrapping_add(f.wrapping_mul(mesh.orbit.0))))
+        + i64::from(width / 3)
+            * i64::from(sin_q16(
+                mesh.phase.0.wrapping_add(f.wrapping_mul(mesh.orbit.0)),
+            ))
             / 65536;
     let cy = i64::from(height / 2)
-        + i64::from(height / 3) * i64::from(cos_q16(mesh.phase.1.wrapping_add(f.wrapping_mul(mesh.orbit.1))))
+        + i64::from(height / 3)
+            * i64::from(cos_q16(
+                mesh.phase.1.wrapping_add(f.wrapping_mul(mesh.orbit.1)),
+            ))
             / 65536;
     let spin = f.wrapping_mul(mesh.spin);
     let n = mesh.triangles;
@@ -153,7 +159,11 @@ pub fn texel(seed: u64, t: u64, x: u32, y: u32) -> u32 {
     let a = rng.next_u64() as u32 | 0xff00_0000;
     let b = rng.next_u64() as u32 | 0xff00_0000;
     let cell = 8 << (t % 3);
-    let base = if ((x / cell) + (y / cell)) % 2 == 0 { a } else { b };
+    let base = if ((x / cell) + (y / cell)) % 2 == 0 {
+        a
+    } else {
+        b
+    };
     let g = (x * 255 / TEX_DIM) as u8;
     base ^ u32::from(g) ^ (u32::from((y * 255 / TEX_DIM) as u8) << 8)
 }

@@ -73,12 +73,18 @@ impl DeviceIo {
     }
 
     fn v1_state(&self, vm: &mut Vm, bits: u32, doing: &'static str) -> Result<()> {
-        v1::set_device_state(vm.device(), self.region, bits).map_err(|e| dev_err(doing)(e.to_string()))
+        v1::set_device_state(vm.device(), self.region, bits)
+            .map_err(|e| dev_err(doing)(e.to_string()))
     }
 
     fn v2_state(&self, vm: &mut Vm, s: MigState, doing: &'static str) -> Result<()> {
-        let mig = vm.device().migration().ok_or_else(|| dev_err(doing)("no v2 interface".into()))?;
-        mig.set_mig_state(s).map(|_| ()).map_err(|e| dev_err(doing)(e.to_string()))
+        let mig = vm
+            .device()
+            .migration()
+            .ok_or_else(|| dev_err(doing)("no v2 interface".into()))?;
+        mig.set_mig_state(s)
+            .map(|_| ())
+            .map_err(|e| dev_err(doing)(e.to_string()))
     }
 
     /// Source: start pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY).
@@ -104,7 +110,8 @@ impl DeviceIo {
                     .migration()
                     .ok_or_else(|| dev_err("querying")("no v2 interface".into()))?;
                 if stop_copy {
-                    mig.stop_copy_size().map_err(|e| dev_err("querying the data size")(e.to_string()))
+                    mig.stop_copy_size()
+                        .map_err(|e| dev_err("querying the data size")(e.to_string()))
                 } else {
                     mig.precopy_info()
                         .map(|i| i.initial_bytes + i.dirty_bytes)
@@ -151,7 +158,9 @@ impl DeviceIo {
     /// Source: stop the device for the final copy (v1 SAVING, v2 STOP_COPY).
     pub fn stop_copy(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
-            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_SAVING, "entering stop-and-copy"),
+            Protocol::Region => {
+                self.v1_state(vm, VFIO_DEVICE_STATE_V1_SAVING, "entering stop-and-copy")
+            }
             Protocol::V2 => self.v2_state(vm, MigState::StopCopy, "entering stop-and-copy"),
         }
     }
@@ -159,7 +168,9 @@ impl DeviceIo {
     /// Source after a failure, or target at the end: the device runs again.
     pub fn run(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
-            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_RUNNING, "resuming the device"),
+            Protocol::Region => {
+                self.v1_state(vm, VFIO_DEVICE_STATE_V1_RUNNING, "resuming the device")
+            }
             Protocol::V2 => self.v2_state(vm, MigState::Running, "resuming the device"),
         }
     }
@@ -167,7 +178,9 @@ impl DeviceIo {
     /// Target: open the resume stream (v1 RESUMING, v2 RESUMING).
     pub fn start_resume(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
-            Protocol::Region => self.v1_state(vm, VFIO_DEVICE_STATE_V1_RESUMING, "entering resuming"),
+            Protocol::Region => {
+                self.v1_state(vm, VFIO_DEVICE_STATE_V1_RESUMING, "entering resuming")
+            }
             Protocol::V2 => self.v2_state(vm, MigState::Resuming, "entering resuming"),
         }
     }
@@ -188,7 +201,9 @@ impl DeviceIo {
                         .write_data(rest)
                         .map_err(|e| dev_err("loading device data")(e.to_string()))?;
                     if n == 0 {
-                        return Err(dev_err("loading device data")("the device accepted no bytes".into()));
+                        return Err(dev_err("loading device data")(
+                            "the device accepted no bytes".into(),
+                        ));
                     }
                     rest = &rest[n..];
                 }
@@ -200,16 +215,21 @@ impl DeviceIo {
     /// Target: the stream is complete; the device validates and commits (-> STOP).
     pub fn commit(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
-            Protocol::Region => v1::set_device_state(vm.device(), self.region, 0)
-                .map_err(|e| MigrationError::Rejected { reason: e.to_string() }),
+            Protocol::Region => v1::set_device_state(vm.device(), self.region, 0).map_err(|e| {
+                MigrationError::Rejected {
+                    reason: e.to_string(),
+                }
+            }),
             Protocol::V2 => {
                 let mig = vm
                     .device()
                     .migration()
                     .ok_or_else(|| dev_err("committing")("no v2 interface".into()))?;
-                mig.set_mig_state(MigState::Stop)
-                    .map(|_| ())
-                    .map_err(|e| MigrationError::Rejected { reason: e.to_string() })
+                mig.set_mig_state(MigState::Stop).map(|_| ()).map_err(|e| {
+                    MigrationError::Rejected {
+                        reason: e.to_string(),
+                    }
+                })
             }
         }
     }

@@ -69,7 +69,9 @@ impl IommuContainer {
                     .map(Some)
                     .map_err(|e| err(e.to_string()))
             }
-            f => Err(err(format!("flags {f:#x} must be exactly one of START, STOP, GET_BITMAP"))),
+            f => Err(err(format!(
+                "flags {f:#x} must be exactly one of START, STOP, GET_BITMAP"
+            ))),
         }
     }
 }
@@ -101,11 +103,22 @@ impl DmaTracker {
         let log = vm.device().dma_dirty_log().ok_or_else(no_log)?;
         match protocol {
             Protocol::Region => {
-                t.container
-                    .dirty_pages(log, VFIO_IOMMU_DIRTY_PAGES_FLAG_START, 0, ram, PAGE_SIZE)?;
+                t.container.dirty_pages(
+                    log,
+                    VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
+                    0,
+                    ram,
+                    PAGE_SIZE,
+                )?;
             }
             Protocol::V2 => log
-                .start(&[DmaRange { iova: 0, length: ram }], PAGE_SIZE)
+                .start(
+                    &[DmaRange {
+                        iova: 0,
+                        length: ram,
+                    }],
+                    PAGE_SIZE,
+                )
                 .map_err(|e| MigrationError::Device {
                     doing: "DMA_LOGGING_START",
                     reason: e.to_string(),
@@ -117,17 +130,22 @@ impl DmaTracker {
     /// Pages the device wrote since the last harvest (read and clear).
     pub fn harvest(&mut self, vm: &mut Vm) -> Result<DirtyBitmap> {
         let log = vm.device().dma_dirty_log().ok_or_else(no_log)?;
-        let bitmap = match self.protocol {
-            Protocol::Region => self
-                .container
-                .dirty_pages(log, VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, 0, self.ram, PAGE_SIZE)?,
-            Protocol::V2 => Some(log.report(0, self.ram, PAGE_SIZE).map_err(|e| {
-                MigrationError::Device {
-                    doing: "DMA_LOGGING_REPORT",
-                    reason: e.to_string(),
-                }
-            })?),
-        };
+        let bitmap =
+            match self.protocol {
+                Protocol::Region => self.container.dirty_pages(
+                    log,
+                    VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+                    0,
+                    self.ram,
+                    PAGE_SIZE,
+                )?,
+                Protocol::V2 => Some(log.report(0, self.ram, PAGE_SIZE).map_err(|e| {
+                    MigrationError::Device {
+                        doing: "DMA_LOGGING_REPORT",
+                        reason: e.to_string(),
+                    }
+                })?),
+            };
         bitmap.ok_or_else(|| MigrationError::Device {
             doing: "VFIO_IOMMU_DIRTY_PAGES",
             reason: "no bitmap returned".into(),
@@ -139,9 +157,13 @@ impl DmaTracker {
         if let Some(log) = vm.device().dma_dirty_log() {
             match self.protocol {
                 Protocol::Region => {
-                    let _ = self
-                        .container
-                        .dirty_pages(log, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, 0, self.ram, PAGE_SIZE);
+                    let _ = self.container.dirty_pages(
+                        log,
+                        VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
+                        0,
+                        self.ram,
+                        PAGE_SIZE,
+                    );
                 }
                 Protocol::V2 => {
                     let _ = log.stop();

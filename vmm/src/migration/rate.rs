@@ -14,20 +14,23 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a rate (try 10Gbit, 1.25GB/s, 800MiB/s)"))?;
-    let mult: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "bit" | "b" => 1.0 / 8.0,
-        "Kbit" | "kbit" => 1e3 / 8.0,
-        "Mbit" => 1e6 / 8.0,
-        "Gbit" => 1e9 / 8.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("'{s}': unknown unit '{u}' (bit, Kbit, Mbit, Gbit, B, KB, MB, GB, KiB, MiB, GiB)")),
-    };
+    let mult: f64 =
+        match unit.trim() {
+            "" | "B" => 1.0,
+            "bit" | "b" => 1.0 / 8.0,
+            "Kbit" | "kbit" => 1e3 / 8.0,
+            "Mbit" => 1e6 / 8.0,
+            "Gbit" => 1e9 / 8.0,
+            "KB" | "kB" => 1e3,
+            "MB" => 1e6,
+            "GB" => 1e9,
+            "KiB" => 1024.0,
+            "MiB" => 1024.0 * 1024.0,
+            "GiB" => 1024.0 * 1024.0 * 1024.0,
+            u => return Err(format!(
+                "'{s}': unknown unit '{u}' (bit, Kbit, Mbit, Gbit, B, KB, MB, GB, KiB, MiB, GiB)"
+            )),
+        };
     let v = n * mult;
     if !(v >= 1.0 && v.is_finite()) {
         return Err(format!("'{s}' is not a positive rate"));
@@ -60,7 +63,8 @@ impl TokenBucket {
     /// Account for `n` bytes, sleeping until the rate allows them.
     pub fn take(&mut self, n: usize) {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         self.tokens -= n as f64;
         if self.tokens < 0.0 {

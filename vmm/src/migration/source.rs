@@ -300,7 +300,11 @@ fn take_guest_time() -> Duration {
 }
 
 /// Run `vm` on the main thread until the sender's backlog is below `max`.
-fn run_while_busy(vm: &mut Vm, w: &mut StreamWriter<ChannelWriter>, max: u64) -> std::io::Result<()> {
+fn run_while_busy(
+    vm: &mut Vm,
+    w: &mut StreamWriter<ChannelWriter>,
+    max: u64,
+) -> std::io::Result<()> {
     w.get_mut().flush()?;
     while w.get_mut().backlog() > max {
         let ran = guest_step(vm, crate::vm::DEFAULT_BUDGET);
@@ -348,19 +352,21 @@ fn send_pages(
     let mut run_start = 0;
     let mut zrun: Option<(u64, u64)> = None;
     let mut page = vec![0u8; PAGE_SIZE as usize];
-    let flush = |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
-        if !run.is_empty() {
-            w.ram_pages(start, run)?;
-            run.clear();
-        }
-        Ok(())
-    };
-    let flush_zero = |w: &mut StreamWriter<ChannelWriter>, z: &mut Option<(u64, u64)>| -> Result<()> {
-        if let Some((gpa, n)) = z.take() {
-            w.ram_zero(gpa, n)?;
-        }
-        Ok(())
-    };
+    let flush =
+        |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
+            if !run.is_empty() {
+                w.ram_pages(start, run)?;
+                run.clear();
+            }
+            Ok(())
+        };
+    let flush_zero =
+        |w: &mut StreamWriter<ChannelWriter>, z: &mut Option<(u64, u64)>| -> Result<()> {
+            if let Some((gpa, n)) = z.take() {
+                w.ram_zero(gpa, n)?;
+            }
+            Ok(())
+        };
     for gpa in pages.iter_dirty() {
         memory::read(vm.memory(), gpa, &mut page).map_err(|e| MigrationError::Vmm {
             source: crate::VmmError::Memory { source: e },
@@ -402,7 +408,9 @@ fn send_pages(
 }
 
 fn peer(e: std::io::Error) -> MigrationError {
-    MigrationError::Peer { what: e.to_string() }
+    MigrationError::Peer {
+        what: e.to_string(),
+    }
 }
 
 /// Check the target's hello against this source.
@@ -431,7 +439,10 @@ pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::R
         Protocol::V2 => features::PROTOCOL_V2,
     };
     if hello.features & need == 0 {
-        return Err(format!("the target does not accept the {} protocol", protocol.name()));
+        return Err(format!(
+            "the target does not accept the {} protocol",
+            protocol.name()
+        ));
     }
     Ok(())
 }
@@ -506,7 +517,12 @@ pub fn migrate(
     })?;
     let hello: Hello = control::recv(&mut ctrl, "target's hello")?;
     if let Err(why) = check_hello(vm, &hello, opts.protocol) {
-        let _ = control::send(&mut ctrl, &Start::Refuse { reason: why.clone() });
+        let _ = control::send(
+            &mut ctrl,
+            &Start::Refuse {
+                reason: why.clone(),
+            },
+        );
         return Err(MigrationError::Incompatible { why });
     }
     control::send(
@@ -525,7 +541,9 @@ pub fn migrate(
 
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
     let mut dma: Option<DmaTracker> = None;
-    let result = run_migration(vm, sock, &events, opts, &mut dio, &mut dma, t_start, progress);
+    let result = run_migration(
+        vm, sock, &events, opts, &mut dio, &mut dma, t_start, progress,
+    );
     if let Some(d) = dma.as_mut() {
         d.stop(vm);
     }
@@ -556,7 +574,9 @@ fn run_migration(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<SourceReport> {
     if opts.fail_at == Some(FailPoint::Setup) {
-        return Err(MigrationError::Injected { point: "setup".into() });
+        return Err(MigrationError::Injected {
+            point: "setup".into(),
+        });
     }
     let writer = ChannelWriter::spawn(sock, opts.bandwidth);
     let counters = writer.counters();
@@ -602,7 +622,10 @@ fn run_migration(
         let t_round = Instant::now();
         let _ = take_guest_time();
         let sent_before = counters.sent.load(std::sync::atomic::Ordering::Relaxed);
-        let dma_pages = dma_only.iter_dirty().filter(|a| pending.is_dirty(*a)).count() as u64;
+        let dma_pages = dma_only
+            .iter_dirty()
+            .filter(|a| pending.is_dirty(*a))
+            .count() as u64;
         let sent = send_pages(vm, &mut w, &pending, &dma_only, round > 0, true)?;
         let pages = sent.nonzero;
         if round > 0 {
@@ -655,7 +678,9 @@ fn run_migration(
             bandwidth = bandwidth.min(cap as f64);
         }
         let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / round_s;
-        expected_downtime_ms = remaining as f64 / bandwidth * 1e3 + remaining as f64 / TARGET_LOAD_RATE * 1e3 + TARGET_FIXED_MS;
+        expected_downtime_ms = remaining as f64 / bandwidth * 1e3
+            + remaining as f64 / TARGET_LOAD_RATE * 1e3
+            + TARGET_FIXED_MS;
         report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
         report.rounds.push(RoundStats {
             round,
@@ -683,7 +708,8 @@ fn run_migration(
         round += 1;
         // Switch over once the remainder fits the limit (as QEMU does) — unless the last
         // round still halved it: then one more short round buys a smaller downtime cheaply.
-        let still_shrinking = remaining.saturating_mul(2) < prev_remaining && round < MAX_EXTRA_ROUNDS;
+        let still_shrinking =
+            remaining.saturating_mul(2) < prev_remaining && round < MAX_EXTRA_ROUNDS;
         prev_remaining = remaining;
         if expected_downtime_ms <= limit_s * 1e3 && !still_shrinking {
             break;
@@ -744,7 +770,9 @@ fn run_migration(
         w.device_data(&chunk)?;
     }
     if opts.fail_at == Some(FailPoint::StopCopy) {
-        return Err(MigrationError::Injected { point: "stop-and-copy".into() });
+        return Err(MigrationError::Injected {
+            point: "stop-and-copy".into(),
+        });
     }
     w.device_end()?;
     let cfg = vm.device_ref().config().state().to_bytes();
@@ -784,7 +812,11 @@ fn run_migration(
                 stop_ms: ms_between(t_stop, t_stopped),
                 drain_ms: ms_between(t_stopped, t_drained),
                 wire_ms: ms_between(t_drained, t_wire),
-                target_receive_ms: (ms_between(t_wire, resumed_ns) - load_ms - config_ms - resume_ms).max(0.0),
+                target_receive_ms: (ms_between(t_wire, resumed_ns)
+                    - load_ms
+                    - config_ms
+                    - resume_ms)
+                    .max(0.0),
                 target_load_ms: load_ms,
                 target_config_ms: config_ms,
                 target_resume_ms: resume_ms,

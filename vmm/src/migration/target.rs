@@ -54,7 +54,10 @@ pub struct TargetReport {
 
 /// Accept one migration on `listener`; returns the running VM, what happened, and the
 /// control connection (for the final [`control::Outcome`]).
-pub fn incoming(listener: &TcpListener, opts: &TargetOptions) -> Result<(Vm, TargetReport, TcpStream)> {
+pub fn incoming(
+    listener: &TcpListener,
+    opts: &TargetOptions,
+) -> Result<(Vm, TargetReport, TcpStream)> {
     let (sock, peer) = listener.accept().map_err(|e| MigrationError::Peer {
         what: format!("accept failed: {e}"),
     })?;
@@ -76,9 +79,11 @@ pub fn incoming(listener: &TcpListener, opts: &TargetOptions) -> Result<(Vm, Tar
     let start: Start = control::recv(&mut input, "source's start")?;
     let protocol = match start {
         Start::Refuse { reason } => return Err(MigrationError::Incompatible { why: reason }),
-        Start::Go { protocol } => Protocol::parse(&protocol).ok_or_else(|| MigrationError::Protocol {
-            what: format!("unknown protocol '{protocol}'"),
-        })?,
+        Start::Go { protocol } => {
+            Protocol::parse(&protocol).ok_or_else(|| MigrationError::Protocol {
+                what: format!("unknown protocol '{protocol}'"),
+            })?
+        }
     };
     match receive(&mut input, &mut ctrl, opts, protocol) {
         Ok((vm, report)) => {

@@ -14,9 +14,11 @@ use super::rate::{Meter, TokenBucket};
 
 /// Parse `tcp://HOST:PORT`.
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
-    let rest = url.strip_prefix("tcp://").ok_or_else(|| MigrationError::Peer {
-        what: format!("'{url}' is not a tcp://HOST:PORT address"),
-    })?;
+    let rest = url
+        .strip_prefix("tcp://")
+        .ok_or_else(|| MigrationError::Peer {
+            what: format!("'{url}' is not a tcp://HOST:PORT address"),
+        })?;
     rest.to_socket_addrs()
         .map_err(|e| MigrationError::Peer {
             what: format!("cannot resolve '{url}': {e}"),
@@ -149,7 +151,10 @@ impl ChannelWriter {
             .ok()
             .and_then(|e| e.clone())
             .unwrap_or_else(|| "the sender stopped".into());
-        io::Error::new(io::ErrorKind::BrokenPipe, format!("connection to the target lost: {msg}"))
+        io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            format!("connection to the target lost: {msg}"),
+        )
     }
 
     fn ship(&mut self) -> io::Result<()> {
@@ -278,7 +283,10 @@ mod tests {
             }
         }
         let fin = w.finish();
-        assert!(failed || fin.is_err(), "writing 256 MiB to a closed socket must fail");
+        assert!(
+            failed || fin.is_err(),
+            "writing 256 MiB to a closed socket must fail"
+        );
     }
 
     #[test]

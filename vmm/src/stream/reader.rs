@@ -63,7 +63,8 @@ impl<R: Read> StreamReader<R> {
             return Err(StreamError::BadMagic { found: magic });
         }
         let u16at = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]);
-        let u32at = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        let u32at =
+            |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
         let major = u16at(8);
         let minor = u16at(10);
         if major != STREAM_MAJOR {
@@ -244,7 +245,11 @@ impl<R: Read> StreamReader<R> {
                 while self.expect_eof {
                     match self.input.read(&mut extra) {
                         Ok(0) => break,
-                        Ok(_) => return Err(StreamError::Trailing { offset: self.offset }),
+                        Ok(_) => {
+                            return Err(StreamError::Trailing {
+                                offset: self.offset,
+                            })
+                        }
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(source) => {
                             return Err(StreamError::Io {
@@ -303,7 +308,11 @@ impl<R: Read> StreamReader<R> {
             }
         }
         let mut payload = vec![0u8; length as usize];
-        self.fill_inner(&mut payload, "a record payload", kind != RecordKind::DeviceData)?;
+        self.fill_inner(
+            &mut payload,
+            "a record payload",
+            kind != RecordKind::DeviceData,
+        )?;
         let ram = self.header.ram_size;
         let check_range = |gpa: u64, len: u64| {
             let ok = gpa % 4096 == 0 && gpa.checked_add(len).is_some_and(|end| end <= ram);

@@ -38,7 +38,9 @@ pub enum StreamError {
         found: [u8; 8],
     },
     /// A major version this build cannot read.
-    #[snafu(display("stream format version {major}.{minor} is not supported (this build reads {expected}.x)"))]
+    #[snafu(display(
+        "stream format version {major}.{minor} is not supported (this build reads {expected}.x)"
+    ))]
     Version {
         /// Major found.
         major: u16,

@@ -91,7 +91,10 @@ impl<W: Write> StreamWriter<W> {
 
     /// `pages` pages from `gpa` that the target must zero.
     pub fn ram_zero(&mut self, gpa: u64, pages: u64) -> Result<()> {
-        self.record(RecordKind::RamZero, &[&gpa.to_le_bytes(), &pages.to_le_bytes()])?;
+        self.record(
+            RecordKind::RamZero,
+            &[&gpa.to_le_bytes(), &pages.to_le_bytes()],
+        )?;
         self.stats.zero_pages += pages;
         Ok(())
     }
