@@ -92,6 +92,27 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
     }
 }
 
+impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
+    /// The device's own offset in region `index` for offset `off` in this host's region
+    /// (see [`decode`]): the region's `HostRegion::offset` taken off. Regions that back no
+    /// BAR (the config space) are addressed directly. `None` below the region's start.
+    fn device_offset(&self, index: u32, off: u64) -> Option<u64> {
+        match self.host.bar_regions.iter().flatten().find(|r| r.id == index) {
+            Some(r) => off.checked_sub(r.offset),
+            None => Some(off),
+        }
+    }
+
+    /// A BAR map entry pointed below its host region's offset (a map resolved against
+    /// another host's resources): the access is dropped.
+    fn below_window(&mut self, gpa: u64, index: u32) {
+        if self.warn_limit.allow() {
+            warn!(self.log, "guest access below its BAR's host region offset dropped";
+                  "gpa" => format!("{gpa:#x}"), "region" => index);
+        }
+    }
+}
+
 impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> std::fmt::Debug for VmBus<'_, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmBus").field("bars", &self.bars).finish()
@@ -107,6 +128,11 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> GuestBus for VmBus<
                 }
             }
             Target::Region(index, off) => {
+                let Some(off) = self.device_offset(index, off) else {
+                    self.below_window(gpa, index);
+                    buf.fill(0xff);
+                    return;
+                };
                 if let Err(e) = self.dev.region_read(index, off, buf) {
                     if self.warn_limit.allow() {
                         warn!(self.log, "guest read failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);
@@ -128,14 +154,20 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> GuestBus for VmBus<
             Target::Ram => {
                 let _ = memory::write(self.mem, gpa, buf);
             }
-            Target::Region(index, off) => match self.dev.region_write(index, off, buf) {
-                Ok(changes) => self.apply(&changes),
-                Err(e) => {
-                    if self.warn_limit.allow() {
-                        warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);
+            Target::Region(index, off) => {
+                let Some(off) = self.device_offset(index, off) else {
+                    self.below_window(gpa, index);
+                    return;
+                };
+                match self.dev.region_write(index, off, buf) {
+                    Ok(changes) => self.apply(&changes),
+                    Err(e) => {
+                        if self.warn_limit.allow() {
+                            warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);
+                        }
                     }
                 }
-            },
+            }
             Target::Unbacked => {
                 if self.warn_limit.allow() {
                     warn!(self.log, "guest write to unbacked address dropped"; "gpa" => format!("{gpa:#x}"), "len" => buf.len());

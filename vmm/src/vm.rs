@@ -14,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
 use vgpu_sim::device::{Vgpu, VgpuConfig};
 use vgpu_sim::regs;
 use vgpu_sim::workload::layout::{BAR0_GPA, BAR2_GPA, MIN_GUEST_RAM, MMIO_HOLE_START};
-use vgpu_sim::workload::{self, Params, StepOutcome};
+use vgpu_sim::workload::{self, GuestBus, Params, StepOutcome};
 use vgpu_sim::DirtyTracking;
 
 use crate::bus::VmBus;
@@ -38,6 +38,12 @@ pub struct VmConfig {
     pub dirty_tracking: DirtyTracking,
     /// Interrupt sink id per vector; differs between hosts (no accidental equality).
     pub irq_sink_base: u32,
+    /// Offset of each BAR inside the host region that backs it (`HostRegion::offset`), as
+    /// a VMM that reaches regions through one larger window sees them; the bus takes it off
+    /// again before every region access. 0 (the default) addresses the device's regions
+    /// directly. Tests give source and target different values, so a BAR map resolved
+    /// against the wrong host's resources cannot work by accident.
+    pub bar_region_offset: u64,
     /// Logger.
     pub log: Logger,
 }
@@ -50,6 +56,7 @@ impl VmConfig {
             ram_size: 256 << 20,
             dirty_tracking: DirtyTracking::ShadowPt,
             irq_sink_base: 100,
+            bar_region_offset: 0,
             log,
         }
     }
@@ -113,9 +120,9 @@ impl Vm {
         })?;
         let host = HostResources {
             bar_regions: [
-                Some(HostRegion::vfio_bar(0, 0)),
+                Some(HostRegion::vfio_bar(0, cfg.bar_region_offset)),
                 None,
-                Some(HostRegion::vfio_bar(2, 0)),
+                Some(HostRegion::vfio_bar(2, cfg.bar_region_offset)),
                 None,
                 None,
                 None,
@@ -228,6 +235,24 @@ impl Vm {
     /// This VM's host resources (region per BAR, sink per vector).
     pub fn host_resources(&self) -> &HostResources {
         &self.host
+    }
+
+    /// A guest CPU read: `buf.len()` bytes at guest-physical `gpa`, through the same bus
+    /// the vCPU uses (guest RAM, a BAR where the current BAR map places it, or the ECAM
+    /// config window). Unbacked addresses and failed accesses read as all ones.
+    pub fn guest_read(&mut self, gpa: u64, buf: &mut [u8]) {
+        self.bus_view().read(gpa, buf);
+    }
+
+    /// A guest CPU write of `data` at guest-physical `gpa`, through the same bus the vCPU
+    /// uses: a write that changes the config space (ECAM, or the MSI-X table in BAR0)
+    /// rebuilds the BAR map and interrupt routes, as the vCPU's writes do. Interrupts the
+    /// write makes the device signal (a pending MSI-X vector unmasked) are delivered to the
+    /// vCPU through the routes before this returns. Writes to unbacked addresses are
+    /// dropped.
+    pub fn guest_write(&mut self, gpa: u64, data: &[u8]) {
+        self.bus_view().write(gpa, data);
+        self.deliver_irqs();
     }
 
     /// A bus view for host-side accesses to guest memory (loader, inspection).

@@ -43,7 +43,9 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
     })?;
     let mut out = json!({ "file": path.display().to_string(), "bytes": len });
     let mut text = Vec::new();
-    let (device, config) = if n == 8 && magic == STREAM_MAGIC {
+    // For a stream, the device context must be of the type its header names (a restore
+    // would create a device of that type, which refuses any other).
+    let (device, config, stream_type) = if n == 8 && magic == STREAM_MAGIC {
         let mut r = StreamReader::new(BufReader::new(f), TrailerCheck::Enforce)
             .map_err(|e| bad(e.to_string()))?;
         let h = r.header().clone();
@@ -98,7 +100,7 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             chunks,
             pending
         ));
-        (device, config)
+        (device, config, Some(h.mdev_type))
     } else {
         let mut device = Vec::new();
         BufReader::new(f)
@@ -107,11 +109,11 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
                 what: "cannot read",
                 path,
             })?;
-        (device, None)
+        (device, None, None)
     };
 
     // The device context: every section verified, then decoded.
-    let limits = vgpu_sim::inspect::context_limits(None);
+    let limits = vgpu_sim::inspect::context_limits(stream_type.as_deref());
     let summary: ContextSummary =
         format::inspect(&device, limits).map_err(|e| bad(format!("device context: {e}")))?;
     let sections: Vec<Value> = summary

@@ -8,7 +8,7 @@ use slog::Logger;
 use snafu::ResultExt;
 use vmm::StopAt;
 
-use super::{FileSnafu, Result};
+use super::{CliError, FileSnafu, Result};
 use crate::output::{write_png, RunReport};
 
 pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
@@ -17,6 +17,12 @@ pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logge
         path: file,
     })?;
     let mut vm = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200)?;
+    let done = vm.completed_frames();
+    if frames < done {
+        return Err(CliError::Usage {
+            msg: format!("--frames {frames} is below the {done} frames the snapshot already rendered"),
+        });
+    }
     vm.set_frame_limit(frames)?;
     vm.run(StopAt::Done)?;
     if let Some(p) = png {

@@ -14,23 +14,24 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("'{s}' is not a rate (try 10Gbit, 1.25GB/s, 800MiB/s)"))?;
-    let mult: f64 =
-        match unit.trim() {
-            "" | "B" => 1.0,
-            "bit" | "b" => 1.0 / 8.0,
-            "Kbit" | "kbit" => 1e3 / 8.0,
-            "Mbit" => 1e6 / 8.0,
-            "Gbit" => 1e9 / 8.0,
-            "KB" | "kB" => 1e3,
-            "MB" => 1e6,
-            "GB" => 1e9,
-            "KiB" => 1024.0,
-            "MiB" => 1024.0 * 1024.0,
-            "GiB" => 1024.0 * 1024.0 * 1024.0,
-            u => return Err(format!(
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "bit" | "b" => 1.0 / 8.0,
+        "Kbit" | "kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
                 "'{s}': unknown unit '{u}' (bit, Kbit, Mbit, Gbit, B, KB, MB, GB, KiB, MiB, GiB)"
-            )),
-        };
+            ))
+        }
+    };
     let v = n * mult;
     if !(v >= 1.0 && v.is_finite()) {
         return Err(format!("'{s}' is not a positive rate"));

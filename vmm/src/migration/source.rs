@@ -272,8 +272,10 @@ fn switchover_point(vm: &mut Vm) -> SwitchoverPoint {
 
 /// Rounds below which pre-copy goes on while each round halves the remainder.
 const MAX_EXTRA_ROUNDS: u32 = 6;
+/// Bytes of consecutive pages per RAM record.
+const RAM_RECORD: usize = 4 << 20;
 /// Backlog above which the source runs the guest instead of queueing more.
-const HIGH_WATER: u64 = 4 << 20;
+const HIGH_WATER: u64 = 16 << 20;
 /// Assumed fixed device state when the protocol cannot say (v1 has no size query).
 const V1_FIXED_ESTIMATE: u64 = 1 << 20;
 /// Assumed target load speed for the estimate, bytes/s.
@@ -307,7 +309,8 @@ fn run_while_busy(
 ) -> std::io::Result<()> {
     w.get_mut().flush()?;
     while w.get_mut().backlog() > max {
-        let ran = guest_step(vm, crate::vm::DEFAULT_BUDGET);
+        // One device command at a time: a long guest slice would leave the link idle.
+        let ran = guest_step(vm, 1);
         if ran == 0 {
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -351,7 +354,6 @@ fn send_pages(
     let mut run: Vec<u8> = Vec::new();
     let mut run_start = 0;
     let mut zrun: Option<(u64, u64)> = None;
-    let mut page = vec![0u8; PAGE_SIZE as usize];
     let flush =
         |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
             if !run.is_empty() {
@@ -368,10 +370,20 @@ fn send_pages(
             Ok(())
         };
     for gpa in pages.iter_dirty() {
-        memory::read(vm.memory(), gpa, &mut page).map_err(|e| MigrationError::Vmm {
+        // Read the page straight onto the end of the run; drop it again if it is zero.
+        if !run.is_empty() && run_start + run.len() as u64 != gpa {
+            flush(w, run_start, &mut run)?;
+        }
+        if run.is_empty() {
+            run_start = gpa;
+        }
+        let at = run.len();
+        run.resize(at + PAGE_SIZE as usize, 0);
+        memory::read(vm.memory(), gpa, &mut run[at..]).map_err(|e| MigrationError::Vmm {
             source: crate::VmmError::Memory { source: e },
         })?;
-        if memory::is_zero(&page) {
+        if memory::is_zero(&run[at..]) {
+            run.truncate(at);
             flush(w, run_start, &mut run)?;
             sent.zero += 1;
             if zeros {
@@ -386,16 +398,11 @@ fn send_pages(
             continue;
         }
         flush_zero(w, &mut zrun)?;
-        if run.is_empty() || run_start + run.len() as u64 != gpa {
-            flush(w, run_start, &mut run)?;
-            run_start = gpa;
-        }
-        run.extend_from_slice(&page);
         sent.nonzero += 1;
         if dma_only.is_dirty(gpa) {
             sent.dma_nonzero += 1;
         }
-        if run.len() >= 1 << 20 {
+        if run.len() >= RAM_RECORD {
             flush(w, run_start, &mut run)?;
             if running {
                 run_while_busy(vm, w, HIGH_WATER).map_err(peer)?;

@@ -151,6 +151,12 @@ fn receive(
             Record::Vcpu(b) => vcpu = Some(b),
             Record::Switchover { stopped_ns } => report.source_stopped_ns = stopped_ns,
             Record::Sync { seq } => control::send(ctrl, &FromTarget::Synced { seq })?,
+            Record::RamPages { gpa, data } => {
+                crate::memory::write(vm.memory(), gpa, &data).map_err(|e| MigrationError::Vmm {
+                    source: crate::VmmError::Memory { source: e },
+                })?;
+                r.recycle(data);
+            }
             other => apply_record_ram(&mut vm, other)?,
         }
     }

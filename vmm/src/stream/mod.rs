@@ -34,3 +34,6 @@ pub use writer::{StreamWriter, WriteStats};
 pub const STREAM_MAJOR: u16 = 1;
 /// Stream format minor version.
 pub const STREAM_MINOR: u16 = 0;
+
+#[cfg(test)]
+mod tests;
