@@ -55,8 +55,12 @@ impl Out {
     }
 
     fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("{:?}: stdout is not JSON ({e}):\n{}", self.args, self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{:?}: stdout is not JSON ({e}):\n{}",
+                self.args, self.stdout
+            )
+        })
     }
 
     /// The run failed cleanly: non-zero exit that is not a panic's (101), no panic message,
@@ -69,10 +73,24 @@ impl Out {
             self.code,
             self.stderr
         );
-        assert!(!self.stderr.contains("panicked"), "{:?}: {}", self.args, self.stderr);
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            !self.stderr.contains("panicked"),
+            "{:?}: {}",
+            self.args,
+            self.stderr
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         assert_eq!(lines.len(), 1, "{:?}: stderr {:?}", self.args, self.stderr);
-        assert!(lines[0].starts_with("error: "), "{:?}: {:?}", self.args, lines[0]);
+        assert!(
+            lines[0].starts_with("error: "),
+            "{:?}: {:?}",
+            self.args,
+            lines[0]
+        );
         lines[0]
     }
 
@@ -80,7 +98,11 @@ impl Out {
     fn error_naming(&self, words: &[&str]) -> &str {
         let line = self.one_error_line();
         for w in words {
-            assert!(line.contains(w), "{:?}: {line:?} does not say {w:?}", self.args);
+            assert!(
+                line.contains(w),
+                "{:?}: {line:?} does not say {w:?}",
+                self.args
+            );
         }
         line
     }
@@ -300,7 +322,10 @@ fn run_json_has_every_frame_and_the_final_checksum_is_the_last() {
     assert_eq!(sums.len(), 4);
     assert!(sums.iter().all(|c| is_hex(c, 16)), "{sums:?}");
     assert_eq!(v["final_checksum"].as_str().unwrap(), sums[3]);
-    assert!(sums.windows(2).all(|w| w[0] != w[1]), "frames differ: {sums:?}");
+    assert!(
+        sums.windows(2).all(|w| w[0] != w[1]),
+        "frames differ: {sums:?}"
+    );
     assert!(is_hex(v["ram_digest"].as_str().unwrap(), 64));
     assert!(is_hex(v["gmem_digest"].as_str().unwrap(), 64));
     // Without --json: the final checksum alone.
@@ -330,7 +355,11 @@ fn png_is_a_valid_png_of_the_render_size() {
     let be = |o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
     assert_eq!((be(16), be(20)), (320, 200), "IHDR width x height");
     assert_eq!((b[24], b[25]), (8, 6), "8-bit RGBA");
-    assert_eq!(&b[b.len() - 12..b.len() - 4], b"\0\0\0\0IEND", "ends with IEND");
+    assert_eq!(
+        &b[b.len() - 12..b.len() - 4],
+        b"\0\0\0\0IEND",
+        "ends with IEND"
+    );
     // It decodes, and shows a rendered frame, not a blank one.
     let dec = png::Decoder::new(std::io::Cursor::new(&b));
     let mut r = dec.read_info().unwrap();
@@ -338,7 +367,10 @@ fn png_is_a_valid_png_of_the_render_size() {
     let info = r.next_frame(&mut px).unwrap();
     assert_eq!((info.width, info.height), (320, 200));
     let px = &px[..info.buffer_size()];
-    assert!(px.chunks(4).any(|p| p != &px[..4]), "the frame is not one colour");
+    assert!(
+        px.chunks(4).any(|p| p != &px[..4]),
+        "the frame is not one colour"
+    );
 }
 
 #[test]
@@ -346,11 +378,15 @@ fn dump_then_restore_equals_run() {
     let d = TempDir::new("restore");
     let snap = s(&d.path("k2.vgm"));
     vgpu_small(&["dump", "--frames", "2", "--out", &snap]).ok();
-    let got = vgpu(&["restore", &snap, "--frames", "5", "--json"]).ok().json();
+    let got = vgpu(&["restore", &snap, "--frames", "5", "--json"])
+        .ok()
+        .json();
     let want = run_json(5, 1);
     assert_eq!(got, want, "checksums, final checksum, RAM and gmem digests");
     // Restoring to exactly the frames already rendered is fine, and shows them.
-    let got = vgpu(&["restore", &snap, "--frames", "2", "--json"]).ok().json();
+    let got = vgpu(&["restore", &snap, "--frames", "2", "--json"])
+        .ok()
+        .json();
     assert_eq!(got["checksums"], run_json(2, 1)["checksums"]);
 }
 
@@ -397,7 +433,9 @@ fn dump_mid_batch_then_restore_equals_run() {
     assert_eq!(commands_executed(&engine), c, "{engine}");
     let text = vgpu(&["inspect", &mid]).ok();
     assert!(text.stdout.contains("engine: in batch "), "{}", text.stdout);
-    let got = vgpu(&["restore", &mid, "--frames", "5", "--json"]).ok().json();
+    let got = vgpu(&["restore", &mid, "--frames", "5", "--json"])
+        .ok()
+        .json();
     assert_eq!(got, run_json(5, 1));
 }
 
@@ -405,7 +443,10 @@ fn dump_mid_batch_then_restore_equals_run() {
 /// payload in the context bytes.
 fn check_section_digests(v: &Value, context: &[u8]) {
     let sections = v["device"]["sections"].as_array().unwrap();
-    let names: Vec<&str> = sections.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = sections
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     for want in ["GMEM", "MMIO", "GTT", "ENGINE", "IRQ", "DISPLAY"] {
         assert!(names.contains(&want), "{names:?}");
     }
@@ -435,10 +476,15 @@ fn device_only_dump_inspects_with_verified_sections() {
         text.stdout
     );
     assert!(text.stdout.contains("sections (digests verified)"));
-    assert!(!text.stdout.contains("stream:"), "no stream in a device-only file");
+    assert!(
+        !text.stdout.contains("stream:"),
+        "no stream in a device-only file"
+    );
     for name in ["GMEM", "MMIO", "GTT", "ENGINE", "IRQ", "DISPLAY", "END"] {
         assert!(
-            text.stdout.lines().any(|l| l.trim_start().starts_with(name)),
+            text.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(name)),
             "{name}:\n{}",
             text.stdout
         );
@@ -447,7 +493,10 @@ fn device_only_dump_inspects_with_verified_sections() {
     assert_eq!(v["bytes"].as_u64(), Some(f.context.len() as u64));
     assert_eq!(v["device"]["bytes"].as_u64(), Some(f.context.len() as u64));
     assert_eq!(v["device"]["mdev_type"], "vgpu-64");
-    assert!(v.get("stream").is_none() && v.get("config").is_none(), "{v}");
+    assert!(
+        v.get("stream").is_none() && v.get("config").is_none(),
+        "{v}"
+    );
     check_section_digests(&v, &f.context);
     // The same context is what a full snapshot carries.
     let snap = d.file("a.vgm", &f.snapshot);
@@ -478,7 +527,10 @@ fn inspect_a_snapshot_as_text_json_and_config() {
     assert!(v["stream"]["ram_pages"].as_u64().unwrap() > 0);
     assert_eq!(v["bytes"].as_u64(), Some(f.snapshot.len() as u64));
     assert_eq!(v["device"]["bytes"].as_u64(), Some(f.context.len() as u64));
-    assert!(v["config"]["lspci"].as_str().unwrap().starts_with("00: 86 80 "));
+    assert!(v["config"]["lspci"]
+        .as_str()
+        .unwrap()
+        .starts_with("00: 86 80 "));
     let engine = v["device"]["summary"]["engine"].as_str().unwrap();
     assert!(engine.contains("seqno 2"), "two frames: {engine}");
 
@@ -499,7 +551,11 @@ fn inspect_a_snapshot_as_text_json_and_config() {
     for (i, l) in hex.iter().take(16).enumerate() {
         assert!(l.starts_with(&format!("{:02x}: ", i * 16)), "{l}");
     }
-    assert!(hex[0].starts_with("00: 86 80 "), "Intel vendor ID: {}", hex[0]);
+    assert!(
+        hex[0].starts_with("00: 86 80 "),
+        "Intel vendor ID: {}",
+        hex[0]
+    );
     for want in [
         "Region 0: Memory at",
         "Region 2: Memory at",
@@ -524,7 +580,11 @@ fn snapshot_demo_verifies() {
         &s(&d.0),
     ])
     .ok();
-    assert!(out.stdout.contains("VERIFIED: the restored run"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("VERIFIED: the restored run"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("mid-batch"), "{}", out.stdout);
     for f in ["snapshot.vgm", "before.png", "after.png"] {
         assert!(d.path(f).exists(), "{f}");
@@ -545,7 +605,9 @@ fn live_demo_verifies() {
     ])
     .ok();
     assert!(
-        out.stdout.lines().any(|l| l.trim_start().starts_with("VERIFIED:")),
+        out.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("VERIFIED:")),
         "{}",
         out.stdout
     );
@@ -655,22 +717,22 @@ fn bit_flipped_files_are_refused() {
     let (vcpu, _) = first(f, VCPU);
     let (end, _) = first(f, END);
     let positions = [
-        0,                     // magic
-        8,                     // major version
-        19,                    // RAM size
-        33,                    // mdev type name
-        ram + 1,               // record kind
-        ram + 8 + 2,           // RAM address
-        ram + 8 + 8 + 300,     // RAM page
-        dev[0].0 + 5,          // device chunk length
-        dev[0].0 + 8 + 3,      // device context header
-        dev[0].0 + 8 + 100,    // graphics memory
+        0,                                                    // magic
+        8,                                                    // major version
+        19,                                                   // RAM size
+        33,                                                   // mdev type name
+        ram + 1,                                              // record kind
+        ram + 8 + 2,                                          // RAM address
+        ram + 8 + 8 + 300,                                    // RAM page
+        dev[0].0 + 5,                                         // device chunk length
+        dev[0].0 + 8 + 3,                                     // device context header
+        dev[0].0 + 8 + 100,                                   // graphics memory
         dev[dev.len() - 1].0 + 8 + dev[dev.len() - 1].2 - 20, // end section digest
-        dev_end,               // DEVICE_END kind
-        config + 8 + clen / 2, // config space
-        vcpu + 8 + 4,          // vCPU state
-        end + 4,               // END length
-        end + 8 + 16,          // stream digest
+        dev_end,                                              // DEVICE_END kind
+        config + 8 + clen / 2,                                // config space
+        vcpu + 8 + 4,                                         // vCPU state
+        end + 4,                                              // END length
+        end + 8 + 16,                                         // stream digest
     ];
     // Two workers: each run reads up to the whole file.
     std::thread::scope(|scope| {
@@ -731,7 +793,12 @@ fn wrong_mdev_type_is_refused() {
         .unwrap();
     }
     let bytes = w.finish().unwrap().0;
-    both_refuse(&TempDir::new("type"), "t.vgm", &bytes, &["vgpu-512", "vgpu-64"]);
+    both_refuse(
+        &TempDir::new("type"),
+        "t.vgm",
+        &bytes,
+        &["vgpu-512", "vgpu-64"],
+    );
 }
 
 #[test]

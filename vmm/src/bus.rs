@@ -97,7 +97,13 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
     /// (see [`decode`]): the region's `HostRegion::offset` taken off. Regions that back no
     /// BAR (the config space) are addressed directly. `None` below the region's start.
     fn device_offset(&self, index: u32, off: u64) -> Option<u64> {
-        match self.host.bar_regions.iter().flatten().find(|r| r.id == index) {
+        match self
+            .host
+            .bar_regions
+            .iter()
+            .flatten()
+            .find(|r| r.id == index)
+        {
             Some(r) => off.checked_sub(r.offset),
             None => Some(off),
         }

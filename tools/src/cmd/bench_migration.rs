@@ -38,12 +38,15 @@ fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
     let mut a = MIN_GUEST_RAM.next_multiple_of(1 << 20);
     while a + (1 << 20) <= ram {
         refill(&mut chunk);
-        vmm::memory::write(vm.memory(), a, &chunk).map_err(|e| CliError::Check { msg: e.to_string() })?;
+        vmm::memory::write(vm.memory(), a, &chunk)
+            .map_err(|e| CliError::Check { msg: e.to_string() })?;
         a += 1 << 20;
         n += 1 << 20;
     }
     let gsize = vm.gmem_size();
-    let mut o = GmemPlan::new(params.width, params.height).end.next_multiple_of(1 << 20);
+    let mut o = GmemPlan::new(params.width, params.height)
+        .end
+        .next_multiple_of(1 << 20);
     while o + (1 << 20) <= gsize {
         refill(&mut chunk);
         vm.device()
@@ -82,8 +85,10 @@ fn one(
         fail_at: None,
         log: log.clone(),
     };
-    let target =
-        std::thread::spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r));
+    let target = std::thread::Builder::new()
+        .name("target".into())
+        .spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r))
+        .map_err(|e| CliError::Check { msg: e.to_string() })?;
     let mut cfg = VmConfig::new(mdev_type, log.clone());
     cfg.ram_size = ram;
     cfg.dirty_tracking = tracking;
@@ -92,7 +97,12 @@ fn one(
     if filled {
         fill(&mut vm, params, 0x9e37_79b9_7f4a_7c15)?;
     }
-    vm.run(StopAt::Frame(migrate_at))?;
+    if migrate_at == u64::MAX {
+        // The pipeline alone: the workload has finished, the guest idles.
+        vm.run(StopAt::Done)?;
+    } else {
+        vm.run(StopAt::Frame(migrate_at))?;
+    }
     let res = migration::migrate(&mut vm, &url, opts, &mut |_| {});
     let t = target.join().map_err(|_| CliError::Check {
         msg: "the target thread panicked".into(),
@@ -204,15 +214,37 @@ fn summarize(reps: &[SourceReport], bw: u64) -> Scenario {
     }
 }
 
-fn scenario(runs: usize, ram: u64, params: &Params, filled: bool, opts: &SourceOptions, log: &Logger) -> Result<Scenario> {
+fn scenario(
+    runs: usize,
+    ram: u64,
+    params: &Params,
+    filled: bool,
+    opts: &SourceOptions,
+    log: &Logger,
+) -> Result<Scenario> {
     let mut reps = Vec::new();
     for _ in 0..runs {
-        reps.push(one("vgpu-512", ram, params, 8, DirtyTracking::ShadowPt, filled, opts, log)?);
+        reps.push(one(
+            "vgpu-512",
+            ram,
+            params,
+            8,
+            DirtyTracking::ShadowPt,
+            filled,
+            opts,
+            log,
+        )?);
     }
     Ok(summarize(&reps, opts.bandwidth.unwrap_or(1)))
 }
 
-fn scenario_idle(runs: usize, ram: u64, params: &Params, opts: &SourceOptions, log: &Logger) -> Result<Scenario> {
+fn scenario_idle(
+    runs: usize,
+    ram: u64,
+    params: &Params,
+    opts: &SourceOptions,
+    log: &Logger,
+) -> Result<Scenario> {
     scenario(runs, ram, params, false, opts, log)
 }
 
@@ -243,7 +275,20 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
     let mut tcp = Vec::new();
     let mut sha = Vec::new();
     for _ in 0..runs {
-        let r = one("vgpu-512", ram, &params, 8, DirtyTracking::ShadowPt, true, &free, log)?;
+        let idle = Params {
+            frame_limit: 4,
+            ..params
+        };
+        let r = one(
+            "vgpu-512",
+            ram,
+            &idle,
+            u64::MAX,
+            DirtyTracking::ShadowPt,
+            true,
+            &free,
+            log,
+        )?;
         stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
         tcp.push(raw_tcp(r.bytes.total)?);
         sha.push(sha_rate(r.bytes.total));
@@ -258,7 +303,16 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
             height: 360,
             ..params
         };
-        let r = one("vgpu-64", 256 << 20, &small, 6, tracking, false, &capped, log)?;
+        let r = one(
+            "vgpu-64",
+            256 << 20,
+            &small,
+            6,
+            tracking,
+            false,
+            &capped,
+            log,
+        )?;
         dma.push((tracking, r.bytes.dma_ram, r.bytes.ram));
     }
 
@@ -296,9 +350,14 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
             scenario.rounds
         );
         println!("the same with guest RAM and graphics memory left zero (zero pages compacted):");
-        println!("  downtime {:.2} ms, total {:.1} ms, floor {:.1} ms, {:.1} MiB moved",
-                 idle.downtime_ms, idle.total_ms, idle.floor_ms, idle.bytes_total as f64 / 1048576.0);
-        println!("uncapped on loopback (memory in use):");
+        println!(
+            "  downtime {:.2} ms, total {:.1} ms, floor {:.1} ms, {:.1} MiB moved",
+            idle.downtime_ms,
+            idle.total_ms,
+            idle.floor_ms,
+            idle.bytes_total as f64 / 1048576.0
+        );
+        println!("uncapped on loopback, the pipeline alone (memory in use, guest idle):");
         println!("  migration stream    {:>9.0} MB/s", s / 1e6);
         println!("  raw loopback TCP    {:>9.0} MB/s", t / 1e6);
         println!("  SHA-256, 1 core     {:>9.0} MB/s", h / 1e6);

@@ -20,7 +20,9 @@ pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logge
     let done = vm.completed_frames();
     if frames < done {
         return Err(CliError::Usage {
-            msg: format!("--frames {frames} is below the {done} frames the snapshot already rendered"),
+            msg: format!(
+                "--frames {frames} is below the {done} frames the snapshot already rendered"
+            ),
         });
     }
     vm.set_frame_limit(frames)?;

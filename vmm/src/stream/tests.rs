@@ -196,8 +196,14 @@ fn large_ram_runs_and_device_chunks_are_split_under_the_cap() {
             data: ram[step..].to_vec()
         }
     );
-    assert_eq!(got[2], Record::DeviceData(chunk[..MAX_RECORD as usize].to_vec()));
-    assert_eq!(got[3], Record::DeviceData(chunk[MAX_RECORD as usize..].to_vec()));
+    assert_eq!(
+        got[2],
+        Record::DeviceData(chunk[..MAX_RECORD as usize].to_vec())
+    );
+    assert_eq!(
+        got[3],
+        Record::DeviceData(chunk[MAX_RECORD as usize..].to_vec())
+    );
 }
 
 /// A reader that hands out one byte at a time and is interrupted before each.
@@ -414,10 +420,19 @@ fn oversized_length_is_rejected_before_allocation() {
     let bytes = raw_stream(&body);
     let err = read_all(&bytes[..]).unwrap_err();
     assert!(
-        matches!(err, StreamError::BadLength { length: u32::MAX, .. }),
+        matches!(
+            err,
+            StreamError::BadLength {
+                length: u32::MAX,
+                ..
+            }
+        ),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&format!("{MAX_RECORD}-byte cap")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("{MAX_RECORD}-byte cap")),
+        "{err}"
+    );
     // One over the cap too, for every kind.
     for kind in [1u32, 2, 3, 4, 5, 6, 7, 8, 0xff] {
         let mut body = kind.to_le_bytes().to_vec();
@@ -444,7 +459,10 @@ fn record_lengths_are_checked_per_kind() {
     ];
     for (body, want) in cases {
         let err = read_all(&raw_stream(&body)[..]).unwrap_err();
-        assert!(matches!(err, StreamError::BadLength { .. }), "{want}: {err:?}");
+        assert!(
+            matches!(err, StreamError::BadLength { .. }),
+            "{want}: {err:?}"
+        );
         assert!(err.to_string().contains(want), "{err} (want {want:?})");
     }
 }
@@ -453,10 +471,7 @@ fn record_lengths_are_checked_per_kind() {
 fn ram_records_outside_guest_ram_are_rejected() {
     let cases: Vec<Vec<u8>> = vec![
         // Two pages, the second past the end.
-        raw_record(
-            1,
-            &[&(RAM - 4096).to_le_bytes()[..], &[0; 8192]].concat(),
-        ),
+        raw_record(1, &[&(RAM - 4096).to_le_bytes()[..], &[0; 8192]].concat()),
         // Entirely past the end.
         raw_record(1, &[&RAM.to_le_bytes()[..], &[0; 4096]].concat()),
         // Not page aligned.
@@ -478,7 +493,10 @@ fn ram_records_outside_guest_ram_are_rejected() {
     ];
     for body in cases {
         let err = read_all(&raw_stream(&body)[..]).unwrap_err();
-        assert!(matches!(err, StreamError::BadAddress { ram: RAM, .. }), "{err:?}");
+        assert!(
+            matches!(err, StreamError::BadAddress { ram: RAM, .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("outside guest RAM"), "{err}");
     }
     // The last page exactly is fine.
