@@ -27,6 +27,12 @@ pub struct IncomingReport {
     pub checksums: Vec<String>,
     /// Protocol the source used.
     pub protocol: String,
+    /// Pre-copy rounds (from the source's summary).
+    pub rounds: Option<usize>,
+    /// Migration start to resume, ms (from the source's summary).
+    pub total_ms: Option<f64>,
+    /// The downtime breakdown: the source's, with the target's own parts.
+    pub breakdown: serde_json::Value,
     /// Bytes received.
     pub bytes_total: u64,
     /// Source vCPU stop to target vCPU resume, ms.
@@ -71,6 +77,10 @@ pub fn run(
         migration::incoming(&listener, &opts).map_err(|e| CliError::Check {
             msg: format!("incoming migration failed: {e}"),
         })?;
+    // The source's figures follow its acknowledgement.
+    let _ = ctrl.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let summary: Option<control::Summary> = control::recv(&mut ctrl, "source's summary").ok();
+    let _ = ctrl.set_read_timeout(None);
     let params = vm.params().ok_or_else(|| CliError::Check {
         msg: "the migrated guest has no workload parameters".into(),
     })?;
@@ -121,6 +131,15 @@ pub fn run(
         final_checksum: ran.final_checksum.clone(),
         checksums: ran.checksums.clone(),
         protocol: rep.protocol.clone(),
+        rounds: summary.as_ref().map(|s| s.rounds),
+        total_ms: summary.as_ref().map(|s| s.total_ms),
+        breakdown: summary.as_ref().map(|s| s.breakdown.clone()).unwrap_or_else(|| {
+            serde_json::json!({
+                "target_load_ms": rep.load_ms,
+                "target_config_ms": rep.config_ms,
+                "target_resume_ms": rep.resume_ms,
+            })
+        }),
         bytes_total: rep.bytes,
         downtime_ms: vmm::migration::clock::ms_between(rep.source_stopped_ns, rep.resumed_ns),
         load_ms: rep.load_ms,

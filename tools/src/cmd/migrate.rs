@@ -36,6 +36,8 @@ pub struct MigrateReport {
     pub rounds: usize,
     /// Bytes on the wire.
     pub bytes_total: u64,
+    /// Where the downtime went.
+    pub breakdown: Option<vmm::migration::source::Breakdown>,
     /// Details: rounds, bytes by kind, downtime breakdown.
     pub migration: Option<SourceReport>,
 }
@@ -155,6 +157,7 @@ pub fn source(
                     total_ms: rep.total_ms,
                     rounds: rep.rounds.len(),
                     bytes_total: rep.bytes.total,
+                    breakdown: Some(rep.breakdown.clone()),
                     migration: Some(rep),
                 },
                 None,
@@ -182,6 +185,7 @@ pub fn source(
                     total_ms: 0.0,
                     rounds: 0,
                     bytes_total: 0,
+                    breakdown: None,
                     migration: None,
                 },
                 Some(vm),

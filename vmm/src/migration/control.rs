@@ -94,6 +94,22 @@ pub struct Outcome {
     pub detail: String,
 }
 
+/// What the source tells the target once it acknowledged the resume: the figures only the
+/// source knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Pre-copy rounds.
+    pub rounds: usize,
+    /// Migration start to target resume, ms.
+    pub total_ms: f64,
+    /// Source vCPU stop to target vCPU resume, ms.
+    pub downtime_ms: f64,
+    /// Bytes on the wire.
+    pub bytes_total: u64,
+    /// Where the downtime went (the source's `Breakdown`, as JSON).
+    pub breakdown: serde_json::Value,
+}
+
 /// Everything the target sends after its hello.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromTarget {

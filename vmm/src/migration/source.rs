@@ -562,7 +562,21 @@ pub fn migrate(
         d.stop(vm);
     }
     match result {
-        Ok(r) => Ok((r, events)),
+        Ok(r) => {
+            // The figures only the source knows, for the target's report (best effort).
+            let mut out = closer;
+            let _ = control::send(
+                &mut out,
+                &control::Summary {
+                    rounds: r.rounds.len(),
+                    total_ms: r.total_ms,
+                    downtime_ms: r.downtime_ms,
+                    bytes_total: r.bytes.total,
+                    breakdown: serde_json::to_value(&r.breakdown).unwrap_or_default(),
+                },
+            );
+            Ok((r, events))
+        }
         Err(e) => {
             let _ = closer.shutdown(std::net::Shutdown::Both);
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
