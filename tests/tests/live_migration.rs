@@ -21,6 +21,7 @@ fn spawn_target(fail_at: Option<FailPoint>) -> (String, JoinHandle<TargetResult>
     let url = format!("tcp://{}", l.local_addr().unwrap());
     let h = std::thread::spawn(move || {
         let opts = TargetOptions {
+            bar_region_offset: 0x1_0000,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: 4000,
             dirty_tracking: DirtyTracking::ShadowPt,
@@ -34,21 +35,44 @@ fn spawn_target(fail_at: Option<FailPoint>) -> (String, JoinHandle<TargetResult>
     (url, h)
 }
 
-/// Migrate at frame `at`; returns the target's outcome after it finished, and the report.
+/// Migrate at frame `at`; returns the target's outcome after it finished, the report, and
+/// the reference to compare with.
+///
+/// The source's frame limit is out of reach, so pre-copy never sees the workload end
+/// (however slow or fast the machine is, the switchover point always comes). The target
+/// then sets the limit past every frame the driver had submitted, and the comparison is
+/// with a reference of that many frames.
 fn migrate_and_finish(
     tracking: DirtyTracking,
     opts: SourceOptions,
     at: u64,
-) -> Result<(Outcome, migration::SourceReport), String> {
+) -> Result<(Outcome, migration::SourceReport, Outcome), String> {
     let (url, target) = spawn_target(None);
     let mut src = booted_with(tracking);
+    src.set_frame_limit(OUT_OF_REACH).unwrap();
     src.run(StopAt::Frame(at)).unwrap();
     let res = migration::migrate(&mut src, &url, &opts, &mut |_| {});
     let t = target.join().unwrap();
     let (rep, _) = res.map_err(|e| e.to_string())?;
     let mut dst = t?;
+    let frames = submitted(&mut dst).max(FRAMES);
+    dst.set_frame_limit(frames).map_err(|e| e.to_string())?;
     dst.run(StopAt::Done).map_err(|e| e.to_string())?;
-    Ok((outcome(&mut dst, FRAMES), rep))
+    Ok((
+        outcome(&mut dst, frames),
+        rep,
+        reference("vgpu-64", frames, SEED),
+    ))
+}
+
+/// A frame limit no test reaches.
+const OUT_OF_REACH: u64 = 100_000;
+
+/// Frames the guest driver has submitted (its own counter, in guest RAM).
+fn submitted(vm: &mut Vm) -> u64 {
+    let mut b = [0u8; 8];
+    vm.guest_read(vgpu_sim::workload::layout::STATE_GPA + 16, &mut b);
+    u64::from_le_bytes(b)
 }
 
 fn booted_with(tracking: DirtyTracking) -> Vm {
@@ -70,10 +94,9 @@ fn opts(protocol: Protocol) -> SourceOptions {
 
 #[test]
 fn both_protocols_both_tracking_modes_verify() {
-    let want = reference("vgpu-64", FRAMES, SEED);
     for protocol in [Protocol::Region, Protocol::V2] {
         for tracking in [DirtyTracking::ShadowPt, DirtyTracking::Pinned] {
-            let (got, rep) = migrate_and_finish(tracking, opts(protocol), 3)
+            let (got, rep, want) = migrate_and_finish(tracking, opts(protocol), 3)
                 .unwrap_or_else(|e| panic!("{protocol:?}/{tracking:?}: {e}"));
             assert_eq!(got, want, "{protocol:?}/{tracking:?}");
             assert!(!rep.rounds.is_empty());
@@ -88,7 +111,6 @@ fn both_protocols_both_tracking_modes_verify() {
 
 #[test]
 fn switchover_mid_batch_and_with_a_pending_interrupt() {
-    let want = reference("vgpu-64", FRAMES, SEED);
     for (protocol, at) in [
         (Protocol::Region, SwitchoverAt::MidBatch),
         (Protocol::V2, SwitchoverAt::MidBatch),
@@ -99,7 +121,7 @@ fn switchover_mid_batch_and_with_a_pending_interrupt() {
             switchover_at: at,
             ..opts(protocol)
         };
-        let (got, rep) = migrate_and_finish(DirtyTracking::ShadowPt, o, 2).unwrap();
+        let (got, rep, want) = migrate_and_finish(DirtyTracking::ShadowPt, o, 2).unwrap();
         match at {
             SwitchoverAt::MidBatch => {
                 assert!(rep.switchover.in_batch && rep.switchover.batch_offset > 0)
@@ -132,18 +154,17 @@ fn idle_device_migrates_and_target_goes_on() {
 
 #[test]
 fn tracking_off_is_a_negative_control() {
-    let want = reference("vgpu-64", FRAMES, SEED);
     let o = SourceOptions {
         switchover_at: SwitchoverAt::NextFrame,
         ..opts(Protocol::Region)
     };
     // The same migration with precise tracking verifies (so the control is fair) ...
-    let (got, _) = migrate_and_finish(DirtyTracking::ShadowPt, o.clone(), 2).unwrap();
+    let (got, _, want) = migrate_and_finish(DirtyTracking::ShadowPt, o.clone(), 2).unwrap();
     assert_eq!(got, want);
     // ... and without DMA tracking, pages the device wrote during pre-copy (checksum log, seqno)
     // are never re-sent: the target either stalls on a stale seqno or logs other values.
     match migrate_and_finish(DirtyTracking::Off, o, 2) {
-        Ok((got, _)) => assert_ne!(got, want, "tracking off must not verify"),
+        Ok((got, _, want)) => assert_ne!(got, want, "tracking off must not verify"),
         Err(e) => assert!(e.contains("stalled") || e.contains("differ"), "{e}"),
     }
 }
@@ -217,6 +238,7 @@ fn incompatible_target_is_refused_before_any_data() {
     let url = format!("tcp://{}", l.local_addr().unwrap());
     let target = std::thread::spawn(move || {
         let opts = TargetOptions {
+            bar_region_offset: 0x1_0000,
             mdev_type: "vgpu-512".into(),
             irq_sink_base: 4000,
             dirty_tracking: DirtyTracking::ShadowPt,

@@ -147,12 +147,20 @@ pub fn restore<R: Read>(
     tracking: DirtyTracking,
     sink_base: u32,
 ) -> Result<Vm> {
-    let mut r = StreamReader::new(input, TrailerCheck::Enforce).context(StreamSnafu)?;
-    let h = r.header().clone();
-    let mut cfg = VmConfig::new(&h.mdev_type, log.clone());
-    cfg.ram_size = h.ram_size;
+    let mut cfg = VmConfig::new("", log.clone());
     cfg.dirty_tracking = tracking;
     cfg.irq_sink_base = sink_base;
+    restore_with(input, &cfg)
+}
+
+/// Like [`restore`], with this host's VM settings (interrupt sinks, BAR region offsets,
+/// tracking); the mdev type and RAM size come from the stream.
+pub fn restore_with<R: Read>(input: R, base: &VmConfig) -> Result<Vm> {
+    let mut r = StreamReader::new(input, TrailerCheck::Enforce).context(StreamSnafu)?;
+    let h = r.header().clone();
+    let mut cfg = base.clone();
+    cfg.mdev_type = h.mdev_type.clone();
+    cfg.ram_size = h.ram_size;
     let mut vm = Vm::new(&cfg)?;
     let index = state_region_index(&vm)?;
     v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).context(

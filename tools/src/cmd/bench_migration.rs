@@ -79,6 +79,7 @@ fn one(
             .map_err(|e| CliError::Check { msg: e.to_string() })?
     );
     let topts = TargetOptions {
+        bar_region_offset: 0,
         mdev_type: mdev_type.into(),
         irq_sink_base: 900,
         dirty_tracking: tracking,

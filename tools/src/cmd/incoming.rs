@@ -67,6 +67,7 @@ pub fn run(
     let listener =
         migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
     let opts = TargetOptions {
+        bar_region_offset: 0,
         mdev_type: mdev_type.to_string(),
         irq_sink_base: 500,
         dirty_tracking: parse_tracking(tracking)?,
@@ -133,13 +134,16 @@ pub fn run(
         protocol: rep.protocol.clone(),
         rounds: summary.as_ref().map(|s| s.rounds),
         total_ms: summary.as_ref().map(|s| s.total_ms),
-        breakdown: summary.as_ref().map(|s| s.breakdown.clone()).unwrap_or_else(|| {
-            serde_json::json!({
-                "target_load_ms": rep.load_ms,
-                "target_config_ms": rep.config_ms,
-                "target_resume_ms": rep.resume_ms,
-            })
-        }),
+        breakdown: summary
+            .as_ref()
+            .map(|s| s.breakdown.clone())
+            .unwrap_or_else(|| {
+                serde_json::json!({
+                    "target_load_ms": rep.load_ms,
+                    "target_config_ms": rep.config_ms,
+                    "target_resume_ms": rep.resume_ms,
+                })
+            }),
         bytes_total: rep.bytes,
         downtime_ms: vmm::migration::clock::ms_between(rep.source_stopped_ns, rep.resumed_ns),
         load_ms: rep.load_ms,

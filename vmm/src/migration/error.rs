@@ -51,6 +51,12 @@ pub enum MigrationError {
         /// Where.
         point: String,
     },
+    /// The requested switchover point never came (the workload ended first).
+    #[snafu(display("the switchover point {what} was not reached: the workload ended first"))]
+    Position {
+        /// The point asked for.
+        what: String,
+    },
     /// The VMM failed.
     #[snafu(display("{source}"))]
     Vmm {

@@ -253,8 +253,8 @@ fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
             vm.step(0);
         }
     }
-    Err(MigrationError::Injected {
-        point: format!("switchover position {at:?} never reached"),
+    Err(MigrationError::Position {
+        what: format!("{at:?}"),
     })
 }
 

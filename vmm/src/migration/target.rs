@@ -29,6 +29,8 @@ pub struct TargetOptions {
     pub dirty_tracking: DirtyTracking,
     /// Inject a failure.
     pub fail_at: Option<FailPoint>,
+    /// Offset of each BAR inside its host region on this host (see `VmConfig`).
+    pub bar_region_offset: u64,
     /// Logger.
     pub log: Logger,
 }
@@ -135,6 +137,7 @@ fn receive(
     cfg.ram_size = h.ram_size;
     cfg.irq_sink_base = opts.irq_sink_base;
     cfg.dirty_tracking = opts.dirty_tracking;
+    cfg.bar_region_offset = opts.bar_region_offset;
     let mut vm = Vm::new(&cfg)?;
     let dio = DeviceIo::new(&mut vm, protocol)?;
     dio.start_resume(&mut vm)?;
