@@ -67,8 +67,8 @@ const HOST_C: Host = Host {
     sinks: 9100,
     regions: 0x55_0000_0000,
 };
-/// What `vmm::snapshot::restore` and `vmm::migration::incoming` build: the sink base
-/// they are given and the default region offset.
+/// What `vmm::snapshot::restore` builds (and `vmm::migration::incoming` with the default
+/// options): the sink base it is given and the default region offset.
 const fn default_host(sinks: u32) -> Host {
     Host { sinks, regions: 0 }
 }
@@ -98,14 +98,14 @@ fn restore_with(snap: &[u8], host: Host) -> Result<Vm, String> {
     snapshot::restore_with(snap, &config(host)).map_err(|e| e.to_string())
 }
 
-fn spawn_target(sinks: u32) -> (String, JoinHandle<Result<Vm, String>>) {
+fn spawn_target(host: Host) -> (String, JoinHandle<Result<Vm, String>>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("tcp://{}", l.local_addr().expect("local address"));
     let h = std::thread::spawn(move || {
         let opts = TargetOptions {
-            bar_region_offset: 0x4_0000,
+            bar_region_offset: host.regions,
             mdev_type: "vgpu-64".into(),
-            irq_sink_base: sinks,
+            irq_sink_base: host.sinks,
             dirty_tracking: DirtyTracking::ShadowPt,
             fail_at: None,
             log: quiet(),
@@ -117,10 +117,9 @@ fn spawn_target(sinks: u32) -> (String, JoinHandle<Result<Vm, String>>) {
     (url, h)
 }
 
-/// Live-migrate `src` to a target on a thread with sink base `sinks` (and the default
-/// region offset); returns the running target.
-fn migrate_live(src: &mut Vm, sinks: u32, protocol: Protocol) -> Vm {
-    let (url, target) = spawn_target(sinks);
+/// Live-migrate `src` to a target on a thread built for `host`; returns the running target.
+fn migrate_live(src: &mut Vm, host: Host, protocol: Protocol) -> Vm {
+    let (url, target) = spawn_target(host);
     let opts = SourceOptions {
         protocol,
         ..SourceOptions::default()
@@ -139,8 +138,12 @@ fn first_hop_live(frames: u64, sinks: u32, protocol: Protocol) -> Vm {
     let mut a = Vm::new(&config(HOST_A)).expect("create VM");
     a.boot(&small_params(frames, SEED)).expect("boot");
     a.run(StopAt::Done).unwrap();
-    let mut b = migrate_live(&mut a, sinks, protocol);
-    assert_rebuilt(&a, &b, default_host(sinks));
+    let host = Host {
+        sinks,
+        regions: 0x7_0000_0000,
+    };
+    let mut b = migrate_live(&mut a, host, protocol);
+    assert_rebuilt(&a, &b, host);
     assert_eq!(b.completed_frames(), frames);
     b.set_frame_limit(FRAMES).unwrap();
     b
@@ -234,7 +237,7 @@ fn live_migration_rebuilds_bars_and_routes_on_other_host_resources() {
     for protocol in [Protocol::Region, Protocol::V2] {
         let mut src = booted_on(HOST_A);
         src.run(StopAt::Frame(2)).unwrap();
-        let mut dst = migrate_live(&mut src, 4000, protocol);
+        let mut dst = migrate_live(&mut src, default_host(4000), protocol);
         // The source stopped at switchover: its config is what it was at save time.
         assert_rebuilt(&src, &dst, default_host(4000));
         assert_boot_layout(&dst);

@@ -67,6 +67,12 @@ pub struct MigrateArgs {
     /// Throttle the vGPU engine when the dirty rate outruns the bandwidth.
     #[arg(long)]
     pub auto_converge: bool,
+    /// Where to stop the source once converged: converged (at once), mid-batch,
+    /// irq-pending, next-frame (after one more frame: its checksum and seqno then travel
+    /// only through the DMA dirty log). Default: converged, or next-frame with
+    /// `--dirty-tracking off` so that the negative control is decisive.
+    #[arg(long)]
+    pub switchover_at: Option<String>,
     /// Inject a failure (testing): setup, round:N, stop-copy.
     #[arg(long, hide = true)]
     pub inject_failure: Option<String>,

@@ -12,6 +12,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Like every Unix filter: a closed pipe downstream (`inspect F | head`) ends the program
+    // quietly instead of making `println!` panic.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists; no
+    // handler of ours is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     let log = logging::logger(cli.log_level);
     match cmd::dispatch(cli.command, cli.log_level, &log) {

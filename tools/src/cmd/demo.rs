@@ -82,7 +82,7 @@ pub fn run(
         .arg(&after)
         .args(["--frames", &frames.to_string()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CliError::Check {
             msg: format!("cannot start the target process: {e}"),
@@ -99,6 +99,12 @@ pub fn run(
         msg: format!("the target process failed: {e}"),
     })?;
     let target: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    // The target's own one-line error, if it failed, becomes part of ours.
+    let target_err = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .map(|l| l.trim_start_matches("error: ").to_string());
     let verified = rep.migrated && target.get("verified").and_then(Value::as_bool) == Some(true);
     let report = DemoReport {
         verified,
@@ -136,7 +142,10 @@ pub fn run(
                     .target
                     .get("detail")
                     .and_then(Value::as_str)
-                    .unwrap_or("target gave no result")
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .or(target_err)
+                    .unwrap_or_else(|| "the target gave no result".into())
             ),
         }),
         _ => Ok(()),
@@ -190,7 +199,11 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
             m.bandwidth / 1e6
         );
     }
-    println!("  final checksum {}", r.final_checksum);
+    if r.final_checksum.is_empty() {
+        println!("  final checksum: none (the target did not finish the workload)");
+    } else {
+        println!("  final checksum {}", r.final_checksum);
+    }
     println!(
         "  frames: {} (source, at switchover) and {} (target, first after)",
         r.png_before, r.png_after

@@ -6,6 +6,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slog::Logger;
+use vmm::migration::source::SwitchoverAt;
 use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceReport};
 use vmm::{StopAt, Vm};
 
@@ -70,7 +71,17 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
             ),
         });
     }
+    let switchover_at = match m.switchover_at.as_deref() {
+        Some(s) => SwitchoverAt::parse(s).ok_or_else(|| CliError::Usage {
+            msg: format!(
+                "--switchover-at '{s}' is not converged, mid-batch, irq-pending or next-frame"
+            ),
+        })?,
+        None if m.dirty_tracking == "off" => SwitchoverAt::NextFrame,
+        None => SwitchoverAt::Converged,
+    };
     Ok(SourceOptions {
+        switchover_at,
         protocol,
         bandwidth,
         downtime_limit: Duration::from_secs_f64(m.downtime_limit / 1e3),

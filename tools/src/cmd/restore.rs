@@ -16,7 +16,13 @@ pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logge
         what: "cannot open",
         path: file,
     })?;
-    let mut vm = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200)?;
+    let mut vm =
+        vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200).map_err(|e| {
+            CliError::BadFile {
+                path: file.to_path_buf(),
+                msg: e.to_string(),
+            }
+        })?;
     let done = vm.completed_frames();
     if frames < done {
         return Err(CliError::Usage {
