@@ -281,3 +281,64 @@ fn a_dead_target_is_a_clear_error() {
         reference("vgpu-64", FRAMES, SEED)
     );
 }
+
+#[test]
+fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
+    // 640x360 frames rewrite about 1.8 MB of graphics memory every two frames; a 32 MB/s
+    // link with a 50 ms limit takes about 1.6 MB, 0.6 MB of which is the fixed device state:
+    // without throttling pre-copy cannot converge.
+    let params = vgpu_sim::workload::Params {
+        width: 640,
+        height: 360,
+        ..vgpu_migrate_tests::small_params(OUT_OF_REACH, SEED)
+    };
+    let base = SourceOptions {
+        bandwidth: Some(32 << 20),
+        downtime_limit: std::time::Duration::from_millis(50),
+        max_rounds: 5,
+        ..opts(Protocol::V2)
+    };
+    let run = |o: SourceOptions| {
+        let (url, target) = spawn_target(None);
+        let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+        cfg.ram_size = 64 << 20;
+        let mut src = Vm::new(&cfg).unwrap();
+        src.boot(&params).unwrap();
+        src.run(StopAt::Frame(2)).unwrap();
+        let res = migration::migrate(&mut src, &url, &o, &mut |_| {});
+        let t = target.join().unwrap();
+        (res.map(|(r, _)| r), t, src)
+    };
+    let (res, t, _) = run(base.clone());
+    let err = res.unwrap_err().to_string();
+    assert!(err.contains("did not converge"), "{err}");
+    assert!(t.is_err(), "the target discards");
+
+    let (res, t, _) = run(SourceOptions {
+        auto_converge: true,
+        ..base
+    });
+    let rep = res.unwrap();
+    assert!(rep.throttle_pct > 0, "the engine was throttled");
+    assert!(rep.rounds.len() > 2);
+    let mut dst = t.unwrap();
+    assert_eq!(dst.device().throttle(), 0, "the target runs at full speed");
+    let frames = submitted(&mut dst) + 1;
+    dst.set_frame_limit(frames).unwrap();
+    dst.run(StopAt::Done).unwrap();
+    let mut want = booted_like(&params, frames);
+    want.run(StopAt::Done).unwrap();
+    assert_eq!(outcome(&mut dst, frames), outcome(&mut want, frames));
+}
+
+fn booted_like(params: &vgpu_sim::workload::Params, frames: u64) -> Vm {
+    let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+    cfg.ram_size = 64 << 20;
+    let mut vm = Vm::new(&cfg).unwrap();
+    vm.boot(&vgpu_sim::workload::Params {
+        frame_limit: frames,
+        ..*params
+    })
+    .unwrap();
+    vm
+}

@@ -116,6 +116,8 @@ pub struct Vgpu {
     /// The v1 migration region; `None` only while lent out during one of its accesses.
     region: Option<StateRegion>,
     throttle: u8,
+    /// Engine time against wall time, for the throttle.
+    throttle_window: ThrottleWindow,
 }
 
 impl Vgpu {
@@ -154,6 +156,7 @@ impl Vgpu {
             resume: None,
             region: Some(region),
             throttle: 0,
+            throttle_window: ThrottleWindow::default(),
             log,
         })
     }
@@ -204,14 +207,20 @@ impl Vgpu {
             return 0;
         }
         self.deliver_owed();
-        let budget = throttled(budget, self.throttle);
+        if self.throttle > 0 && !self.throttle_window.allow(self.throttle) {
+            return 0;
+        }
         if budget == 0 {
             return 0;
         }
         // The engine borrows the rest of the device as its bus; lend it out for the call.
         let mut engine = std::mem::take(&mut self.engine);
+        let t = std::time::Instant::now();
         let n = engine.run(self, budget);
         self.engine = engine;
+        if self.throttle > 0 {
+            self.throttle_window.spent(t.elapsed());
+        }
         n
     }
 
@@ -229,6 +238,7 @@ impl Vgpu {
     /// budget. 0 is full speed.
     pub fn set_throttle(&mut self, percent: u8) {
         self.throttle = percent.min(99);
+        self.throttle_window = ThrottleWindow::default();
     }
 
     /// The current throttle in percent.
@@ -255,11 +265,40 @@ impl Vgpu {
     }
 }
 
-/// `budget` less `throttle` percent, at least 1 when `budget` is non-zero.
-fn throttled(budget: usize, throttle: u8) -> usize {
-    if budget == 0 || throttle == 0 {
-        return budget;
+/// The auto-converge throttle, as QEMU throttles vCPUs: over windows of wall time, the
+/// engine may be busy at most `100 - throttle` percent of the time. It changes only when
+/// commands run, never what they do, so the guest's output stays the same.
+#[derive(Debug)]
+struct ThrottleWindow {
+    start: std::time::Instant,
+    busy: std::time::Duration,
+}
+
+impl Default for ThrottleWindow {
+    fn default() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            busy: std::time::Duration::ZERO,
+        }
     }
-    let kept = budget.saturating_mul(usize::from(100 - throttle)) / 100;
-    kept.max(1)
+}
+
+impl ThrottleWindow {
+    const WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// Whether the engine may run now under a `throttle` percent cut.
+    fn allow(&mut self, throttle: u8) -> bool {
+        let wall = self.start.elapsed();
+        if wall >= Self::WINDOW {
+            *self = Self::default();
+            return true;
+        }
+        let share = f64::from(100 - throttle.min(99)) / 100.0;
+        self.busy.as_secs_f64() < wall.as_secs_f64() * share
+    }
+
+    /// The engine was busy for `d`.
+    fn spent(&mut self, d: std::time::Duration) {
+        self.busy += d;
+    }
 }

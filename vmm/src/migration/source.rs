@@ -270,6 +270,8 @@ fn switchover_point(vm: &mut Vm) -> SwitchoverPoint {
     }
 }
 
+/// Rounds auto-converge may add to `max_rounds` while its throttle takes effect.
+const AUTO_CONVERGE_EXTRA_ROUNDS: u32 = 30;
 /// Rounds below which pre-copy goes on while each round halves the remainder.
 const MAX_EXTRA_ROUNDS: u32 = 6;
 /// Bytes of consecutive pages per RAM record.
@@ -692,8 +694,12 @@ fn run_migration(
             pending.merge(d);
         }
         let dev_pending = dio.pending(vm, false)?;
-        let fixed = dio.stop_copy_estimate(vm).unwrap_or(V1_FIXED_ESTIMATE);
-        let remaining = (pending.count() as f64 * ram_bytes_per_page) as u64 + dev_pending + fixed;
+        // v2 says how long the stop-copy stream would be now (dirty graphics pages and the
+        // fixed sections); v1 has no such query: its pending bytes plus an assumed fixed part.
+        let dev_remaining = dio
+            .stop_copy_estimate(vm)
+            .unwrap_or(dev_pending + V1_FIXED_ESTIMATE);
+        let remaining = (pending.count() as f64 * ram_bytes_per_page) as u64 + dev_remaining;
         let sent_round = counters.sent.load(std::sync::atomic::Ordering::Relaxed) - sent_before;
         // End-to-end rate of this round (to the target having consumed it), when the round
         // moved enough to measure; else the last estimate, the cap, or 1 GB/s.
@@ -748,8 +754,8 @@ fn run_migration(
             break;
         }
         if round >= opts.max_rounds {
-            if opts.auto_converge && throttle < 99 {
-                // Out of rounds but still throttling: give the throttle more room.
+            if opts.auto_converge && round < opts.max_rounds + AUTO_CONVERGE_EXTRA_ROUNDS {
+                // Out of rounds but throttling: give the throttle room to take effect.
             } else {
                 return Err(MigrationError::NoConvergence {
                     rounds: round,
@@ -761,11 +767,12 @@ fn run_migration(
             }
         }
         if opts.auto_converge && dirty_rate > bandwidth * 0.5 && round >= 2 {
+            // As QEMU's cpu-throttle-initial (20%) and -increment (10%).
             throttle = (throttle + if throttle == 0 { 20 } else { 10 }).min(99);
             vm.device().set_throttle(throttle as u8);
             info!(vm.log(), "auto-converge: throttling the engine"; "percent" => throttle);
         }
-        if round >= opts.max_rounds + 20 {
+        if round >= opts.max_rounds + AUTO_CONVERGE_EXTRA_ROUNDS {
             return Err(MigrationError::NoConvergence {
                 rounds: round,
                 remaining,
