@@ -74,14 +74,12 @@ pub fn run(
         fail_at,
         log: log.clone(),
     };
-    let (mut vm, rep, mut ctrl) =
+    let (mut vm, rep, mut link) =
         migration::incoming(&listener, &opts).map_err(|e| CliError::Check {
             msg: format!("incoming migration failed: {e}"),
         })?;
     // The source's figures follow its acknowledgement.
-    let _ = ctrl.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let summary: Option<control::Summary> = control::recv(&mut ctrl, "source's summary").ok();
-    let _ = ctrl.set_read_timeout(None);
+    let summary: Option<control::Summary> = control::recv(&mut link.input, "source's summary").ok();
     let params = vm.params().ok_or_else(|| CliError::Check {
         msg: "the migrated guest has no workload parameters".into(),
     })?;
@@ -116,7 +114,7 @@ pub fn run(
     // Tell the source how it ended (it may be gone; that is fine).
     {
         let _ = control::send(
-            &mut ctrl,
+            &mut link.ctrl,
             &control::FromTarget::Outcome(control::Outcome {
                 frames,
                 final_checksum: ran.final_checksum.clone(),

@@ -155,6 +155,42 @@ impl DeviceIo {
         }
     }
 
+    /// Source: hand the next chunk of device data straight to `sink` (no copy of its own);
+    /// the chunk's length, or `None` when the device has nothing more (for now in pre-copy;
+    /// at all in stop-copy).
+    pub fn next_chunk_to(
+        &mut self,
+        vm: &mut Vm,
+        sink: &mut dyn FnMut(&[u8]) -> std::result::Result<(), crate::stream::StreamError>,
+    ) -> Result<Option<u64>> {
+        match self.protocol {
+            Protocol::Region => {
+                let pass = v1::save_chunks_limited(vm.device(), self.region, 1, |c| sink(c))
+                    .map_err(|e| match e {
+                        v1::SaveError::Consumer { source } => MigrationError::Stream { source },
+                        v1::SaveError::Region { source } => {
+                            dev_err("reading device data")(source.to_string())
+                        }
+                    })?;
+                Ok((pass.bytes > 0).then_some(pass.bytes))
+            }
+            Protocol::V2 => {
+                let mig = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| dev_err("reading device data")("no v2 interface".into()))?;
+                let n = mig
+                    .read_data(&mut self.buf)
+                    .map_err(|e| dev_err("reading device data")(e.to_string()))?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                sink(&self.buf[..n]).map_err(|source| MigrationError::Stream { source })?;
+                Ok(Some(n as u64))
+            }
+        }
+    }
+
     /// Source: stop the device for the final copy (v1 SAVING, v2 STOP_COPY).
     pub fn stop_copy(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {

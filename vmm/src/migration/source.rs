@@ -669,9 +669,8 @@ fn run_migration(
             }
         }
         let mut dev_bytes = 0;
-        while let Some(chunk) = dio.next_chunk(vm)? {
-            dev_bytes += chunk.len() as u64;
-            w.device_data(&chunk)?;
+        while let Some(n) = dio.next_chunk_to(vm, &mut |c| w.device_data(c))? {
+            dev_bytes += n;
             run_while_busy(vm, &mut w, HIGH_WATER).map_err(peer)?;
         }
         // Let the link drain and the target catch up while the guest runs: the next
@@ -805,9 +804,8 @@ fn run_migration(
     }
     let sent = send_pages(vm, &mut w, &pending, &dma_only, true, false)?;
     report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
-    while let Some(chunk) = dio.next_chunk(vm)? {
-        report.bytes.device_stopcopy += chunk.len() as u64;
-        w.device_data(&chunk)?;
+    while let Some(n) = dio.next_chunk_to(vm, &mut |c| w.device_data(c))? {
+        report.bytes.device_stopcopy += n;
     }
     if opts.fail_at == Some(FailPoint::StopCopy) {
         return Err(MigrationError::Injected {

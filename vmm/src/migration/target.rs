@@ -1,7 +1,6 @@
 //! The target side: state its type, receive the stream into a VM created before the
 //! switchover, verify, commit, replay config, resume, and acknowledge.
 
-use std::io::BufReader;
 use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
@@ -14,6 +13,7 @@ use super::control::{self, features, Ack, FromTarget, Hello, Start};
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
 use super::source::FailPoint;
+use super::transport::PrefetchReader;
 use crate::snapshot::{apply_record_ram, replay_config, restore_vcpu};
 use crate::stream::{Record, StreamReader, TrailerCheck, STREAM_MAJOR, STREAM_MINOR};
 use crate::vm::{Vm, VmConfig};
@@ -54,12 +54,22 @@ pub struct TargetReport {
     pub resume_ms: f64,
 }
 
+/// The connection to the source after a migration: write control messages to `ctrl`,
+/// read the source's to `input` (which may hold bytes already received).
+#[derive(Debug)]
+pub struct SourceLink {
+    /// For writing ([`control::Outcome`]).
+    pub ctrl: TcpStream,
+    /// For reading ([`control::Summary`]).
+    pub input: PrefetchReader,
+}
+
 /// Accept one migration on `listener`; returns the running VM, what happened, and the
-/// control connection (for the final [`control::Outcome`]).
+/// link to the source (for the final [`control::Outcome`]).
 pub fn incoming(
     listener: &TcpListener,
     opts: &TargetOptions,
-) -> Result<(Vm, TargetReport, TcpStream)> {
+) -> Result<(Vm, TargetReport, SourceLink)> {
     let (sock, peer) = listener.accept().map_err(|e| MigrationError::Peer {
         what: format!("accept failed: {e}"),
     })?;
@@ -77,7 +87,7 @@ pub fn incoming(
             features: features::PROTOCOL_REGION | features::PROTOCOL_V2 | features::MONOTONIC_ACK,
         },
     )?;
-    let mut input = BufReader::with_capacity(1 << 20, sock);
+    let mut input = PrefetchReader::spawn(sock, 32);
     let start: Start = control::recv(&mut input, "source's start")?;
     let protocol = match start {
         Start::Refuse { reason } => return Err(MigrationError::Incompatible { why: reason }),
@@ -101,7 +111,7 @@ pub fn incoming(
                     bytes: report.bytes,
                 }),
             )?;
-            Ok((vm, report, ctrl))
+            Ok((vm, report, SourceLink { ctrl, input }))
         }
         Err(e) => {
             warn!(opts.log, "incoming migration failed; discarding what was received"; "error" => %e);
@@ -117,7 +127,7 @@ pub fn incoming(
 }
 
 fn receive(
-    input: &mut BufReader<std::net::TcpStream>,
+    input: &mut PrefetchReader,
     ctrl: &mut TcpStream,
     opts: &TargetOptions,
     protocol: Protocol,

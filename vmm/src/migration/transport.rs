@@ -308,3 +308,75 @@ mod tests {
         assert!(parse_url("tcp://127.0.0.1:4444").is_ok());
     }
 }
+
+/// A `Read` fed by a thread that drains the socket into buffers, so the target's parsing
+/// and applying overlap with the transfer instead of stalling the sender whenever the
+/// socket buffer is full.
+#[derive(Debug)]
+pub struct PrefetchReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl PrefetchReader {
+    /// Start draining `sock` (at most `depth` buffers of 1 MiB ahead).
+    pub fn spawn(mut sock: TcpStream, depth: usize) -> Self {
+        use std::io::Read;
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(depth.max(1));
+        let _ = std::thread::Builder::new()
+            .name("migration-recv".into())
+            .spawn(move || loop {
+                let mut buf = vec![0u8; 1 << 20];
+                match sock.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            });
+        Self {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl io::Read for PrefetchReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.cur = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
