@@ -6,7 +6,8 @@
 //! # BAR0 (16 MiB, 64-bit non-prefetchable)
 //!
 //! ```text
-//! 0x000000 .. 0x010000   MMIO register file (64 KiB, saved whole in the MMIO section)
+//! 0x000000 .. 0x010000   MMIO register file (64 KiB; each stateful register is saved in
+//!                        exactly one section: MMIO, ENGINE, IRQ or DISPLAY)
 //!    0x00f000            MSI-X table   (inside the register file's range, routed to config)
 //!    0x00f800            MSI-X PBA
 //! 0x800000 .. 0xc00000   GTT window: entry i (u64, little-endian) at 0x800000 + 8 * i
