@@ -129,32 +129,6 @@ impl DeviceIo {
         }
     }
 
-    /// Source: the next chunk of device data, or `None` when the device has nothing more
-    /// (for now in pre-copy; at all in stop-copy).
-    pub fn next_chunk(&mut self, vm: &mut Vm) -> Result<Option<Vec<u8>>> {
-        match self.protocol {
-            Protocol::Region => {
-                let mut out = None;
-                v1::save_chunks_limited(vm.device(), self.region, 1, |c| {
-                    out = Some(c.to_vec());
-                    Ok::<(), std::io::Error>(())
-                })
-                .map_err(|e| dev_err("reading device data")(format!("{e}")))?;
-                Ok(out)
-            }
-            Protocol::V2 => {
-                let mig = vm
-                    .device()
-                    .migration()
-                    .ok_or_else(|| dev_err("reading device data")("no v2 interface".into()))?;
-                let n = mig
-                    .read_data(&mut self.buf)
-                    .map_err(|e| dev_err("reading device data")(e.to_string()))?;
-                Ok((n > 0).then(|| self.buf[..n].to_vec()))
-            }
-        }
-    }
-
     /// Source: hand the next chunk of device data straight to `sink` (no copy of its own);
     /// the chunk's length, or `None` when the device has nothing more (for now in pre-copy;
     /// at all in stop-copy).
