@@ -288,9 +288,15 @@ impl ThrottleWindow {
 
     /// Whether the engine may run now under a `throttle` percent cut.
     fn allow(&mut self, throttle: u8) -> bool {
-        let wall = self.start.elapsed();
+        self.allow_at(std::time::Instant::now(), throttle)
+    }
+
+    /// [`Self::allow`] at time `now`.
+    fn allow_at(&mut self, now: std::time::Instant, throttle: u8) -> bool {
+        let wall = now.saturating_duration_since(self.start);
         if wall >= Self::WINDOW {
-            *self = Self::default();
+            self.start = now;
+            self.busy = std::time::Duration::ZERO;
             return true;
         }
         let share = f64::from(100 - throttle.min(99)) / 100.0;
@@ -300,5 +306,30 @@ impl ThrottleWindow {
     /// The engine was busy for `d`.
     fn spent(&mut self, d: std::time::Duration) {
         self.busy += d;
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use std::time::{Duration, Instant};
+
+    use super::ThrottleWindow;
+
+    #[test]
+    fn the_engine_gets_its_share_of_wall_time() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut w = ThrottleWindow {
+            start: t0,
+            busy: Duration::ZERO,
+        };
+        assert!(w.allow_at(ms(10), 75), "nothing spent yet");
+        w.spent(Duration::from_millis(3));
+        assert!(!w.allow_at(ms(10), 75), "3 ms of 10 is more than 25%");
+        assert!(w.allow_at(ms(20), 75), "3 ms of 20 is less than 25%");
+        w.spent(Duration::from_millis(30));
+        assert!(!w.allow_at(ms(40), 75));
+        assert!(w.allow_at(ms(60), 75), "a new window starts afresh");
+        assert!(!w.allow_at(ms(60), 99) || w.busy.is_zero());
     }
 }
