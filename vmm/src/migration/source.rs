@@ -363,6 +363,7 @@ fn send_pages(
     let mut run: Vec<u8> = Vec::new();
     let mut run_start = 0;
     let mut zrun: Option<(u64, u64)> = None;
+    let mut page = vec![0u8; PAGE_SIZE as usize];
     let flush =
         |w: &mut StreamWriter<ChannelWriter>, start: u64, run: &mut Vec<u8>| -> Result<()> {
             if !run.is_empty() {
@@ -379,20 +380,19 @@ fn send_pages(
             Ok(())
         };
     for gpa in pages.iter_dirty() {
-        // Read the page straight onto the end of the run; drop it again if it is zero.
+        // A page that does not continue the run ends it.
         if !run.is_empty() && run_start + run.len() as u64 != gpa {
             flush(w, run_start, &mut run)?;
         }
         if run.is_empty() {
             run_start = gpa;
         }
-        let at = run.len();
-        run.resize(at + PAGE_SIZE as usize, 0);
-        memory::read(vm.memory(), gpa, &mut run[at..]).map_err(|e| MigrationError::Vmm {
+        // The page lands in `page` and is copied onto the run only if it is not zero
+        // (zeroing room in the run first would cost a memset per page).
+        memory::read(vm.memory(), gpa, &mut page).map_err(|e| MigrationError::Vmm {
             source: crate::VmmError::Memory { source: e },
         })?;
-        if memory::is_zero(&run[at..]) {
-            run.truncate(at);
+        if memory::is_zero(&page) {
             flush(w, run_start, &mut run)?;
             sent.zero += 1;
             if zeros {
@@ -407,6 +407,7 @@ fn send_pages(
             continue;
         }
         flush_zero(w, &mut zrun)?;
+        run.extend_from_slice(&page);
         sent.nonzero += 1;
         if dma_only.is_dirty(gpa) {
             sent.dma_nonzero += 1;

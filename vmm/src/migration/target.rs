@@ -159,7 +159,10 @@ fn receive(
     };
     while let Some(rec) = r.next_record()? {
         match rec {
-            Record::DeviceData(chunk) => dio.write_chunk(&mut vm, &chunk)?,
+            Record::DeviceData(chunk) => {
+                dio.write_chunk(&mut vm, &chunk)?;
+                r.recycle(chunk);
+            }
             Record::Config(b) => config = Some(b),
             Record::Vcpu(b) => vcpu = Some(b),
             Record::Switchover { stopped_ns } => report.source_stopped_ns = stopped_ns,

@@ -228,9 +228,17 @@ impl Write for ChannelWriter {
         if let Some(e) = self.peer_error_if_any() {
             return Err(e);
         }
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= BUF {
-            self.ship()?;
+        // Fill fixed-size buffers (reused, so already faulted in) rather than growing one:
+        // a buffer grown to a 4 MiB record would be a fresh mapping, faulted page by page.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = BUF - self.buf.len().min(BUF);
+            let (now, later) = rest.split_at(rest.len().min(room));
+            self.buf.extend_from_slice(now);
+            rest = later;
+            if self.buf.len() >= BUF {
+                self.ship()?;
+            }
         }
         Ok(data.len())
     }
@@ -314,8 +322,10 @@ mod tests {
 /// socket buffer is full.
 #[derive(Debug)]
 pub struct PrefetchReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
+    rx: Receiver<io::Result<(Vec<u8>, usize)>>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
+    len: usize,
     pos: usize,
     done: bool,
 }
@@ -324,16 +334,19 @@ impl PrefetchReader {
     /// Start draining `sock` (at most `depth` buffers of 1 MiB ahead).
     pub fn spawn(mut sock: TcpStream, depth: usize) -> Self {
         use std::io::Read;
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(depth.max(1));
+        let (tx, rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(depth.max(1));
+        let (back, spent) = channel::<Vec<u8>>();
         let _ = std::thread::Builder::new()
             .name("migration-recv".into())
             .spawn(move || loop {
-                let mut buf = vec![0u8; 1 << 20];
+                // Reuse a consumed buffer: zeroing a fresh 1 MiB for every read would cost
+                // more than the read.
+                // Buffers keep their full length, so a reused one is never zeroed again.
+                let mut buf = spent.try_recv().unwrap_or_else(|_| vec![0u8; PREFETCH_BUF]);
                 match sock.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => {
-                        buf.truncate(n);
-                        if tx.send(Ok(buf)).is_err() {
+                        if tx.send(Ok((buf, n))).is_err() {
                             return;
                         }
                     }
@@ -346,22 +359,31 @@ impl PrefetchReader {
             });
         Self {
             rx,
+            back,
             cur: Vec::new(),
+            len: 0,
             pos: 0,
             done: false,
         }
     }
 }
 
+/// Bytes the prefetch thread asks for per read.
+const PREFETCH_BUF: usize = 1 << 20;
+
 impl io::Read for PrefetchReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
+        while self.pos == self.len {
             if self.done {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    self.cur = b;
+                Ok(Ok((b, n))) => {
+                    let old = std::mem::replace(&mut self.cur, b);
+                    if old.len() == PREFETCH_BUF {
+                        let _ = self.back.send(old);
+                    }
+                    self.len = n;
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -374,7 +396,7 @@ impl io::Read for PrefetchReader {
                 }
             }
         }
-        let n = out.len().min(self.cur.len() - self.pos);
+        let n = out.len().min(self.len - self.pos);
         out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)

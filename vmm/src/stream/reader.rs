@@ -22,6 +22,7 @@ pub enum TrailerCheck {
 pub struct StreamReader<R: Read> {
     input: R,
     hash: Sha256,
+    ram: RamHash,
     offset: u64,
     header: Header,
     device_done: bool,
@@ -40,6 +41,7 @@ impl<R: Read> StreamReader<R> {
         let mut r = Self {
             input,
             hash: Sha256::new(),
+            ram: RamHash::new(),
             offset: 0,
             header: Header {
                 major: 0,
@@ -214,13 +216,15 @@ impl<R: Read> StreamReader<R> {
         };
         match kind {
             RecordKind::End => {
-                if length != 32 {
-                    return Err(bad_len("the end record holds a 32-byte digest".into()));
+                if length != END_LEN {
+                    return Err(bad_len(format!(
+                        "the end record holds a {END_LEN}-byte pair of digests"
+                    )));
                 }
-                let mut digest = [0u8; 32];
-                // The digest itself is not part of what it covers.
+                let mut digest = [0u8; END_LEN as usize];
+                // The digests themselves are not part of what they cover.
                 let mut got = 0;
-                while got < 32 {
+                while got < digest.len() {
                     match self.input.read(&mut digest[got..]) {
                         Ok(0) => {
                             return Err(StreamError::Truncated {
@@ -238,9 +242,10 @@ impl<R: Read> StreamReader<R> {
                         }
                     }
                 }
-                self.offset += 32;
+                self.offset += u64::from(END_LEN);
                 let expected: [u8; 32] = before.finalize().into();
-                let ok = expected == digest;
+                let ram = self.ram.digest();
+                let ok = expected[..] == digest[..32] && ram[..] == digest[32..];
                 self.digest_ok = Some(ok);
                 if !ok && self.check == TrailerCheck::Enforce {
                     return Err(StreamError::Digest { offset: at });
@@ -320,11 +325,13 @@ impl<R: Read> StreamReader<R> {
         let mut payload = std::mem::take(&mut self.spare);
         // Only the bytes beyond what the buffer already held get zeroed.
         payload.resize(length as usize, 0);
-        self.fill_inner(
-            &mut payload,
-            "a record payload",
-            kind != RecordKind::DeviceData,
-        )?;
+        let bulk = matches!(kind, RecordKind::DeviceData | RecordKind::RamPages);
+        self.fill_inner(&mut payload, "a record payload", !bulk)?;
+        if kind == RecordKind::RamPages {
+            // The address under SHA-256 with the rest of the metadata, the pages under XXH3.
+            self.hash.update(&payload[..8]);
+            self.ram.update(&payload[8..]);
+        }
         let ram = self.header.ram_size;
         let check_range = |gpa: u64, len: u64| {
             let ok = gpa % 4096 == 0 && gpa.checked_add(len).is_some_and(|end| end <= ram);

@@ -8,6 +8,37 @@ pub const STREAM_MAGIC: [u8; 8] = *b"VGPUMIG\0";
 /// Largest record payload accepted (checked before allocation).
 pub const MAX_RECORD: u32 = 16 << 20;
 
+/// Length of the end record's payload: SHA-256 of the stream (32 bytes), then XXH3-128 of
+/// the guest RAM page bytes (16 bytes, little-endian).
+pub const END_LEN: u32 = 48;
+
+/// The running XXH3-128 over guest RAM page bytes.
+#[derive(Clone, Default)]
+pub struct RamHash(xxhash_rust::xxh3::Xxh3);
+
+impl std::fmt::Debug for RamHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RamHash")
+    }
+}
+
+impl RamHash {
+    /// A fresh hash.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hash more page bytes.
+    pub fn update(&mut self, b: &[u8]) {
+        self.0.update(b);
+    }
+
+    /// The digest so far, little-endian.
+    pub fn digest(&self) -> [u8; 16] {
+        self.0.digest128().to_le_bytes()
+    }
+}
+
 /// Longest mdev type name.
 pub const MAX_TYPE_NAME: usize = 64;
 
@@ -173,7 +204,8 @@ pub enum RecordKind {
     /// `seq:u64`: the target answers with a `Synced` control message once it has consumed
     /// everything before this record (the source learns how far behind the target is).
     Sync = 8,
-    /// End of stream: SHA-256 of every byte before this record.
+    /// End of stream: SHA-256 of the stream before this record (less page and device bytes)
+    /// and XXH3-128 of the guest RAM page bytes.
     End = 0xff,
 }
 

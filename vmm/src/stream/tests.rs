@@ -85,15 +85,38 @@ fn read_all<R: Read>(input: R) -> Result<Vec<Record>, StreamError> {
     Ok(out)
 }
 
-/// `header` then raw record bytes `body`, then a correct END record (nothing in `body` is
-/// a DEVICE_DATA payload, so the digest covers all of it).
+/// `header` then raw record bytes `body`, then a correct END record: SHA-256 over the
+/// metadata, XXH3-128 over RAM page bytes, device payloads in neither (a body that does not
+/// parse as records is hashed whole as metadata from where it stops parsing).
 fn raw_stream(body: &[u8]) -> Vec<u8> {
     let mut v = header().encode();
+    let mut sha = Sha256::new();
+    let mut ram = super::RamHash::new();
+    sha.update(&v);
+    let mut off = 0;
+    while off + 8 <= body.len() {
+        let kind = u32::from_le_bytes(body[off..off + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(body[off + 4..off + 8].try_into().unwrap()) as usize;
+        let end = off + 8 + len;
+        if end > body.len() {
+            break;
+        }
+        sha.update(&body[off..off + 8]);
+        let payload = &body[off + 8..end];
+        if kind == RecordKind::RamPages as u32 && len >= 8 {
+            sha.update(&payload[..8]);
+            ram.update(&payload[8..]);
+        } else if kind != RecordKind::DeviceData as u32 {
+            sha.update(payload);
+        }
+        off = end;
+    }
+    sha.update(&body[off..]);
     v.extend_from_slice(body);
-    let digest = Sha256::digest(&v);
     v.extend_from_slice(&(RecordKind::End as u32).to_le_bytes());
-    v.extend_from_slice(&32u32.to_le_bytes());
-    v.extend_from_slice(&digest);
+    v.extend_from_slice(&END_LEN.to_le_bytes());
+    v.extend_from_slice(&sha.finalize());
+    v.extend_from_slice(&ram.digest());
     v
 }
 
@@ -160,7 +183,11 @@ fn writer_counts_bytes_by_kind() {
     assert_eq!(before_end.device, 133);
     assert_eq!(before_end.state, 64 + 40);
     assert_eq!(stats.total, bytes.len() as u64);
-    assert_eq!(stats.total, before_end.total + 40, "END is 8 + 32 bytes");
+    assert_eq!(
+        stats.total,
+        before_end.total + 8 + u64::from(END_LEN),
+        "END is a header and two digests"
+    );
     assert_eq!(&bytes[..8], &STREAM_MAGIC);
 }
 
@@ -455,7 +482,7 @@ fn record_lengths_are_checked_per_kind() {
         (raw_record(4, &[0]), "DEVICE_END"),
         (raw_record(7, &[0; 4]), "SWITCHOVER"),
         (raw_record(8, &[0; 9]), "SYNC"),
-        (raw_record(0xff, &[0; 31]), "32-byte digest"),
+        (raw_record(0xff, &[0; 31]), "48-byte pair of digests"),
     ];
     for (body, want) in cases {
         let err = read_all(&raw_stream(&body)[..]).unwrap_err();

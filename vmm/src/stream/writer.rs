@@ -5,7 +5,7 @@ use std::io::Write;
 use sha2::{Digest, Sha256};
 use snafu::ResultExt;
 
-use super::record::{Header, IoSnafu, RecordKind, Result, MAX_RECORD};
+use super::record::{Header, IoSnafu, RamHash, RecordKind, Result, END_LEN, MAX_RECORD};
 
 /// Bytes written, by kind of content.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,6 +27,7 @@ pub struct WriteStats {
 pub struct StreamWriter<W: Write> {
     out: W,
     hash: Sha256,
+    ram: RamHash,
     stats: WriteStats,
 }
 
@@ -36,6 +37,7 @@ impl<W: Write> StreamWriter<W> {
         let mut w = Self {
             out,
             hash: Sha256::new(),
+            ram: RamHash::new(),
             stats: WriteStats::default(),
         };
         w.raw(&header.encode())?;
@@ -78,12 +80,17 @@ impl<W: Write> StreamWriter<W> {
         Ok(())
     }
 
-    /// Consecutive whole pages from `gpa` (split into records under the size cap).
+    /// Consecutive whole pages from `gpa` (split into records under the size cap). The
+    /// header and address go into the stream's SHA-256, the page bytes into its XXH3-128.
     pub fn ram_pages(&mut self, gpa: u64, data: &[u8]) -> Result<()> {
         let step = (MAX_RECORD as usize - 8) / 4096 * 4096;
         for (i, chunk) in data.chunks(step).enumerate() {
             let a = gpa + (i * step) as u64;
-            self.record(RecordKind::RamPages, &[&a.to_le_bytes(), chunk])?;
+            self.raw(&(RecordKind::RamPages as u32).to_le_bytes())?;
+            self.raw(&((chunk.len() + 8) as u32).to_le_bytes())?;
+            self.raw(&a.to_le_bytes())?;
+            self.ram.update(chunk);
+            self.raw_unhashed(chunk)?;
             self.stats.ram += chunk.len() as u64;
         }
         Ok(())
@@ -143,11 +150,13 @@ impl<W: Write> StreamWriter<W> {
     /// Write the end record and flush; returns the writer and the totals.
     pub fn finish(mut self) -> Result<(W, WriteStats)> {
         let digest: [u8; 32] = self.hash.clone().finalize().into();
+        let ram = self.ram.digest();
         let offset = self.stats.total;
-        let mut rec = Vec::with_capacity(40);
+        let mut rec = Vec::with_capacity(8 + END_LEN as usize);
         rec.extend_from_slice(&(RecordKind::End as u32).to_le_bytes());
-        rec.extend_from_slice(&32u32.to_le_bytes());
+        rec.extend_from_slice(&END_LEN.to_le_bytes());
         rec.extend_from_slice(&digest);
+        rec.extend_from_slice(&ram);
         self.out.write_all(&rec).context(IoSnafu { offset })?;
         self.out.flush().context(IoSnafu { offset })?;
         self.stats.total += rec.len() as u64;
