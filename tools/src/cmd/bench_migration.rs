@@ -162,6 +162,27 @@ fn raw_tcp(bytes: u64) -> Result<f64> {
 }
 
 /// SHA-256 throughput over `bytes` bytes on one core, bytes/s.
+/// Throughput of the stream's own integrity checks on a stream of `ram` bytes of guest
+/// pages (XXH3-128) and `other` bytes under SHA-256 (device sections and metadata), on one
+/// core, bytes/s.
+fn check_rate(ram: u64, other: u64) -> f64 {
+    let buf: Vec<u8> = (0..(16u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let t = Instant::now();
+    let mut x = vmm::stream::RamHash::new();
+    let mut left = ram;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        x.update(&buf[..k]);
+        left -= k as u64;
+    }
+    std::hint::black_box(x.digest());
+    let xxh = t.elapsed().as_secs_f64();
+    let sha = other as f64 / sha_rate(other.max(1));
+    (ram + other) as f64 / (xxh + sha)
+}
+
 fn sha_rate(bytes: u64) -> f64 {
     let buf: Vec<u8> = (0..(16u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -283,7 +304,7 @@ fn pipeline_figures(
         )?;
         stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
         tcp.push(raw_tcp(r.bytes.total)?);
-        sha.push(sha_rate(r.bytes.total));
+        sha.push(check_rate(r.bytes.ram, r.bytes.total - r.bytes.ram));
     }
     Ok((median(stream), median(tcp), median(sha)))
 }
@@ -298,10 +319,10 @@ pub fn pipeline(runs: usize, json: bool, log: &Logger) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "sha256_mbps": h / 1e6, "stream_over_slower": s / t.min(h)})
+            serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h)})
         );
     } else {
-        println!("migration stream {:.0} MB/s, raw loopback TCP {:.0} MB/s, SHA-256 {:.0} MB/s, stream/slower {:.2}", s / 1e6, t / 1e6, h / 1e6, s / t.min(h));
+        println!("migration stream {:.0} MB/s, raw loopback TCP {:.0} MB/s, integrity checks {:.0} MB/s, stream/slower {:.2}", s / 1e6, t / 1e6, h / 1e6, s / t.min(h));
     }
     Ok(())
 }
@@ -353,7 +374,7 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
             "reference_scenario": scenario,
             "idle_memory_scenario": idle,
             "uncapped": {
-                "stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "sha256_mbps": h / 1e6,
+                "stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6,
                 "stream_over_slower": s / t.min(h),
             },
             "dma_tracking": dma.iter().map(|(k, d, r, p)| serde_json::json!({
@@ -392,7 +413,7 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
         println!("uncapped on loopback, the pipeline alone (memory in use, guest idle):");
         println!("  migration stream    {:>9.0} MB/s", s / 1e6);
         println!("  raw loopback TCP    {:>9.0} MB/s", t / 1e6);
-        println!("  SHA-256, 1 core     {:>9.0} MB/s", h / 1e6);
+        println!("  integrity checks    {:>9.0} MB/s   (XXH3-128 on RAM pages, SHA-256 on the rest, 1 core)", h / 1e6);
         println!(
             "  stream / slower     {:>9.2}      (aim >= 0.7)",
             s / t.min(h)
