@@ -161,7 +161,6 @@ fn raw_tcp(bytes: u64) -> Result<f64> {
     Ok(got as f64 / secs)
 }
 
-/// SHA-256 throughput over `bytes` bytes on one core, bytes/s.
 /// Throughput of the stream's own integrity checks on a stream of `ram` bytes of guest
 /// pages (XXH3-128) and `other` bytes under SHA-256 (device sections and metadata), on one
 /// core, bytes/s.
@@ -183,6 +182,7 @@ fn check_rate(ram: u64, other: u64) -> f64 {
     (ram + other) as f64 / (xxh + sha)
 }
 
+/// SHA-256 throughput over `bytes` bytes on one core, bytes/s.
 fn sha_rate(bytes: u64) -> f64 {
     let buf: Vec<u8> = (0..(16u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -270,7 +270,7 @@ fn scenario_idle(
     scenario(runs, ram, params, false, opts, log)
 }
 
-/// Stream, raw TCP and SHA-256 throughput (bytes/s, medians) on the same bytes: the
+/// Stream, raw TCP and integrity-check throughput (bytes/s, medians) on the same bytes: the
 /// migration pipeline alone, with guest memory in use and the guest idle.
 fn pipeline_figures(
     runs: usize,
@@ -279,7 +279,7 @@ fn pipeline_figures(
     log: &Logger,
 ) -> Result<(f64, f64, f64)> {
     let params = *params;
-    // 2. Uncapped: our stream against raw TCP and SHA-256 of as many bytes.
+    // 2. Uncapped: our stream against raw TCP and its own checks on as many bytes.
     let free = SourceOptions {
         protocol: Protocol::Region,
         ..SourceOptions::default()
