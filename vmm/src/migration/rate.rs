@@ -1,5 +1,6 @@
 //! Bandwidth: parsing `--bandwidth` values and a token bucket that caps a stream's rate
-//! (QEMU's max-bandwidth), plus a meter that measures what actually went out.
+//! (QEMU's max-bandwidth). What the link delivers is measured per pre-copy round, end to
+//! end, by the source (`source.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -74,49 +75,6 @@ impl TokenBucket {
             self.tokens = 0.0;
             self.last = Instant::now();
         }
-    }
-}
-
-/// Measures throughput over windows of at least `window`.
-#[derive(Debug)]
-pub struct Meter {
-    window: Duration,
-    start: Instant,
-    bytes: u64,
-    last_rate: Option<f64>,
-}
-
-impl Meter {
-    /// A meter with QEMU's 100 ms minimum window.
-    pub fn new() -> Self {
-        Self {
-            window: Duration::from_millis(100),
-            start: Instant::now(),
-            bytes: 0,
-            last_rate: None,
-        }
-    }
-
-    /// Record `n` bytes sent.
-    pub fn add(&mut self, n: u64) {
-        self.bytes += n;
-        let el = self.start.elapsed();
-        if el >= self.window {
-            self.last_rate = Some(self.bytes as f64 / el.as_secs_f64());
-            self.bytes = 0;
-            self.start = Instant::now();
-        }
-    }
-
-    /// The last full window's rate in bytes/s, if a window has completed.
-    pub fn rate(&self) -> Option<f64> {
-        self.last_rate
-    }
-}
-
-impl Default for Meter {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

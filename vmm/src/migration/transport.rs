@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::error::{MigrationError, Result};
-use super::rate::{Meter, TokenBucket};
+use super::rate::TokenBucket;
 
 /// Parse `tcp://HOST:PORT`.
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
@@ -67,16 +67,6 @@ pub struct Counters {
     pub backlog: AtomicU64,
     /// Bytes written to the socket.
     pub sent: AtomicU64,
-    /// Last measured rate in bytes/s (f64 bits), 0 until a window completed.
-    pub rate_bits: AtomicU64,
-}
-
-impl Counters {
-    /// Last measured rate in bytes/s.
-    pub fn rate(&self) -> Option<f64> {
-        let r = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
-        (r > 0.0).then_some(r)
-    }
 }
 
 /// A `Write` that hands buffers to a sender thread.
@@ -106,7 +96,6 @@ impl ChannelWriter {
             .name("migration-send".into())
             .spawn(move || {
                 let mut bucket = rate.map(TokenBucket::new);
-                let mut meter = Meter::new();
                 for buf in rx {
                     if let Some(b) = bucket.as_mut() {
                         b.take(buf.len());
@@ -121,10 +110,6 @@ impl ChannelWriter {
                     let n = buf.len() as u64;
                     c.sent.fetch_add(n, Ordering::Relaxed);
                     c.backlog.fetch_sub(n, Ordering::Relaxed);
-                    meter.add(n);
-                    if let Some(r) = meter.rate() {
-                        c.rate_bits.store(r.to_bits(), Ordering::Relaxed);
-                    }
                     let mut buf = buf;
                     buf.clear();
                     let _ = back.send(buf);
