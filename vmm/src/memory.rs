@@ -142,6 +142,23 @@ pub fn never_backed(mem: &GuestMem) -> Option<DirtyBitmap> {
     Some(out)
 }
 
+/// Every guest page that may hold data: all of them but those [`never_backed`] reports
+/// (all of them when the pagemap cannot be read). What a first save or pre-copy pass reads.
+pub fn maybe_written(mem: &GuestMem) -> DirtyBitmap {
+    let total = size(mem);
+    let untouched = never_backed(mem);
+    // PAGE_SIZE is a power of two; new() cannot fail.
+    let mut out = DirtyBitmap::new(0, total, PAGE_SIZE).unwrap_or_else(|_| unreachable!());
+    let mut gpa = 0;
+    while gpa < total {
+        if !untouched.as_ref().is_some_and(|u| u.is_dirty(gpa)) {
+            out.mark(gpa);
+        }
+        gpa += PAGE_SIZE;
+    }
+    out
+}
+
 /// Read `buf.len()` bytes at `gpa`, checking the range.
 pub fn read(mem: &GuestMem, gpa: u64, buf: &mut [u8]) -> Result<()> {
     mem.read_slice(buf, GuestAddress(gpa))

@@ -46,31 +46,26 @@ pub fn header(vm: &Vm) -> Header {
     }
 }
 
-/// Write every non-zero guest page, in runs of consecutive pages.
+/// Write every non-zero guest page, in runs of consecutive pages (pages the host never
+/// backed are not even read).
 pub fn write_all_ram<W: Write>(vm: &Vm, w: &mut StreamWriter<W>) -> Result<()> {
-    let size = memory::size(vm.memory());
     let mut run: Vec<u8> = Vec::new();
     let mut run_start = 0u64;
     let mut page = vec![0u8; PAGE_SIZE as usize];
-    let mut gpa = 0;
-    while gpa < size {
+    for gpa in memory::maybe_written(vm.memory()).iter_dirty() {
         memory::read(vm.memory(), gpa, &mut page).context(MemorySnafu)?;
         if memory::is_zero(&page) {
-            if !run.is_empty() {
-                w.ram_pages(run_start, &run).context(StreamSnafu)?;
-                run.clear();
-            }
-        } else {
-            if run.is_empty() {
-                run_start = gpa;
-            }
-            run.extend_from_slice(&page);
-            if run.len() >= 1 << 20 {
-                w.ram_pages(run_start, &run).context(StreamSnafu)?;
-                run.clear();
-            }
+            continue;
         }
-        gpa += PAGE_SIZE;
+        let continues = run_start + run.len() as u64 == gpa;
+        if !run.is_empty() && (!continues || run.len() >= 1 << 20) {
+            w.ram_pages(run_start, &run).context(StreamSnafu)?;
+            run.clear();
+        }
+        if run.is_empty() {
+            run_start = gpa;
+        }
+        run.extend_from_slice(&page);
     }
     if !run.is_empty() {
         w.ram_pages(run_start, &run).context(StreamSnafu)?;

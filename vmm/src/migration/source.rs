@@ -622,20 +622,9 @@ fn run_migration(
     *dma = Some(DmaTracker::start(vm, opts.protocol)?);
     let _ = memory::harvest_dirty(vm.memory());
     let ram = memory::size(vm.memory());
-    let mut pending = DirtyBitmap::new(0, ram, PAGE_SIZE).map_err(|e| MigrationError::Device {
-        doing: "allocating the dirty bitmap",
-        reason: e.to_string(),
-    })?;
     // Round 0: every page the host ever backed (a page never backed has never been written
     // by anyone and is zero on the fresh target).
-    let untouched = memory::never_backed(vm.memory());
-    let mut gpa = 0;
-    while gpa < ram {
-        if !untouched.as_ref().is_some_and(|u| u.is_dirty(gpa)) {
-            pending.mark(gpa);
-        }
-        gpa += PAGE_SIZE;
-    }
+    let mut pending = memory::maybe_written(vm.memory());
     let mut dma_only = DirtyBitmap::new(0, ram, PAGE_SIZE).map_err(|e| MigrationError::Device {
         doing: "allocating the dirty bitmap",
         reason: e.to_string(),
