@@ -45,6 +45,16 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
     let mut text = Vec::new();
     // For a stream, the device context must be of the type its header names (a restore
     // would create a device of that type, which refuses any other).
+    if n < 8 {
+        return Err(bad(format!(
+            "the stream ends after {n} bytes, inside the 8-byte magic: too short for a snapshot or a device context"
+        )));
+    }
+    if magic != STREAM_MAGIC && magic != format::MAGIC {
+        return Err(bad(format!(
+            "neither a snapshot nor a device context: bad magic {magic:02x?} at byte 0"
+        )));
+    }
     let (device, config, stream_type) = if n == 8 && magic == STREAM_MAGIC {
         let mut r = StreamReader::new(BufReader::new(f), TrailerCheck::Enforce)
             .map_err(|e| bad(e.to_string()))?;
