@@ -56,3 +56,18 @@ pub fn reference(mdev_type: &str, frames: u64, seed: u64) -> Outcome {
     vm.run(StopAt::Done).expect("reference run");
     outcome(&mut vm, frames)
 }
+
+/// The check every CLI failure must pass: a non-zero exit that is not a panic's (101), no
+/// panic message, and stderr exactly one line `error: ...`. Returns that line; `what`
+/// names the run in assertion messages.
+pub fn one_error_line<'a>(what: &str, code: Option<i32>, stderr: &'a str) -> &'a str {
+    assert!(
+        code.is_some_and(|c| c != 0 && c != 101),
+        "{what}: exit {code:?}\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: stderr {stderr:?}");
+    assert!(lines[0].starts_with("error: "), "{what}: {:?}", lines[0]);
+    lines[0]
+}

@@ -103,32 +103,7 @@ impl Out {
 
     /// Failed cleanly: non-zero, not a panic, one `error:` line on stderr.
     fn one_error_line(&self) -> &str {
-        assert!(
-            self.code.is_some_and(|c| c != 0 && c != 101),
-            "{}: exit {:?}\n{}",
-            self.what,
-            self.code,
-            self.stderr
-        );
-        assert!(
-            !self.stderr.contains("panicked"),
-            "{}: {}",
-            self.what,
-            self.stderr
-        );
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(lines.len(), 1, "{}: {:?}", self.what, self.stderr);
-        assert!(
-            lines[0].starts_with("error: "),
-            "{}: {}",
-            self.what,
-            lines[0]
-        );
-        lines[0]
+        vgpu_migrate_tests::one_error_line(&self.what, self.code, &self.stderr)
     }
 }
 

@@ -66,32 +66,7 @@ impl Out {
     /// The run failed cleanly: non-zero exit that is not a panic's (101), no panic message,
     /// and stderr is exactly one line, `error: ...`. Returns that line.
     fn one_error_line(&self) -> &str {
-        assert!(
-            self.code.is_some_and(|c| c != 0 && c != 101),
-            "{:?}: exit {:?}\n{}",
-            self.args,
-            self.code,
-            self.stderr
-        );
-        assert!(
-            !self.stderr.contains("panicked"),
-            "{:?}: {}",
-            self.args,
-            self.stderr
-        );
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(lines.len(), 1, "{:?}: stderr {:?}", self.args, self.stderr);
-        assert!(
-            lines[0].starts_with("error: "),
-            "{:?}: {:?}",
-            self.args,
-            lines[0]
-        );
-        lines[0]
+        vgpu_migrate_tests::one_error_line(&format!("{:?}", self.args), self.code, &self.stderr)
     }
 
     /// [`Out::one_error_line`], and it contains every one of `words`.
