@@ -103,7 +103,7 @@ impl Out {
 
     /// Failed cleanly: non-zero, not a panic, one `error:` line on stderr.
     fn one_error_line(&self) -> &str {
-        vgpu_migrate_tests::one_error_line(&self.what, self.code, &self.stderr)
+        vgpu_migrate_tests::one_error_line(self.what, self.code, &self.stderr)
     }
 }
 
