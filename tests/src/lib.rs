@@ -20,6 +20,18 @@ pub fn small_params(frames: u64, seed: u64) -> Params {
     }
 }
 
+/// The command-line flags of [`small_params`] and [`booted`]'s 64 MiB of RAM.
+pub const SMALL_ARGS: [&str; 8] = [
+    "--width",
+    "320",
+    "--height",
+    "200",
+    "--triangles",
+    "600",
+    "--ram-mib",
+    "64",
+];
+
 /// A booted VM of `mdev_type` with the small workload.
 pub fn booted(mdev_type: &str, frames: u64, seed: u64, sink_base: u32) -> Vm {
     let mut cfg = VmConfig::new(mdev_type, quiet());

@@ -17,16 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-const SMALL: [&str; 8] = [
-    "--width",
-    "320",
-    "--height",
-    "200",
-    "--triangles",
-    "600",
-    "--ram-mib",
-    "64",
-];
+const SMALL: [&str; 8] = vgpu_migrate_tests::SMALL_ARGS;
 const FRAMES: &str = "6";
 const MIGRATE_AT: &str = "2";
 

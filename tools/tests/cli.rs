@@ -18,16 +18,7 @@ use sha2::{Digest, Sha256};
 use vmm::stream::{Header, Record, StreamReader, StreamWriter, TrailerCheck};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgpu-migrate");
-const SMALL: [&str; 8] = [
-    "--width",
-    "320",
-    "--height",
-    "200",
-    "--triangles",
-    "600",
-    "--ram-mib",
-    "64",
-];
+const SMALL: [&str; 8] = vgpu_migrate_tests::SMALL_ARGS;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------
