@@ -25,6 +25,7 @@ mod irq;
 pub mod migration;
 mod mmio;
 pub mod regfile;
+mod throttle;
 mod vfio;
 mod warn;
 mod zeroed;
@@ -53,9 +54,11 @@ pub use migration::{
     SectionId, VgpuState, MIGRATION_FEATURES, MIGRATION_REGION_INDEX, NUM_REGIONS,
 };
 pub use regfile::Registers;
+pub use throttle::{EngineClock, MonotonicClock};
 
 use gmem::GraphicsMemory as Gmem;
 use migration::{ResumeSession, SaveStream};
+use throttle::Throttle;
 use warn::GuestWarnings;
 
 /// Everything needed to build a [`Vgpu`]: the type and the live handles.
@@ -71,6 +74,8 @@ pub struct VgpuConfig {
     pub logger: Logger,
     /// Data window of the v1 migration region, in bytes.
     pub state_window: usize,
+    /// The clock the engine throttle measures busy and wall time with.
+    pub clock: Arc<dyn EngineClock>,
 }
 
 impl VgpuConfig {
@@ -83,6 +88,7 @@ impl VgpuConfig {
             dirty_tracking: DirtyTracking::ShadowPt,
             logger: Logger::root(Discard, o!()),
             state_window: DEFAULT_WINDOW,
+            clock: Arc::new(MonotonicClock::default()),
         }
     }
 }
@@ -115,9 +121,8 @@ pub struct Vgpu {
     resume: Option<Box<ResumeSession>>,
     /// The v1 migration region; `None` only while lent out during one of its accesses.
     region: Option<StateRegion>,
-    throttle: u8,
-    /// Engine time against wall time, for the throttle.
-    throttle_window: ThrottleWindow,
+    /// Engine time against wall time, for the auto-converge throttle.
+    throttle: Throttle,
 }
 
 impl Vgpu {
@@ -155,8 +160,7 @@ impl Vgpu {
             save: None,
             resume: None,
             region: Some(region),
-            throttle: 0,
-            throttle_window: ThrottleWindow::default(),
+            throttle: Throttle::new(cfg.clock),
             log,
         })
     }
@@ -207,20 +211,15 @@ impl Vgpu {
             return 0;
         }
         self.deliver_owed();
-        if self.throttle > 0 && !self.throttle_window.allow(self.throttle) {
-            return 0;
-        }
-        if budget == 0 {
+        if budget == 0 || !self.throttle.allow() {
             return 0;
         }
         // The engine borrows the rest of the device as its bus; lend it out for the call.
         let mut engine = std::mem::take(&mut self.engine);
-        let t = std::time::Instant::now();
+        let started = self.throttle.start_busy();
         let n = engine.run(self, budget);
         self.engine = engine;
-        if self.throttle > 0 {
-            self.throttle_window.spent(t.elapsed());
-        }
+        self.throttle.end_busy(started);
         n
     }
 
@@ -237,13 +236,12 @@ impl Vgpu {
     /// Host-side throttle for auto-converge: cut `percent` (0..=99, clamped) of every run
     /// budget. 0 is full speed.
     pub fn set_throttle(&mut self, percent: u8) {
-        self.throttle = percent.min(99);
-        self.throttle_window = ThrottleWindow::default();
+        self.throttle.set(percent);
     }
 
     /// The current throttle in percent.
     pub fn throttle(&self) -> u8 {
-        self.throttle
+        self.throttle.percent()
     }
 
     /// Back to power-on: registers, graphics memory, GTT and engine reset, migration state
@@ -262,74 +260,5 @@ impl Vgpu {
         if let Some(i) = self.config.intx_deassert() {
             slog::debug!(self.log, "reset deasserted INTx"; "delivery" => ?i);
         }
-    }
-}
-
-/// The auto-converge throttle, as QEMU throttles vCPUs: over windows of wall time, the
-/// engine may be busy at most `100 - throttle` percent of the time. It changes only when
-/// commands run, never what they do, so the guest's output stays the same.
-#[derive(Debug)]
-struct ThrottleWindow {
-    start: std::time::Instant,
-    busy: std::time::Duration,
-}
-
-impl Default for ThrottleWindow {
-    fn default() -> Self {
-        Self {
-            start: std::time::Instant::now(),
-            busy: std::time::Duration::ZERO,
-        }
-    }
-}
-
-impl ThrottleWindow {
-    const WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
-
-    /// Whether the engine may run now under a `throttle` percent cut.
-    fn allow(&mut self, throttle: u8) -> bool {
-        self.allow_at(std::time::Instant::now(), throttle)
-    }
-
-    /// [`Self::allow`] at time `now`.
-    fn allow_at(&mut self, now: std::time::Instant, throttle: u8) -> bool {
-        let wall = now.saturating_duration_since(self.start);
-        if wall >= Self::WINDOW {
-            self.start = now;
-            self.busy = std::time::Duration::ZERO;
-            return true;
-        }
-        let share = f64::from(100 - throttle.min(99)) / 100.0;
-        self.busy.as_secs_f64() < wall.as_secs_f64() * share
-    }
-
-    /// The engine was busy for `d`.
-    fn spent(&mut self, d: std::time::Duration) {
-        self.busy += d;
-    }
-}
-
-#[cfg(test)]
-mod throttle_tests {
-    use std::time::{Duration, Instant};
-
-    use super::ThrottleWindow;
-
-    #[test]
-    fn the_engine_gets_its_share_of_wall_time() {
-        let t0 = Instant::now();
-        let ms = |n| t0 + Duration::from_millis(n);
-        let mut w = ThrottleWindow {
-            start: t0,
-            busy: Duration::ZERO,
-        };
-        assert!(w.allow_at(ms(10), 75), "nothing spent yet");
-        w.spent(Duration::from_millis(3));
-        assert!(!w.allow_at(ms(10), 75), "3 ms of 10 is more than 25%");
-        assert!(w.allow_at(ms(20), 75), "3 ms of 20 is less than 25%");
-        w.spent(Duration::from_millis(30));
-        assert!(!w.allow_at(ms(40), 75));
-        assert!(w.allow_at(ms(60), 75), "a new window starts afresh");
-        assert!(!w.allow_at(ms(60), 99) || w.busy.is_zero());
     }
 }

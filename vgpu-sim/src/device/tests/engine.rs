@@ -1,7 +1,12 @@
 //! The engine driven through the device: ring, batch, DMA, interrupts, run gating.
 
 use mdev_core::uapi::*;
+use std::sync::Arc;
+use std::time::Duration;
+
 use mdev_core::{DmaRange, MigState, MigrationDevice, VfioDevice};
+
+use crate::device::throttle::ManualClock;
 
 use super::*;
 
@@ -90,24 +95,35 @@ fn runs_only_while_running_and_stops_between_commands() {
 
 #[test]
 fn throttle_scales_the_budget() {
-    let (mut d, m, _rec) = booted();
+    // The throttle reads a clock the test controls: every read moves it 1 ms on, so each
+    // engine run costs 1 ms of busy time whatever the machine's speed.
+    let clock = Arc::new(ManualClock::default());
+    let (mut d, m, _rec) = booted_with_clock(clock.clone());
     let r = batch_of_stores(&m, 200);
     submit(&mut d, &m, &r);
     d.set_throttle(75);
     assert_eq!(d.throttle(), 75);
     d.set_throttle(200);
     assert_eq!(d.throttle(), 99, "clamped");
-    // Throttled, the engine runs at most 1% of wall time: once it has run, it must wait.
-    std::thread::sleep(std::time::Duration::from_millis(2));
-    let first = d.run(100);
-    assert!(first > 0, "a fresh window lets the engine run");
+    clock.advance(Duration::from_millis(2));
+    clock.step_each_read(Duration::from_millis(1));
+    // Throttled to 1%, the engine may run once in a fresh window, then must wait: 1 ms busy
+    // is more than 1% of anything shorter than the 50 ms window.
+    let first = d.run(10);
+    assert_eq!(first, 10, "a fresh window lets the engine run");
     let mut more = 0;
-    for _ in 0..50 {
-        more += d.run(100);
+    for _ in 0..10 {
+        more += d.run(10);
     }
     assert_eq!(more, 0, "the engine used its share and waits");
+    // A new window lets it run again.
+    clock.advance(Duration::from_millis(60));
+    assert_eq!(d.run(10), 10, "the next window runs");
     d.set_throttle(0);
     assert_eq!(d.run(10), 10);
+    for _ in 0..10 {
+        assert_eq!(d.run(10), 10, "unthrottled, the engine always runs");
+    }
 }
 
 #[test]

@@ -189,8 +189,18 @@ pub fn submit(d: &mut Vgpu, m: &GuestMemoryMmap<AtomicBitmap>, p: &Prog) {
 
 /// A device with MSI-X wired, the GTT mapped, interrupts unmasked and the ring on.
 pub fn booted() -> (Vgpu, GuestMemoryMmap<AtomicBitmap>, Arc<Recorder>) {
+    booted_with_clock(Arc::new(crate::device::MonotonicClock::default()))
+}
+
+/// [`booted`], with the engine throttle reading `clock`.
+pub fn booted_with_clock(
+    clock: Arc<dyn crate::device::EngineClock>,
+) -> (Vgpu, GuestMemoryMmap<AtomicBitmap>, Arc<Recorder>) {
     let m = mem();
-    let mut d = device_on(VGPU_64, m.clone());
+    let mut cfg = VgpuConfig::new(VGPU_64, m.clone());
+    cfg.clock = clock;
+    cfg.dirty_tracking = DirtyTracking::ShadowPt;
+    let mut d = Vgpu::new(cfg).unwrap();
     let rec = wire_msix(&mut d);
     map_gtt(&mut d);
     wr(&mut d, REG_IMR, 0);
