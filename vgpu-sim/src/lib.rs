@@ -12,14 +12,15 @@
 
 #![deny(missing_docs)]
 
-pub mod cmd;
 pub mod engine;
-pub mod regs;
 
 pub mod device;
 pub mod inspect;
 pub mod types;
-pub mod workload;
+
+/// The register map, the command set and the workload driver live in `vgpu-guest` (they
+/// also build for the freestanding guest image); re-exported here under their old paths.
+pub use vgpu_guest::{cmd, regs, workload};
 
 pub use device::{Vgpu, VgpuConfig, VgpuError, VgpuState};
 pub use shadow_pt::DirtyTracking;

@@ -4,7 +4,9 @@
 //! the driver's own block at [`STATE_GPA`]. Every call loads what it needs from there and
 //! stores what it changes back; the functions themselves are stateless.
 
-use snafu::Snafu;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
 
 use crate::cmd::{self, Vertex, DRAW_TEXTURED, VERTEX_SIZE};
 use crate::regs::*;
@@ -31,10 +33,9 @@ const PCI_CAP_ID_MSIX: u8 = 0x11;
 const MSIX_CTL_ENABLE: u16 = 1 << 15;
 
 /// Errors in the host's view of the workload parameters.
-#[derive(Debug, Snafu, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverError {
     /// A parameter is out of the range the workload supports.
-    #[snafu(display("workload parameter {what} = {value} is out of range ({range})"))]
     BadParam {
         /// Which parameter.
         what: &'static str,
@@ -44,6 +45,21 @@ pub enum DriverError {
         range: &'static str,
     },
 }
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadParam { what, value, range } => {
+                write!(
+                    f,
+                    "workload parameter {what} = {value} is out of range ({range})"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for DriverError {}
 
 /// What the host loader tells the driver (in guest RAM at [`PARAMS_GPA`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

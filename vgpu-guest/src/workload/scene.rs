@@ -1,6 +1,8 @@
 //! The scene: seeded meshes that move and spin, computed with integer arithmetic only so
 //! that every machine renders the same bits.
 
+use alloc::vec::Vec;
+
 use crate::cmd::Vertex;
 
 use super::layout::TEX_DIM;
@@ -177,6 +179,7 @@ pub fn clear_color(seed: u64, frame: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::format;
 
     #[test]
     fn sine_is_close_and_odd() {

@@ -17,6 +17,9 @@ pub mod driver;
 pub mod layout;
 pub mod scene;
 
+use alloc::vec;
+use alloc::vec::Vec;
+
 pub use driver::{interrupt, step, DriverError, Params, StepOutcome};
 
 /// Guest-physical memory as the vCPU sees it.
