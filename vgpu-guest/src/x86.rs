@@ -97,6 +97,11 @@ pub const LAPIC_EOI: u64 = 0xb0;
 /// The spurious-interrupt vector the image programs.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
+// The map fits the smallest RAM, below the MMIO hole, and the stack top is ABI-aligned.
+const _: () = assert!(STACK_TOP <= MIN_RAM && MIN_RAM <= crate::workload::layout::MMIO_HOLE_START);
+const _: () = assert!(MIN_RAM >= crate::workload::layout::MIN_GUEST_RAM);
+const _: () = assert!(STACK_TOP % 16 == 0);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,8 +120,6 @@ mod tests {
         for w in regions.windows(2) {
             assert!(w[0].0 < w[0].1 && w[0].1 <= w[1].0, "{w:?}");
         }
-        assert!(STACK_TOP <= MIN_RAM && MIN_RAM <= layout::MMIO_HOLE_START);
-        assert!(MIN_RAM >= layout::MIN_GUEST_RAM);
         for gpa in [
             BOOT_GDT_GPA,
             BOOT_PML4_GPA,
@@ -125,6 +128,5 @@ mod tests {
         ] {
             assert!((BOOT_AREA_START..BOOT_AREA_END).contains(&gpa) && gpa % 0x1000 == 0);
         }
-        assert_eq!(STACK_TOP % 16, 0);
     }
 }
