@@ -137,15 +137,13 @@ pub trait IrqSink: Send + Sync + Debug {
     fn signal(&self, index: u32, vector: u32);
 }
 
-/// Side effects of a region write, returned as data (for example a PCI config write that
-/// moved a BAR); the VMM applies them. Devices without such effects return an empty list.
-pub type WriteEffects<E> = Vec<E>;
-
 /// A VFIO-style device, as a VMM sees it.
+///
+/// The trait is object safe: a VMM holds `Box<dyn VfioDevice>` and never learns the
+/// concrete type, as QEMU never learns which driver is behind a VFIO device fd. What a
+/// write changes in the guest-visible PCI face (a BAR moved, an MSI-X entry reprogrammed),
+/// the VMM learns by reading the config region and the MSI-X table back, as vfio-pci does.
 pub trait VfioDevice: Send + Debug {
-    /// What a region write may ask the VMM to change (e.g. a PCI config change).
-    type WriteEffect: Debug;
-
     /// `VFIO_DEVICE_GET_INFO`.
     fn device_info(&self) -> vfio_device_info;
 
@@ -159,12 +157,7 @@ pub trait VfioDevice: Send + Debug {
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<()>;
 
     /// Write `data` to region `index` at `offset` (a `pwrite` on the device fd).
-    fn region_write(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<WriteEffects<Self::WriteEffect>>;
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()>;
 
     /// `VFIO_DEVICE_GET_IRQ_INFO` for irq `index`.
     fn irq_info(&self, index: u32) -> Result<vfio_irq_info>;

@@ -19,7 +19,7 @@ pub mod mdev;
 pub mod migration;
 
 pub use device::{
-    DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, WriteEffects, VFIO_REGION_CAP_NONE,
+    DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, VFIO_REGION_CAP_NONE,
 };
 pub use dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
 pub use mdev::{MdevError, MdevRegistry, MdevType, Uuid};

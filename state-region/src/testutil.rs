@@ -9,7 +9,7 @@ use mdev_core::uapi::{
 };
 use mdev_core::{
     DeviceError, DmaDirtyLog, IrqSink, MigState, MigrationArcs, MigrationController,
-    MigrationDevice, MigrationError, RegionInfo, VfioDevice, WriteEffects,
+    MigrationDevice, MigrationError, RegionInfo, VfioDevice,
 };
 
 use crate::region::StateRegion;
@@ -210,8 +210,6 @@ impl TestVfio {
 }
 
 impl VfioDevice for TestVfio {
-    type WriteEffect = ();
-
     fn device_info(&self) -> vfio_device_info {
         vfio_device_info {
             num_regions: self.index + 1,
@@ -234,10 +232,9 @@ impl VfioDevice for TestVfio {
         index: u32,
         offset: u64,
         data: &[u8],
-    ) -> Result<WriteEffects<()>, DeviceError> {
+    ) -> Result<(), DeviceError> {
         self.check(index)?;
-        self.region.write(&mut self.dev, offset, data)?;
-        Ok(Vec::new())
+        self.region.write(&mut self.dev, offset, data)
     }
 
     fn irq_info(&self, index: u32) -> Result<vfio_irq_info, DeviceError> {

@@ -1,7 +1,7 @@
 //! The guest-physical bus: routes each vCPU access to guest RAM, a BAR, or the ECAM window.
 
 use mdev_core::VfioDevice;
-use pci_config_replay::{BarMapping, ConfigChange, HostResources, InterruptRoute};
+use pci_config_replay::{BarMapping, HostResources, InterruptRoute};
 use slog::{warn, Logger};
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 use vgpu_sim::workload::layout::ECAM_GPA;
@@ -59,7 +59,7 @@ impl ConfigView for vgpu_sim::Vgpu {
 }
 
 /// A vCPU's view of the machine for one step.
-pub struct VmBus<'a, D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> {
+pub struct VmBus<'a, D: VfioDevice + ConfigView> {
     /// Guest RAM.
     pub mem: &'a GuestMem,
     /// The device.
@@ -76,13 +76,11 @@ pub struct VmBus<'a, D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> {
     pub warn_limit: &'a mut RateLimit,
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
-    /// Apply config changes: the device's side effects are its own; the VMM rebuilds the
-    /// BAR map and routes from the config space.
-    fn apply(&mut self, changes: &[ConfigChange]) {
-        if changes.is_empty() {
-            return;
-        }
+impl<D: VfioDevice + ConfigView> VmBus<'_, D> {
+    /// After a write that may have changed the PCI face (config space or the MSI-X
+    /// table): the device's side effects are its own; the VMM rebuilds the BAR map and
+    /// routes from the config space.
+    fn refresh(&mut self) {
         if let Some(b) = self.dev.bar_map(self.host) {
             *self.bars = b;
         }
@@ -92,7 +90,7 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
     }
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
+impl<D: VfioDevice + ConfigView> VmBus<'_, D> {
     /// The device's own offset in region `index` for offset `off` in this host's region
     /// (see [`decode`]): the region's `HostRegion::offset` taken off. Regions that back no
     /// BAR (the config space) are addressed directly. `None` below the region's start.
@@ -119,13 +117,13 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> VmBus<'_, D> {
     }
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> std::fmt::Debug for VmBus<'_, D> {
+impl<D: VfioDevice + ConfigView> std::fmt::Debug for VmBus<'_, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmBus").field("bars", &self.bars).finish()
     }
 }
 
-impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> GuestBus for VmBus<'_, D> {
+impl<D: VfioDevice + ConfigView> GuestBus for VmBus<'_, D> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) {
         match decode(self.mem, self.bars, gpa, buf.len()) {
             Target::Ram => {
@@ -166,7 +164,7 @@ impl<D: VfioDevice<WriteEffect = ConfigChange> + ConfigView> GuestBus for VmBus<
                     return;
                 };
                 match self.dev.region_write(index, off, buf) {
-                    Ok(changes) => self.apply(&changes),
+                    Ok(()) => self.refresh(),
                     Err(e) => {
                         if self.warn_limit.allow() {
                             warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);

@@ -7,7 +7,7 @@ use mdev_core::uapi::{
     vfio_device_info, vfio_irq_info, VFIO_DEVICE_STATE_V1_RESUMING as RESUMING,
     VFIO_DEVICE_STATE_V1_RUNNING as RUNNING, VFIO_DEVICE_STATE_V1_SAVING as SAVING,
 };
-use mdev_core::{DmaDirtyLog, IrqSink, MigState, MigrationDevice, RegionInfo, WriteEffects};
+use mdev_core::{DmaDirtyLog, IrqSink, MigState, MigrationDevice, RegionInfo};
 
 use super::*;
 use crate::region::{StateRegion, DATA_OFFSET, MIGRATION_REGION_TYPE};
@@ -221,7 +221,6 @@ fn chunks_outside_the_data_section_are_refused() {
 struct Liar(StateRegion);
 
 impl VfioDevice for Liar {
-    type WriteEffect = ();
     fn device_info(&self) -> vfio_device_info {
         vfio_device_info {
             num_regions: 1,
@@ -240,8 +239,8 @@ impl VfioDevice for Liar {
         data.copy_from_slice(&v.to_ne_bytes()[..data.len()]);
         Ok(())
     }
-    fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<WriteEffects<()>, DeviceError> {
-        Ok(Vec::new())
+    fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<(), DeviceError> {
+        Ok(())
     }
     fn irq_info(&self, index: u32) -> Result<vfio_irq_info, DeviceError> {
         Err(DeviceError::NoSuchIrq { index })
@@ -276,6 +275,6 @@ fn an_empty_chunk_with_pending_data_is_an_error_not_a_hang() {
         "{e}"
     );
     // Works through a trait object too.
-    let dyn_dev: &mut dyn VfioDevice<WriteEffect = ()> = &mut dev;
+    let dyn_dev: &mut dyn VfioDevice = &mut dev;
     assert!(save_chunks(dyn_dev, 0, collect(&mut out)).is_err());
 }

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use mdev_core::device::{BadIrqSetSnafu, NoSuchIrqSnafu, NoSuchRegionSnafu, OutOfRangeSnafu};
 use mdev_core::uapi::*;
 use mdev_core::{
-    DeviceError, DmaDirtyLog, IrqSink, MigrationDevice, RegionInfo, VfioDevice, WriteEffects,
+    DeviceError, DmaDirtyLog, IrqSink, MigrationDevice, RegionInfo, VfioDevice,
 };
-use pci_config_replay::ConfigChange;
 
 use super::migration::{MIGRATION_REGION_INDEX, NUM_REGIONS};
 use super::Vgpu;
@@ -87,8 +86,6 @@ fn irq_count(index: u32) -> Option<u32> {
 }
 
 impl VfioDevice for Vgpu {
-    type WriteEffect = ConfigChange;
-
     fn device_info(&self) -> vfio_device_info {
         vfio_device_info {
             argsz: size_of::<vfio_device_info>() as u32,
@@ -140,30 +137,25 @@ impl VfioDevice for Vgpu {
         Ok(())
     }
 
-    fn region_write(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> DevResult<WriteEffects<ConfigChange>> {
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DevResult<()> {
         self.check_range(index, offset, data.len())?;
         match index {
-            VFIO_PCI_BAR0_REGION_INDEX => Ok(self.bar0_write(offset, data)),
-            VFIO_PCI_BAR2_REGION_INDEX => {
-                self.bar2_write(offset, data);
-                Ok(Vec::new())
+            // Fires that a config or MSI-X table write asks for (a pending vector
+            // unmasked) are signalled by the device itself, on its irq sinks.
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                self.bar0_write(offset, data);
             }
+            VFIO_PCI_BAR2_REGION_INDEX => self.bar2_write(offset, data),
             VFIO_PCI_CONFIG_REGION_INDEX => {
                 let changes = self.config.write(offset, data);
                 self.apply_config_changes(&changes);
-                Ok(changes)
             }
             MIGRATION_REGION_INDEX => {
                 self.with_region(|r, dev| r.write(dev, offset, data))??;
-                Ok(Vec::new())
             }
-            _ => Ok(Vec::new()),
+            _ => {}
         }
+        Ok(())
     }
 
     fn irq_info(&self, index: u32) -> DevResult<vfio_irq_info> {

@@ -3,7 +3,6 @@
 use mdev_core::uapi::*;
 use mdev_core::{MigState, MigrationDevice, VfioDevice};
 use pci_config_replay::caps::{msi, msix, MSIX_BASE, MSI_BASE};
-use pci_config_replay::ConfigChange;
 
 use super::*;
 use crate::engine::EngineBus;
@@ -57,13 +56,10 @@ fn masked_msix_vector_fires_when_unmasked() {
     d.raise(INT_USER);
     assert!(rec.take().is_empty());
     assert!(d.config().msix_pending(0));
-    let changes = d
-        .region_write(VFIO_PCI_BAR0_REGION_INDEX, ctrl, &0u32.to_le_bytes())
+    d.region_write(VFIO_PCI_BAR0_REGION_INDEX, ctrl, &0u32.to_le_bytes())
         .unwrap();
-    assert!(changes
-        .iter()
-        .any(|c| matches!(c, ConfigChange::MsixFire { vector: 0, .. })));
-    assert_eq!(rec.take(), vec![MSIX]);
+    assert!(!d.config().msix_pending(0), "the pending bit cleared as it fired");
+    assert_eq!(rec.take(), vec![MSIX], "the device signals the unmasked vector itself");
     // Function mask: same through the config region.
     cfg_wr16(
         &mut d,
