@@ -262,5 +262,7 @@ impl ConfigSpaceState {
     }
 }
 
+mod view;
+
 #[cfg(test)]
 mod tests;
