@@ -276,3 +276,131 @@ pub enum ReplayError {
         source: ResourceError,
     },
 }
+
+/// Why a [`crate::ConfigPort`] access failed: a message, or the error underneath.
+#[derive(Debug, Snafu)]
+#[snafu(module(port_error), visibility(pub(crate)))]
+pub enum PortError {
+    /// The port refused the access, with a reason.
+    #[snafu(display("{message}"))]
+    Message {
+        /// What went wrong.
+        message: String,
+    },
+    /// The port's own I/O failed.
+    #[snafu(display("{what}"))]
+    Io {
+        /// What the port was doing.
+        what: String,
+        /// The underlying error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl PortError {
+    /// A port error carrying only a message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self::Message {
+            message: message.into(),
+        }
+    }
+
+    /// A port error wrapping the error underneath.
+    pub fn from_source(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Io {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Why [`crate::probe`] could not describe a device as [`crate::ConfigParams`].
+#[derive(Debug, Snafu)]
+#[snafu(module(probe_error), visibility(pub(crate)))]
+pub enum ProbeError {
+    /// A configuration access through the port failed.
+    #[snafu(display("{doing} at config offset {offset:#x}"))]
+    Port {
+        /// What the probe was doing.
+        doing: &'static str,
+        /// The configuration offset accessed.
+        offset: u64,
+        /// The port's error.
+        source: PortError,
+    },
+    /// The vendor ID reads all ones: no function answers.
+    #[snafu(display("no function answers: vendor ID reads {vendor:#06x}"))]
+    NotPresent {
+        /// The vendor ID read.
+        vendor: u16,
+    },
+    /// The Status register says the function has no capability list.
+    #[snafu(display("the function has no capability list (status {status:#06x})"))]
+    NoCapabilities {
+        /// The Status register read.
+        status: u16,
+    },
+    /// The capability list points into the header, loops, or is too long.
+    #[snafu(display("capability list is malformed at pointer {pointer:#x}: {reason}"))]
+    CapabilityList {
+        /// The offending pointer.
+        pointer: u8,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No MSI-X capability in the list.
+    #[snafu(display("the function has no MSI-X capability (capabilities: {found:?})"))]
+    NoMsix {
+        /// The capability IDs found, in list order.
+        found: Vec<u8>,
+    },
+    /// The MSI-X table or PBA is not in BAR0.
+    #[snafu(display("MSI-X {what} is in BAR{bir}; this model keeps it in BAR0"))]
+    MsixBir {
+        /// "table" or "PBA".
+        what: &'static str,
+        /// The BAR Indicator read.
+        bir: u8,
+    },
+    /// A BAR this model expects to be memory is an I/O BAR.
+    #[snafu(display("BAR{bar} is an I/O BAR ({value:#010x}); expected 64-bit memory"))]
+    IoBar {
+        /// The BAR number.
+        bar: u8,
+        /// The BAR's value.
+        value: u32,
+    },
+    /// A BAR this model expects to be 64-bit is not.
+    #[snafu(display("BAR{bar} is not a 64-bit memory BAR ({value:#010x})"))]
+    Not64Bit {
+        /// The BAR number.
+        bar: u8,
+        /// The BAR's value.
+        value: u32,
+    },
+    /// A BAR's prefetchable bit is not the model's.
+    #[snafu(display("BAR{bar} prefetchable is {found}; this model has {expected}"))]
+    Prefetchable {
+        /// The BAR number.
+        bar: u8,
+        /// The bit read.
+        found: bool,
+        /// The bit the model has.
+        expected: bool,
+    },
+    /// Sizing found no writable address bits: the BAR is not implemented.
+    #[snafu(display("BAR{bar} reads back no address bits after sizing: not implemented"))]
+    BarNotImplemented {
+        /// The BAR number.
+        bar: u8,
+    },
+    /// What was read does not make valid params (sizes, MSI-X geometry).
+    #[snafu(display("the probed device does not fit this model"))]
+    Params {
+        /// What is wrong with the params read.
+        source: ParamsError,
+    },
+}

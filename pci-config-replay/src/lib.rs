@@ -41,6 +41,7 @@ mod error;
 mod host;
 mod lspci;
 mod params;
+mod probe;
 pub mod regs;
 mod replay;
 mod state;
@@ -50,9 +51,12 @@ pub use caps::msi::MsiConfig;
 pub use caps::msix::{MsixControl, MsixEntry};
 pub use caps::pm::PowerState;
 pub use config::{ConfigChange, ConfigSpace, Delivery, DropReason};
-pub use error::{AccessError, ParamsError, ReplayError, ResourceError, StateError};
+pub use error::{
+    AccessError, ParamsError, PortError, ProbeError, ReplayError, ResourceError, StateError,
+};
 pub use host::{BarMapping, HostRegion, HostResources, InterruptKind, InterruptRoute};
 pub use params::{ConfigParams, MIN_BAR_SIZE, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
+pub use probe::{probe, ConfigPort};
 pub use replay::{check_compatible, replay, FireVector, PendingVector, ReplayResult};
 pub use state::{
     crc32, ConfigSpaceState, STATE_HEADER_LEN, STATE_MAGIC, STATE_MAX_LEN, STATE_VERSION_MAJOR,
