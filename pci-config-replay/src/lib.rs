@@ -57,7 +57,10 @@ pub use error::{
 pub use host::{BarMapping, HostRegion, HostResources, InterruptKind, InterruptRoute};
 pub use params::{ConfigParams, MIN_BAR_SIZE, MSIX_ENTRY_SIZE, MSIX_MAX_VECTORS};
 pub use probe::{probe, ConfigPort};
-pub use replay::{check_compatible, replay, FireVector, PendingVector, ReplayResult};
+pub use replay::{
+    check_compatible, replay, replay_plan, verify_replayed, FireVector, PendingVector,
+    ReplayResult, ReplayWrite,
+};
 pub use state::{
     crc32, ConfigSpaceState, STATE_HEADER_LEN, STATE_MAGIC, STATE_MAX_LEN, STATE_VERSION_MAJOR,
     STATE_VERSION_MINOR,

@@ -20,15 +20,21 @@
 //! ```
 //!
 //! The target is modified only when every step succeeds.
+//!
+//! A VMM that reaches the device only through its config region (and BAR0 for the MSI-X
+//! table) performs the same guest writes itself: [`replay_plan`] lists them as data
+//! (steps 1, 2 and 4-8; step 3 is the device's own, restored from its context), and
+//! [`verify_replayed`] checks what it reads back afterwards. [`replay`] is that plan
+//! applied to a copy of the target with step 3 in its place.
 
 use crate::bar::bar_sizes;
+use crate::caps::field_at;
 use crate::caps::msix::ENTRY_WRITABLE;
-use crate::caps::{field_at, msi, msix, pm, MSIX_BASE, MSI_BASE, PM_BASE};
 use crate::config::{ConfigChange, ConfigSpace};
 use crate::error::{ReplayError, ResourceError};
 use crate::host::{BarMapping, HostResources, InterruptKind, InterruptRoute};
 use crate::params::{ConfigParams, MSIX_ENTRY_SIZE};
-use crate::regs::{BAR0, BAR_COUNT, COMMAND, CONFIG_SPACE_SIZE};
+use crate::regs::CONFIG_SPACE_SIZE;
 use crate::state::ConfigSpaceState;
 
 /// A vector that must be injected when the guest resumes.
@@ -71,7 +77,7 @@ pub struct ReplayResult {
     pub changes: Vec<ConfigChange>,
 }
 
-fn le(bytes: &[u8], offset: usize, len: usize) -> u32 {
+pub(super) fn le(bytes: &[u8], offset: usize, len: usize) -> u32 {
     (0..len.min(4)).rev().fold(0u32, |acc, i| {
         (acc << 8) | u32::from(bytes.get(offset + i).copied().unwrap_or(0))
     })
@@ -144,19 +150,6 @@ pub fn check_compatible(target: &ConfigSpace, saved: &ConfigSpaceState) -> Resul
     Ok(())
 }
 
-/// Writes the saved value of `len` bytes at `offset` through the guest path, with
-/// write-1-to-clear bits written as 0 so they are left alone.
-fn guest(
-    dev: &mut ConfigSpace,
-    saved: &ConfigSpaceState,
-    offset: usize,
-    len: usize,
-) -> Vec<ConfigChange> {
-    let value = le(&saved.config[..], offset, len) & !dev.block().w1c_mask(offset, len);
-    let bytes = value.to_le_bytes();
-    dev.write(offset as u64, bytes.get(..len).unwrap_or(&[]))
-}
-
 /// Copies every device-owned bit (status flags, error bits, pending bits) from the
 /// saved state: the guest cannot set them, so the device path restores them.
 fn restore_device_bits(dev: &mut ConfigSpace, saved: &ConfigSpaceState) {
@@ -178,36 +171,14 @@ pub fn replay(
     host: &HostResources,
 ) -> Result<ReplayResult, ReplayError> {
     check_compatible(target, saved)?;
+    let plan = plan::build(&mut target.clone(), saved);
     let mut dev = target.clone();
     let mut changes = Vec::new();
-
-    changes.extend(dev.write_u16(COMMAND as u64, 0));
-    changes.extend(dev.write_u16((MSI_BASE + msi::CONTROL) as u64, 0));
-    changes.extend(dev.write_u16((MSIX_BASE + msix::CONTROL) as u64, 0));
-    for bar in 0..BAR_COUNT {
-        changes.extend(guest(&mut dev, saved, BAR0 + 4 * bar, 4));
-    }
-    restore_device_bits(&mut dev, saved);
-    changes.extend(guest(&mut dev, saved, COMMAND, 2));
-    for (reg, len) in [
-        (msi::ADDRESS_LO, 4),
-        (msi::ADDRESS_HI, 4),
-        (msi::DATA, 2),
-        (msi::MASK_BITS, 4),
-        (msi::CONTROL, 2),
-    ] {
-        changes.extend(guest(&mut dev, saved, MSI_BASE + reg, len));
-    }
-    for (i, dword) in saved.msix_table.chunks_exact(4).enumerate() {
-        changes.extend(dev.msix_table_write(4 * i as u64, dword));
-    }
-    changes.extend(guest(&mut dev, saved, MSIX_BASE + msix::CONTROL, 2));
-    changes.extend(guest(&mut dev, saved, PM_BASE + pm::PMCSR, 2));
-    for off in (0..CONFIG_SPACE_SIZE).step_by(4) {
-        let w = dev.block().writable_mask(off, 4);
-        if w != 0 && dev.block().u32(off) & w != le(&saved.config[..], off, 4) & w {
-            changes.extend(guest(&mut dev, saved, off, 4));
+    for (i, w) in plan.writes.iter().enumerate() {
+        if i == plan.device_bits_at {
+            restore_device_bits(&mut dev, saved);
         }
+        changes.extend(w.apply(&mut dev));
     }
 
     let fire = fired(&changes);
@@ -270,68 +241,6 @@ fn fired(changes: &[ConfigChange]) -> Vec<FireVector> {
         .collect()
 }
 
-/// Checks the target now holds the saved bytes, except pending bits of vectors that
-/// fired during the replay (delivering them cleared the bits).
-fn verify(
-    dev: &ConfigSpace,
-    saved: &ConfigSpaceState,
-    fire: &[FireVector],
-) -> Result<(), ReplayError> {
-    let mut expected = saved.clone();
-    for f in fire {
-        match f.kind {
-            InterruptKind::Msi => {
-                let off = MSI_BASE + msi::PENDING_BITS;
-                if let Some(b) = expected.config.get_mut(off) {
-                    *b &= !(msi::PENDING_VECTOR0 as u8);
-                }
-            }
-            InterruptKind::Msix => {
-                if let Some(w) = expected.msix_pba.get_mut(usize::from(f.vector) / 64) {
-                    *w &= !(1u64 << (f.vector % 64));
-                }
-            }
-        }
-    }
-    let sections: [(&'static str, Vec<u64>, Vec<u64>); 3] = [
-        (
-            "config",
-            expected.config.iter().map(|&b| u64::from(b)).collect(),
-            dev.bytes().iter().map(|&b| u64::from(b)).collect(),
-        ),
-        (
-            "MSI-X table",
-            expected.msix_table.iter().map(|&b| u64::from(b)).collect(),
-            dev.msix_table()
-                .entry_bytes()
-                .iter()
-                .map(|&b| u64::from(b))
-                .collect(),
-        ),
-        (
-            "PBA",
-            expected.msix_pba,
-            dev.msix_table().pba_words().to_vec(),
-        ),
-    ];
-    for (what, want, have) in sections {
-        if let Some((offset, (&s, &t))) = want
-            .iter()
-            .zip(have.iter())
-            .enumerate()
-            .find(|(_, (s, t))| s != t)
-        {
-            return Err(ReplayError::Diverged {
-                what,
-                offset,
-                saved: s,
-                target: t,
-            });
-        }
-    }
-    Ok(())
-}
-
 impl ConfigSpace {
     /// The `from_state` of this component: builds a fresh device from the target's
     /// `params` and [`replay`]s `saved` onto it.
@@ -347,5 +256,14 @@ impl ConfigSpace {
     }
 }
 
+mod plan;
+mod verify;
+
+pub use plan::{replay_plan, ReplayWrite};
+use verify::verify;
+pub use verify::verify_replayed;
+
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod tests;

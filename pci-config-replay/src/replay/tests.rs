@@ -1,4 +1,5 @@
 use super::*;
+use crate::caps::{msix, pm, PM_BASE};
 use crate::host::HostRegion;
 use crate::regs::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE, COMMAND_MEMORY_SPACE, STATUS};
 
@@ -6,7 +7,7 @@ fn dev_with(params: ConfigParams) -> ConfigSpace {
     ConfigSpace::new(params).expect("valid params")
 }
 
-fn dev() -> ConfigSpace {
+pub(super) fn dev() -> ConfigSpace {
     dev_with(ConfigParams::default())
 }
 
@@ -25,7 +26,7 @@ fn source_host() -> HostResources {
 }
 
 /// Deliberately different from the source: other region ids, offsets and sinks.
-fn target_host() -> HostResources {
+pub(super) fn target_host() -> HostResources {
     HostResources {
         bar_regions: [
             Some(HostRegion {
@@ -47,7 +48,7 @@ fn target_host() -> HostResources {
 
 /// A device the guest has fully set up: BARs, decode, MSI-X with a masked pending vector,
 /// MSI programmed, error bits, PM, PCIe and LTR registers.
-fn guest_setup() -> ConfigSpace {
+pub(super) fn guest_setup() -> ConfigSpace {
     let mut d = dev();
     d.write_u32(0x10, 0xde00_0000);
     d.write_u32(0x14, 0);
