@@ -11,6 +11,10 @@
 //! GDT in the pages `BOOT_AREA_START..BOOT_AREA_END` (a suggested placement is given by the
 //! `BOOT_*_GPA` constants), and the image must be loaded in `IMAGE_BASE..IMAGE_END`.
 //!
+//! The image executes no SSE instructions (it is built with `-sse,-sse2`; only its
+//! interrupt stub saves the FPU/SSE state with `fxsave64`), so a KVM that emulates the guest
+//! instruction by instruction can run it.
+//!
 //! # Guest-physical memory map (the smallest guest RAM is [`MIN_RAM`] = 64 MiB)
 //!
 //! ```text
