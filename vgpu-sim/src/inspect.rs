@@ -1,7 +1,7 @@
 //! Decoding a saved device context for people: section names, caps for a verifying scan,
 //! and a summary of registers, pending interrupts and the engine's position.
 
-use pci_config_replay::ConfigParams;
+use pci_config_replay::{ConfigParams, ConfigSpaceState};
 use state_region::format::{ContextParser, ParserLimits, SectionHeader, SectionSink};
 
 use crate::device::migration::{decode_sections, SectionId};
@@ -88,6 +88,60 @@ fn irq_bits(v: u32) -> String {
     }
 }
 
+/// One line on the saved configuration space: identity, decode, BARs.
+fn config_summary(c: &ConfigSpaceState) -> String {
+    let id = |o: usize| u16::from_le_bytes([c.config[o], c.config[o + 1]]);
+    let bars: Vec<String> = [0u8, 2]
+        .iter()
+        .map(|&b| match c.bar_address(b) {
+            Some(a) => format!("BAR{b} {a:#x}"),
+            None => format!("BAR{b} not decoding"),
+        })
+        .collect();
+    format!(
+        "{:04x}:{:04x} command {:#06x}, {}",
+        id(0),
+        id(2),
+        c.command(),
+        bars.join(", ")
+    )
+}
+
+/// One line on the saved interrupt configuration: mode, masks, pending bits.
+fn config_irq_summary(c: &ConfigSpaceState) -> String {
+    let ctl = c.msix_control();
+    let msi = c.msi();
+    let mut parts = Vec::new();
+    if ctl.enabled {
+        parts.push(format!(
+            "MSI-X enabled{}",
+            if ctl.function_mask {
+                ", function masked"
+            } else {
+                ""
+            }
+        ));
+    } else if msi.enabled {
+        parts.push("MSI enabled".to_string());
+    } else {
+        parts.push("INTx".to_string());
+    }
+    for v in 0..c.msix_vectors() {
+        let masked = c.msix_entry(v).is_some_and(|e| e.masked);
+        parts.push(format!(
+            "vector {v}{}{}",
+            if masked { " masked" } else { " unmasked" },
+            if c.msix_pending(v) { " PENDING" } else { "" }
+        ));
+    }
+    parts.push(format!(
+        "MSI {}{}",
+        if msi.masked { "masked" } else { "unmasked" },
+        if msi.pending { " PENDING" } else { "" }
+    ));
+    parts.join("; ")
+}
+
 /// Verify `bytes` as a context and summarise it as (field, value) pairs.
 pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
     let mut parser = ContextParser::new(context_limits(None));
@@ -107,7 +161,8 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
             .find(|(i, _)| *i == id as u32)
             .map_or(empty, |(_, v)| v.as_slice())
     };
-    let (st, _engine) = decode_sections(&ty, find)?;
+    let decoded = decode_sections(&ty, find)?;
+    let st = &decoded.state;
     let r = &st.regs;
     let mapped = st.gtt.iter().filter(|e| *e & GTT_PRESENT != 0).count();
     let mut out = vec![
@@ -194,6 +249,8 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
             ),
         ),
     ];
+    out.push(("config space".into(), config_summary(&st.config)));
+    out.push(("config interrupts".into(), config_irq_summary(&st.config)));
     out.push((
         "render target".into(),
         format!(

@@ -4,6 +4,7 @@ use state_region::format::{ContextParser, ParserLimits, SectionHeader, SectionSi
 
 use super::sections::{
     self, expected_len, SectionId, ALL_SECTIONS, PAGE_RECORD_LEN, REQUIRED, SECTION_MAJOR,
+    SECTION_MINOR,
 };
 use crate::device::gmem::{zeroed, GraphicsMemory, PageBitmap};
 use crate::device::zeroed::ZeroedBuf;
@@ -28,6 +29,8 @@ struct Staging {
     begun: [u32; ALL_SECTIONS.len()],
     /// Index bytes of the `GMEM_PAGES` record being read.
     index: [u8; 4],
+    /// The oldest section minor version seen (which build wrote the context).
+    oldest_minor: u16,
 }
 
 fn slot(id: SectionId) -> usize {
@@ -44,6 +47,7 @@ impl Staging {
             seen: [0; ALL_SECTIONS.len()],
             begun: [0; ALL_SECTIONS.len()],
             index: [0; 4],
+            oldest_minor: u16::MAX,
         }
     }
 
@@ -90,6 +94,7 @@ impl SectionSink for Staging {
                 hdr.major, hdr.minor
             ));
         }
+        self.oldest_minor = self.oldest_minor.min(hdr.minor);
         let s = slot(id);
         let exact = match id {
             SectionId::Gmem => Some(self.ty.gmem_size),
@@ -224,11 +229,21 @@ impl Vgpu {
         for id in REQUIRED {
             match st.seen[slot(id)] {
                 1 => {}
+                0 if id == SectionId::Config && st.oldest_minor < SECTION_MINOR => {
+                    return Err(format!(
+                        "section CONFIG is missing: the context was written with section \
+                         version {SECTION_MAJOR}.{}, before the device saved its configuration \
+                         space ({SECTION_MAJOR}.{SECTION_MINOR}); without it pending \
+                         interrupts would be lost, so it cannot be restored",
+                        st.oldest_minor
+                    ))
+                }
                 0 => return Err(format!("section {id} is missing")),
                 n => return Err(format!("section {id} appears {n} times")),
             }
         }
-        let (state, engine) = sections::decode(&self.ty, |id| &st.fixed[slot(id)])?;
+        let decoded = sections::decode(&self.ty, |id| &st.fixed[slot(id)])?;
+        let state = decoded.state;
         // Commit. The GTT rebuild is the only step that can refuse (an entry count the
         // section length already guaranteed), and it changes nothing when it does.
         let summary = self
@@ -241,8 +256,12 @@ impl Vgpu {
         }
         self.gmem = GraphicsMemory::from_parts(st.gmem, st.written);
         self.regs = state.regs;
-        self.engine = engine;
-        self.irq.owed = state.irq_owed;
+        self.engine = decoded.engine;
+        self.config = decoded.config.with_logger(self.log.clone());
+        // A vector pending and deliverable in the saved config was cleared by the rebuild;
+        // the device owes it (vector 0 is the device's only vector) and signals it once
+        // it runs, as it does an owed interrupt from the IRQ section.
+        self.irq.owed = state.irq_owed || decoded.config_fired;
         self.irq.rearm = true;
         Ok(())
     }

@@ -8,14 +8,14 @@
 //!
 //! ```text
 //!  PRE_COPY (device running)            STOP_COPY (device stopped)
-//! ┌────────┬────────────┬─────────┐    ┌────────────┬──────┬─────┬────────┬─────┬─────────┬─────┐
-//! │ header │ GMEM_PAGES │ ...     │ ─► │ GMEM_PAGES │ MMIO │ GTT │ ENGINE │ IRQ │ DISPLAY │ end │
-//! └────────┴────────────┴─────────┘    │  (rest)    │      │     │        │     │         │     │
-//!    first pass: every non-zero page    └────────────┴──────┴─────┴────────┴─────┴─────────┴─────┘
+//! ┌────────┬────────────┬─────────┐    ┌────────────┬──────┬─────┬────────┬─────┬─────────┬────────┬─────┐
+//! │ header │ GMEM_PAGES │ ...     │ ─► │ GMEM_PAGES │ MMIO │ GTT │ ENGINE │ IRQ │ DISPLAY │ CONFIG │ end │
+//! └────────┴────────────┴─────────┘    │  (rest)    │      │     │        │     │         │        │     │
+//!    first pass: every non-zero page    └────────────┴──────┴─────┴────────┴─────┴─────────┴────────┴─────┘
 //!    then pages dirtied since taken      or, without pre-copy: header, GMEM (all of it), ...
 //! ```
 //!
-//! | id | section      | payload (v1.0, little-endian)                                  |
+//! | id | section      | payload (v1.1, little-endian)                                  |
 //! |----|--------------|----------------------------------------------------------------|
 //! | 1  | `GMEM`       | all of graphics memory, exactly the type's size                |
 //! | 2  | `GMEM_PAGES` | records of page index u32 + 4096 bytes                         |
@@ -24,6 +24,13 @@
 //! | 5  | `ENGINE`     | ring head, tail and the engine's read-back registers, then the `EngineState` bytes |
 //! | 6  | `IRQ`        | ISR, IMR, IIR, IER, ERROR_STATUS, ERROR_ADDR lo/hi, MSI owed (u32 0/1) |
 //! | 7  | `DISPLAY`    | DSP_CTL, DSP_SURF, DSP_STRIDE, DSP_SIZE, FLIP_COUNT            |
+//! | 8  | `CONFIG`     | the PCI configuration space: `ConfigSpaceState::to_bytes` (own magic, version, CRC) |
+//!
+//! `CONFIG` (added in section version 1.1, required) carries the configuration space as
+//! GVT-g's image carried the virtual config space: the VMM replays configuration only
+//! through the config region, where device-owned bits (MSI-X PBA, MSI pending) are
+//! read-only, so they travel with the device. On load it is rebuilt on this device's own
+//! params (`ConfigSpace::from_state`); a state those params could not produce is refused.
 //!
 //! Every register is in exactly one section (`regfile::REGS` says which). Host addresses
 //! never travel: the GTT section holds what the guest wrote and the target rebuilds its
@@ -35,7 +42,8 @@
 //! feed a push parser whose per-section caps are exact; nothing touches the live device.
 //! RESUMING -> STOP checks the stream is complete, every required section came exactly once,
 //! every register value, the ring and display against the GTT range and graphics memory,
-//! and the engine state; only then does it swap everything in at once. A failure names the
+//! the engine state and the configuration space; only then does it swap everything in at
+//! once. A failure names the
 //! section and field and leaves the live device as it was (and the device in ERROR).
 
 mod load;
@@ -53,7 +61,9 @@ use super::Vgpu;
 
 pub(crate) use load::ResumeSession;
 pub(crate) use save::SaveStream;
-pub use sections::{decode as decode_sections, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR};
+pub use sections::{
+    decode as decode_sections, Decoded, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR,
+};
 
 /// The migration features the vGPU offers.
 pub const MIGRATION_FEATURES: u32 =
@@ -180,7 +190,10 @@ impl MigrationDevice for Vgpu {
     }
 
     fn stop_copy_size(&mut self) -> Result<u64, MigrationError> {
-        let fixed = sections::fixed_sections_len(self.engine.state().to_bytes().len());
+        let fixed = sections::fixed_sections_len(
+            self.engine.state().to_bytes().len(),
+            self.config.params(),
+        );
         Ok(match self.save.as_ref() {
             Some(s) => s.remaining(&self.gmem, fixed),
             None => save::full_stream_len(self.ty.name, self.ty.gmem_size, fixed),

@@ -1,7 +1,9 @@
 //! The device's sections: ids, the plain state they carry, encoding and checked decoding.
 
+use std::error::Error;
 use std::fmt;
 
+use pci_config_replay::{ConfigParams, ConfigSpace, ConfigSpaceState, HostRegion, HostResources};
 use state_region::format::section_encoded_len;
 
 use crate::device::regfile::{self, section_regs, Registers, Section};
@@ -12,8 +14,9 @@ use crate::types::VgpuType;
 
 /// Major version of every section this build writes and reads.
 pub const SECTION_MAJOR: u16 = 1;
-/// Minor version of every section this build writes.
-pub const SECTION_MINOR: u16 = 0;
+/// Minor version of every section this build writes. 1.1 added the `CONFIG` section and
+/// made it required; see [`REQUIRED`] for why a 1.0 context is refused.
+pub const SECTION_MINOR: u16 = 1;
 /// Bytes of one `GMEM_PAGES` record: page index u32 and the page.
 pub const PAGE_RECORD_LEN: u64 = 4 + PAGE_SIZE;
 /// Cap on the engine section's `EngineState` bytes.
@@ -37,10 +40,12 @@ pub enum SectionId {
     Irq = 6,
     /// Display plane.
     Display = 7,
+    /// The PCI configuration space (pci-config-replay's state bytes).
+    Config = 8,
 }
 
 /// Every section id.
-pub const ALL_SECTIONS: [SectionId; 7] = [
+pub const ALL_SECTIONS: [SectionId; 8] = [
     SectionId::Gmem,
     SectionId::GmemPages,
     SectionId::Mmio,
@@ -48,15 +53,23 @@ pub const ALL_SECTIONS: [SectionId; 7] = [
     SectionId::Engine,
     SectionId::Irq,
     SectionId::Display,
+    SectionId::Config,
 ];
 
 /// Sections every context carries exactly once, in stream order.
-pub const REQUIRED: [SectionId; 5] = [
+///
+/// `CONFIG` is required, so a context written before it existed (section version 1.0) is
+/// refused, by name, rather than accepted. Without it the device-owned configuration bits
+/// (an MSI-X PBA bit, the MSI pending bit) would be lost: the VMM replays configuration
+/// only through the config region, where those bits are read-only, so nothing else could
+/// bring them back, and a pending interrupt lost hangs the guest driver.
+pub const REQUIRED: [SectionId; 6] = [
     SectionId::Mmio,
     SectionId::Gtt,
     SectionId::Engine,
     SectionId::Irq,
     SectionId::Display,
+    SectionId::Config,
 ];
 
 impl SectionId {
@@ -75,6 +88,7 @@ impl SectionId {
             SectionId::Engine => "ENGINE",
             SectionId::Irq => "IRQ",
             SectionId::Display => "DISPLAY",
+            SectionId::Config => "CONFIG",
         }
     }
 
@@ -100,6 +114,7 @@ impl SectionId {
             SectionId::Irq => regs_len(Section::Irq) + 4,
             SectionId::Mmio => regs_len(Section::Mmio),
             SectionId::Display => regs_len(Section::Display),
+            SectionId::Config => config_len(&ty.config_params()),
         }
     }
 }
@@ -114,6 +129,14 @@ fn regs_len(s: Section) -> u64 {
     section_regs(s).count() as u64 * 4
 }
 
+/// Bytes of the `CONFIG` payload for a device built from `p`: the state format's header,
+/// 4 KiB of configuration, the MSI-X table, the PBA and the CRC.
+pub fn config_len(p: &ConfigParams) -> u64 {
+    (pci_config_replay::STATE_HEADER_LEN + pci_config_replay::regs::CONFIG_SPACE_SIZE + 4) as u64
+        + p.msix_table_len()
+        + p.msix_pba_len()
+}
+
 /// The device's state apart from graphics memory: what the fixed sections carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VgpuState {
@@ -125,6 +148,8 @@ pub struct VgpuState {
     pub gtt: Vec<u64>,
     /// The engine's state beyond the registers.
     pub engine: EngineState,
+    /// The configuration space, device-owned bits (pending bits) included.
+    pub config: ConfigSpaceState,
 }
 
 impl Vgpu {
@@ -135,6 +160,7 @@ impl Vgpu {
             irq_owed: self.irq.owed,
             gtt: self.gtt.guest_entries().to_vec(),
             engine: self.engine.state(),
+            config: self.config.state(),
         }
     }
 }
@@ -163,6 +189,7 @@ pub fn encode(id: SectionId, st: &VgpuState) -> Vec<u8> {
             put_regs(&mut out, &st.regs, Section::Irq);
             out.extend_from_slice(&u32::from(st.irq_owed).to_le_bytes());
         }
+        SectionId::Config => out = st.config.to_bytes(),
         id => {
             if let Some(s) = id.regs() {
                 put_regs(&mut out, &st.regs, s);
@@ -173,8 +200,8 @@ pub fn encode(id: SectionId, st: &VgpuState) -> Vec<u8> {
 }
 
 /// Encoded length (header, payload, digest) of all fixed sections for an engine state of
-/// `engine_len` bytes.
-pub fn fixed_sections_len(engine_len: usize) -> u64 {
+/// `engine_len` bytes and a device built from `config`.
+pub fn fixed_sections_len(engine_len: usize, config: &ConfigParams) -> u64 {
     REQUIRED
         .iter()
         .map(|id| {
@@ -183,6 +210,7 @@ pub fn fixed_sections_len(engine_len: usize) -> u64 {
                 SectionId::Engine => regs_len(Section::Engine) + engine_len as u64,
                 SectionId::Irq => regs_len(Section::Irq) + 4,
                 SectionId::Mmio => regs_len(Section::Mmio),
+                SectionId::Config => config_len(config),
                 _ => regs_len(Section::Display),
             };
             section_encoded_len(payload)
@@ -227,12 +255,73 @@ fn take_regs(
     Ok(n)
 }
 
+/// The fixed sections decoded and checked: the state, and the live pieces it rebuilds.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The state the sections carry (`config` as saved).
+    pub state: VgpuState,
+    /// The engine the `ENGINE` section describes.
+    pub engine: Engine,
+    /// The configuration space rebuilt from `CONFIG` on this device's own params.
+    pub config: ConfigSpace,
+    /// Whether a vector was pending and deliverable in `CONFIG`: rebuilding cleared its
+    /// pending bit, and the device owes the guest that interrupt.
+    pub config_fired: bool,
+}
+
+/// Host resources that back every BAR and vector of this device's own configuration
+/// space: the device rebuilds its config for itself, not for a VMM's host.
+fn own_resources(p: &ConfigParams) -> HostResources {
+    HostResources {
+        bar_regions: [
+            Some(HostRegion::vfio_bar(0, 0)),
+            None,
+            Some(HostRegion::vfio_bar(2, 0)),
+            None,
+            None,
+            None,
+        ],
+        interrupt_sinks: (0..u32::from(p.msix_table_size)).collect(),
+    }
+}
+
+/// An error and its sources, as one line.
+fn chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+/// Parse the `CONFIG` payload (the state format checks magic, version, lengths and CRC)
+/// and rebuild it on a device built from `ty`'s params; a state those params could not
+/// have produced (another device ID, BAR size or table size) is refused.
+fn decode_config(
+    ty: &VgpuType,
+    payload: &[u8],
+) -> Result<(ConfigSpaceState, ConfigSpace, bool), String> {
+    if payload.is_empty() {
+        return Err("section CONFIG is missing or empty".into());
+    }
+    let saved = ConfigSpaceState::from_bytes(payload)
+        .map_err(|e| format!("section CONFIG: configuration space state: {}", chain(&e)))?;
+    let params = ty.config_params();
+    let (config, replayed) = ConfigSpace::from_state(params, &saved, &own_resources(&params))
+        .map_err(|e| format!("section CONFIG: {}", chain(&e)))?;
+    Ok((saved, config, !replayed.fire.is_empty()))
+}
+
 /// Decode and check the fixed sections' payloads (each present and of its exact length)
-/// into a state, and build the engine it describes, for a device of type `ty`.
+/// into a state, and build the engine and configuration space it describes, for a device
+/// of type `ty`.
 pub fn decode<'a>(
     ty: &VgpuType,
     payload: impl Fn(SectionId) -> &'a [u8],
-) -> Result<(VgpuState, Engine), String> {
+) -> Result<Decoded, String> {
     let mut regs = Registers::default();
     let mmio = payload(SectionId::Mmio);
     take_regs(SectionId::Mmio, Section::Mmio, mmio, &mut regs)?;
@@ -260,14 +349,21 @@ pub fn decode<'a>(
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
+    let (saved_config, config, config_fired) = decode_config(ty, payload(SectionId::Config))?;
     let state = VgpuState {
         regs,
         irq_owed,
         gtt,
         engine: engine_state,
+        config: saved_config,
     };
     check_invariants(ty, &state)?;
-    Ok((state, engine))
+    Ok(Decoded {
+        state,
+        engine,
+        config,
+        config_fired,
+    })
 }
 
 /// Cross-register invariants the live device keeps.

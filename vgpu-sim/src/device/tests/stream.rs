@@ -217,7 +217,7 @@ fn hand_built_streams_load_or_are_refused_by_section_and_field() {
     cases.push((s, "section MMIO appears twice"));
     let mut s = fixed(&base);
     s[0].1 = 2;
-    cases.push((s, "section MMIO: version 2.0"));
+    cases.push((s, "section MMIO: version 2.1"));
     let mut s = fixed(&base);
     s[0].2.push(0);
     cases.push((s, "section MMIO (id 3) declares 77"));
