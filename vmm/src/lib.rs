@@ -5,6 +5,8 @@
 //! * [`bus`]: guest-physical dispatch to RAM, the vGPU's BARs and its ECAM config window;
 //! * [`irq`]: interrupt delivery from the device through MSI routes to the vCPU;
 //! * [`vm`]: the VM that ties them together, boots the guest and runs it;
+//! * [`kvm`]: a KVM vCPU backend: a guest in guest RAM on a hardware vCPU, its MMIO and port
+//!   I/O exits to a handler, pause by kick, vCPU state, the KVM dirty log;
 //! * [`stream`]: the migration stream format (a snapshot file is the same stream);
 //! * [`snapshot`]: save to and restore from a stream.
 //!
@@ -16,6 +18,7 @@
 pub mod bus;
 pub mod error;
 pub mod irq;
+pub mod kvm;
 pub mod memory;
 pub mod migration;
 pub mod ratelimit;
