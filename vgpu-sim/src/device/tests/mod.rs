@@ -1,6 +1,7 @@
 //! Device tests: helpers to build a device over real guest memory, drive it as a guest
 //! driver would (MMIO, GTT, ring and batch programs), and migrate it.
 
+mod config_section;
 mod engine;
 mod irq;
 mod migration;

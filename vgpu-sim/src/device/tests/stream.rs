@@ -11,7 +11,7 @@ use crate::device::VgpuState;
 use crate::types::VGPU_512;
 
 /// A hand-built section: id, major version, payload.
-type Sec = (u32, u16, Vec<u8>);
+pub(super) type Sec = (u32, u16, Vec<u8>);
 
 const MIG: u32 = crate::device::MIGRATION_REGION_INDEX;
 
@@ -26,7 +26,7 @@ fn v1_u64(d: &mut Vgpu, off: u64) -> u64 {
 }
 
 /// Save through the v1 region as a VMM would: SAVING, then pending/offset/size/data.
-fn save_v1(d: &mut Vgpu) -> Vec<u8> {
+pub(super) fn save_v1(d: &mut Vgpu) -> Vec<u8> {
     v1_set(d, VFIO_DEVICE_STATE_V1_SAVING);
     let mut out = Vec::new();
     while v1_u64(d, 8) != 0 {
@@ -39,7 +39,7 @@ fn save_v1(d: &mut Vgpu) -> Vec<u8> {
     out
 }
 
-fn load_v1(d: &mut Vgpu, stream: &[u8], chunk: usize) {
+pub(super) fn load_v1(d: &mut Vgpu, stream: &[u8], chunk: usize) {
     v1_set(d, VFIO_DEVICE_STATE_V1_RESUMING);
     for c in stream.chunks(chunk) {
         let off = v1_u64(d, 16);
@@ -87,7 +87,7 @@ fn target() -> Vgpu {
 }
 
 /// Load `stream` into a fresh target, expecting refusal; returns the reason.
-fn refused(stream: &[u8], ty: VgpuType) -> String {
+pub(super) fn refused(stream: &[u8], ty: VgpuType) -> String {
     let mut t = if ty == VGPU_64 {
         target()
     } else {
@@ -150,16 +150,21 @@ fn corrupted_truncated_and_wrong_type_streams_are_refused() {
 }
 
 /// A stream of the given sections (id, major, payload), without graphics memory.
-fn stream_of(sections: &[Sec]) -> Vec<u8> {
+pub(super) fn stream_of(sections: &[Sec]) -> Vec<u8> {
+    stream_of_minor(sections, SECTION_MINOR)
+}
+
+/// [`stream_of`] with every section at minor version `minor`.
+pub(super) fn stream_of_minor(sections: &[Sec], minor: u16) -> Vec<u8> {
     let (mut enc, mut out) = ContextEncoder::new(&ContextHeader::new("vgpu-64").unwrap());
     for (id, major, payload) in sections {
-        out.extend(enc.section(*id, *major, SECTION_MINOR, payload).unwrap());
+        out.extend(enc.section(*id, *major, minor, payload).unwrap());
     }
     out.extend(enc.end());
     out
 }
 
-fn fixed(st: &VgpuState) -> Vec<Sec> {
+pub(super) fn fixed(st: &VgpuState) -> Vec<Sec> {
     super::super::migration::sections_for_test(st)
         .into_iter()
         .map(|(id, p)| (id as u32, SECTION_MAJOR, p))
