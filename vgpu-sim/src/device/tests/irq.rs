@@ -58,8 +58,15 @@ fn masked_msix_vector_fires_when_unmasked() {
     assert!(d.config().msix_pending(0));
     d.region_write(VFIO_PCI_BAR0_REGION_INDEX, ctrl, &0u32.to_le_bytes())
         .unwrap();
-    assert!(!d.config().msix_pending(0), "the pending bit cleared as it fired");
-    assert_eq!(rec.take(), vec![MSIX], "the device signals the unmasked vector itself");
+    assert!(
+        !d.config().msix_pending(0),
+        "the pending bit cleared as it fired"
+    );
+    assert_eq!(
+        rec.take(),
+        vec![MSIX],
+        "the device signals the unmasked vector itself"
+    );
     // Function mask: same through the config region.
     cfg_wr16(
         &mut d,
