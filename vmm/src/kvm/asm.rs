@@ -99,6 +99,27 @@ impl Asm {
         self.emit(&[0xeb, rel as i8 as u8])
     }
 
+    /// `add rbx, imm32`.
+    pub(super) fn add_rbx(&mut self, v: u32) -> &mut Self {
+        self.emit(&[0x48, 0x81, 0xc3]).emit(&v.to_le_bytes())
+    }
+
+    /// `cmp rbx, imm32`.
+    pub(super) fn cmp_rbx(&mut self, v: u32) -> &mut Self {
+        self.emit(&[0x48, 0x81, 0xfb]).emit(&v.to_le_bytes())
+    }
+
+    /// `jb` to offset `target` (within 128 bytes).
+    pub(super) fn jb(&mut self, target: usize) -> &mut Self {
+        let rel = target as i64 - (self.here() as i64 + 2);
+        self.emit(&[0x72, rel as i8 as u8])
+    }
+
+    /// `ud2`.
+    pub(super) fn ud2(&mut self) -> &mut Self {
+        self.emit(&[0x0f, 0x0b])
+    }
+
     /// `hlt`.
     pub(super) fn hlt(&mut self) -> &mut Self {
         self.emit(&[0xf4])

@@ -5,22 +5,24 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use super::asm::{idt_gate, Asm};
+use std::os::fd::{AsRawFd, FromRawFd};
+
 use super::*;
 use crate::memory;
 
-const RAM: u64 = 64 << 20;
+pub(super) const RAM: u64 = 64 << 20;
 const TABLES: u64 = 0x1000;
 const STACK_TOP: u64 = 0x9000;
-const CODE: u64 = 0x10000;
+pub(super) const CODE: u64 = 0x10000;
 const IDT: u64 = 0x20000;
 const IDTR: u64 = 0x21000;
-const DATA: u64 = 0x30000;
+pub(super) const DATA: u64 = 0x30000;
 const STATUS: u16 = 0x500;
 const MMIO: u64 = 0xd000_0000;
-const HANG: Duration = Duration::from_secs(20);
+pub(super) const HANG: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Event {
+pub(super) enum Event {
     Read(u64, usize),
     Write(u64, Vec<u8>),
     Out(u16, Vec<u8>),
@@ -57,12 +59,12 @@ impl ExitHandler for Recorder {
     }
 }
 
-fn log() -> slog::Logger {
+pub(super) fn log() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
 /// Guest RAM and a long-mode machine with `code` at CODE, or `None` (skipped).
-fn machine(code: &Asm) -> Option<(memory::GuestMem, KvmMachine)> {
+pub(super) fn machine(code: &Asm) -> Option<(memory::GuestMem, KvmMachine)> {
     if let Err(e) = available() {
         println!("skipped: {e}");
         return None;
@@ -79,7 +81,7 @@ fn machine(code: &Asm) -> Option<(memory::GuestMem, KvmMachine)> {
     Some((mem, m))
 }
 
-fn spawn(m: &mut KvmMachine) -> (VcpuHandle, Receiver<Event>) {
+pub(super) fn spawn(m: &mut KvmMachine) -> (VcpuHandle, Receiver<Event>) {
     let (tx, rx) = channel();
     let h = m
         .spawn(Box::new(Recorder {
@@ -90,19 +92,19 @@ fn spawn(m: &mut KvmMachine) -> (VcpuHandle, Receiver<Event>) {
     (h, rx)
 }
 
-fn read_u64(mem: &memory::GuestMem, gpa: u64) -> u64 {
+pub(super) fn read_u64(mem: &memory::GuestMem, gpa: u64) -> u64 {
     let mut b = [0u8; 8];
     memory::read(mem, gpa, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
-fn next(rx: &Receiver<Event>) -> Event {
+pub(super) fn next(rx: &Receiver<Event>) -> Event {
     rx.recv_timeout(HANG)
         .expect("the guest made no exit in time")
 }
 
 /// Wait (hang guard only) until `f` holds.
-fn wait_until(what: &str, f: impl Fn() -> bool) {
+pub(super) fn wait_until(what: &str, f: impl Fn() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < HANG, "timed out waiting for {what}");
@@ -219,9 +221,11 @@ fn pause_kicks_a_halted_guest() {
     h.stop().unwrap();
 }
 
-#[test]
-fn msi_wakes_a_halted_guest_into_its_handler() {
-    const VECTOR: u32 = 0x41;
+const VECTOR: u32 = 0x41;
+
+/// A guest that enables its LAPIC, says ready (`out 0x501`) and halts with interrupts on;
+/// its vector-0x41 handler writes 0xdeadbeef at DATA, EOIs and reports on the status port.
+fn interrupt_guest() -> Option<(memory::GuestMem, KvmMachine)> {
     const HANDLER: u64 = CODE + 0x800;
     let mut a = Asm::default();
     a.lidt(IDTR as u32)
@@ -239,16 +243,21 @@ fn msi_wakes_a_halted_guest_into_its_handler() {
         .store_imm32_at_rbx(0xb0, 0) // EOI
         .out32(STATUS, 1)
         .iretq();
-    let Some((mem, mut m)) = machine(&a) else {
-        return;
-    };
+    let (mem, m) = machine(&a)?;
     memory::write(&mem, HANDLER, &handler.0).unwrap();
     memory::write(&mem, IDT + 16 * u64::from(VECTOR), &idt_gate(HANDLER)).unwrap();
     let mut idtr = [0u8; 10];
     idtr[0..2].copy_from_slice(&(256u16 * 16 - 1).to_le_bytes());
     idtr[2..10].copy_from_slice(&IDT.to_le_bytes());
     memory::write(&mem, IDTR, &idtr).unwrap();
+    Some((mem, m))
+}
 
+#[test]
+fn msi_wakes_a_halted_guest_into_its_handler() {
+    let Some((mem, mut m)) = interrupt_guest() else {
+        return;
+    };
     let (h, rx) = spawn(&mut m);
     assert_eq!(next(&rx), Event::Out(0x501, vec![0, 0, 0, 0]));
     assert_eq!(read_u64(&mem, DATA), 0);
@@ -264,4 +273,46 @@ fn msi_wakes_a_halted_guest_into_its_handler() {
     h.wait_paused(HANG).unwrap();
     assert_eq!(read_u64(&mem, DATA), 0xdead_beef);
     h.stop().unwrap();
+}
+
+#[test]
+fn irqfd_on_an_msi_route_interrupts_the_guest() {
+    let Some((mem, mut m)) = interrupt_guest() else {
+        return;
+    };
+    // SAFETY: eventfd creates a new descriptor that this test owns and closes below.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(efd >= 0);
+    // SAFETY: `efd` is a fresh descriptor nobody else owns.
+    let efd = unsafe { std::os::fd::OwnedFd::from_raw_fd(efd) };
+    m.set_msi_route(24, 0xfee0_0000, VECTOR).unwrap();
+    m.register_irqfd(&efd, 24).unwrap();
+    let (h, rx) = spawn(&mut m);
+    assert_eq!(next(&rx), Event::Out(0x501, vec![0, 0, 0, 0]));
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: an 8-byte write from a live buffer to an eventfd this test owns.
+    let n = unsafe { libc::write(efd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    assert_eq!(n, 8);
+    assert_eq!(next(&rx), Event::Out(STATUS, vec![1, 0, 0, 0]));
+    h.wait_paused(HANG).unwrap();
+    assert_eq!(read_u64(&mem, DATA), 0xdead_beef, "the handler ran");
+    m.unregister_irqfd(&efd, 24).unwrap();
+    m.remove_msi_route(24).unwrap();
+    h.stop().unwrap();
+}
+
+#[test]
+fn a_triple_fault_ends_the_thread_with_an_error() {
+    let mut a = Asm::default();
+    a.ud2(); // no IDT: #UD, then #DF, then shutdown
+    let Some((_mem, mut m)) = machine(&a) else {
+        return;
+    };
+    let (h, _rx) = spawn(&mut m);
+    let e = h.wait_paused(HANG).unwrap_err();
+    assert!(matches!(e, KvmError::VcpuEnded { .. }), "{e}");
+    assert!(h.ended().is_some_and(|r| r.contains("Shutdown")), "{e}");
+    assert!(matches!(h.pause(HANG), Err(KvmError::VcpuEnded { .. })));
+    let e = h.stop().unwrap_err();
+    assert!(matches!(e, KvmError::UnexpectedExit { .. }), "{e}");
 }
