@@ -2,7 +2,7 @@
 //!
 //! KVM logs the guest's own writes (and the accessed/dirty bits its page walker sets); it
 //! does not see what the VMM writes through its mapping (that is vm-memory's bitmap,
-//! [`memory::harvest_dirty`](crate::memory::harvest_dirty)) nor device DMA (the device's
+//! [`memory::harvest_dirty`]) nor device DMA (the device's
 //! log). A migration source merges all three.
 
 use mdev_core::DirtyBitmap;

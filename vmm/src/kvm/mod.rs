@@ -2,7 +2,7 @@
 //!
 //! It knows nothing of the vGPU. A [`KvmMachine`] is a KVM VM with an in-kernel irqchip
 //! (the LAPIC at `0xfee0_0000` is emulated by the kernel), every region of a
-//! [`GuestMem`](crate::memory::GuestMem) registered as a memory slot with dirty logging (the
+//! [`GuestMem`] registered as a memory slot with dirty logging (the
 //! guest and the VMM share the very same host pages), and one vCPU (id 0) with the host's
 //! supported CPUID. Guest-physical addresses outside guest RAM are backed by no slot, so the
 //! guest's accesses there exit as MMIO and reach an [`ExitHandler`], as do port I/O exits.
