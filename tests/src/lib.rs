@@ -1,8 +1,9 @@
 //! Shared helpers for the end-to-end tests in `tests/`.
 
 use slog::{o, Discard, Logger};
+use vgpu_platform::VgpuVm;
 use vgpu_sim::workload::Params;
-use vmm::{StopAt, Vm, VmConfig};
+use vmm::{StopAt, Vm};
 
 /// A logger that drops everything.
 pub fn quiet() -> Logger {
@@ -34,7 +35,7 @@ pub const SMALL_ARGS: [&str; 8] = [
 
 /// A booted VM of `mdev_type` with the small workload.
 pub fn booted(mdev_type: &str, frames: u64, seed: u64, sink_base: u32) -> Vm {
-    let mut cfg = VmConfig::new(mdev_type, quiet());
+    let mut cfg = vgpu_platform::vm_config(mdev_type, quiet());
     cfg.ram_size = 64 << 20;
     cfg.irq_sink_base = sink_base;
     let mut vm = Vm::new(&cfg).expect("create VM");

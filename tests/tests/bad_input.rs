@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
+use vgpu_platform::VgpuVm;
 
 use pci_config_replay::ConfigSpaceState;
 use state_region::format;
@@ -132,7 +133,7 @@ fn flipped(data: &[u8], pos: usize, mask: u8) -> Flipped<'_> {
 /// Restore must fail with an error (not succeed, not panic); the message.
 fn restore_err(input: impl Read, what: &str) -> String {
     let res = catch_unwind(AssertUnwindSafe(|| {
-        vmm::snapshot::restore(input, &quiet(), Default::default(), 300)
+        vgpu_platform::restore(input, &quiet(), Default::default(), 300)
     }));
     match res {
         Ok(Ok(_)) => panic!("{what}: the damaged snapshot was accepted"),
@@ -179,7 +180,7 @@ fn encode(h: &Header, recs: &[Record]) -> Vec<u8> {
 fn the_undamaged_snapshot_restores_and_finishes_like_the_reference() {
     // The control for everything below: the fixture and the readers are sound.
     let f = fixture();
-    let mut vm = vmm::snapshot::restore(&f.stream[..], &quiet(), Default::default(), 300).unwrap();
+    let mut vm = vgpu_platform::restore(&f.stream[..], &quiet(), Default::default(), 300).unwrap();
     assert_eq!(vm.completed_frames(), SAVED_FRAMES);
     vm.run(StopAt::Done).unwrap();
     assert_eq!(

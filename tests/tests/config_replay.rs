@@ -10,6 +10,7 @@
 
 use std::net::TcpListener;
 use std::thread::JoinHandle;
+use vgpu_platform::VgpuVm;
 
 use pci_config_replay::{ConfigSpaceState, HostRegion, InterruptKind};
 use vgpu_migrate_tests::{outcome, quiet, reference, small_params, Outcome};
@@ -17,7 +18,7 @@ use vgpu_sim::regs::{BAR0_SIZE, ID_VALUE, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, RE
 use vgpu_sim::workload::layout::{
     BAR0_GPA, BAR2_GPA, ECAM_GPA, MSI_ADDRESS, MSI_VECTOR, STATE_GPA,
 };
-use vgpu_sim::workload::{self, GuestBus, StepOutcome};
+use vgpu_sim::workload::{self, GuestBus};
 use vgpu_sim::DirtyTracking;
 use vmm::bus::Target;
 use vmm::migration::{self, Protocol, SourceOptions, TargetOptions};
@@ -74,7 +75,7 @@ const fn default_host(sinks: u32) -> Host {
 }
 
 fn config(host: Host) -> VmConfig {
-    let mut cfg = VmConfig::new("vgpu-64", quiet());
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
     cfg.irq_sink_base = host.sinks;
     cfg.bar_region_offset = host.regions;
@@ -106,7 +107,7 @@ fn spawn_target(host: Host) -> (String, JoinHandle<Result<Vm, String>>) {
             bar_region_offset: host.regions,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: host.sinks,
-            dirty_tracking: DirtyTracking::ShadowPt,
+            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
             fail_at: None,
             log: quiet(),
         };
@@ -143,7 +144,7 @@ fn first_hop_live(frames: u64, sinks: u32, protocol: Protocol) -> Vm {
         regions: 0x7_0000_0000,
     };
     let mut b = migrate_live(&mut a, host, protocol);
-    assert_rebuilt(&a, &b, host);
+    assert_rebuilt(&mut a, &mut b, host);
     assert_eq!(b.completed_frames(), frames);
     b.set_frame_limit(FRAMES).unwrap();
     b
@@ -152,14 +153,11 @@ fn first_hop_live(frames: u64, sinks: u32, protocol: Protocol) -> Vm {
 /// Checks what the target rebuilt against what the source had at save time: identical
 /// config state (bytes, MSI-X table, PBA), the same guest BAR addresses on the target's
 /// regions, the same guest MSI-X programming on the target's sinks.
-fn assert_rebuilt(src: &Vm, dst: &Vm, dst_host: Host) {
-    let (s, d) = (src.device_ref().config(), dst.device_ref().config());
-    assert_eq!(d.bytes()[..], s.bytes()[..], "config bytes");
-    assert_eq!(
-        d.state(),
-        s.state(),
-        "config state (bytes, MSI-X table, PBA)"
-    );
+fn assert_rebuilt(src: &mut Vm, dst: &mut Vm, dst_host: Host) {
+    let s = vgpu_platform::device_config_state(src).unwrap();
+    let d = vgpu_platform::device_config_state(dst).unwrap();
+    assert_eq!(d.config[..], s.config[..], "config bytes");
+    assert_eq!(d, s, "config state (bytes, MSI-X table, PBA)");
 
     assert_eq!(src.bars().len(), 2, "source decodes BAR0 and BAR2");
     assert_eq!(dst.bars().len(), src.bars().len());
@@ -220,11 +218,12 @@ fn snapshot_restore_rebuilds_bars_and_routes_on_other_host_resources() {
 
     for host in [HOST_B, default_host(300)] {
         let mut dst = if host.regions == 0 {
-            snapshot::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, host.sinks).unwrap()
+            vgpu_platform::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, host.sinks)
+                .unwrap()
         } else {
             restore_with(&snap, host).unwrap()
         };
-        assert_rebuilt(&src, &dst, host);
+        assert_rebuilt(&mut src, &mut dst, host);
         assert_boot_layout(&dst);
         dst.run(StopAt::Done).unwrap();
         assert_eq!(outcome(&mut dst, FRAMES), want, "target {host:?}");
@@ -239,7 +238,7 @@ fn live_migration_rebuilds_bars_and_routes_on_other_host_resources() {
         src.run(StopAt::Frame(2)).unwrap();
         let mut dst = migrate_live(&mut src, default_host(4000), protocol);
         // The source stopped at switchover: its config is what it was at save time.
-        assert_rebuilt(&src, &dst, default_host(4000));
+        assert_rebuilt(&mut src, &mut dst, default_host(4000));
         assert_boot_layout(&dst);
         dst.run(StopAt::Done).unwrap();
         assert_eq!(outcome(&mut dst, FRAMES), want, "{protocol:?}");
@@ -330,7 +329,7 @@ fn a_guest_that_moves_its_bars_between_two_migrations() {
     b.run(StopAt::Command(c)).unwrap();
     let snap = save(&mut b);
     let mut c = restore_with(&snap, HOST_C).unwrap();
-    assert_rebuilt(&b, &c, HOST_C);
+    assert_rebuilt(&mut b, &mut c, HOST_C);
     let bars: Vec<_> = c
         .bars()
         .iter()
@@ -340,7 +339,13 @@ fn a_guest_that_moves_its_bars_between_two_migrations() {
     // The old addresses are unbacked on C; the new ones reach the device.
     for old in [BAR0_GPA, BAR2_GPA] {
         assert_eq!(
-            vmm::bus::decode(c.memory(), c.bars(), old, 4),
+            vmm::bus::decode(
+                c.memory(),
+                vgpu_sim::workload::layout::ECAM_GPA,
+                c.bars(),
+                old,
+                4
+            ),
             Target::Unbacked,
             "{old:#x}"
         );
@@ -348,7 +353,13 @@ fn a_guest_that_moves_its_bars_between_two_migrations() {
     assert_eq!(read32(&mut c, BAR0_GPA + u64::from(REG_ID)), u32::MAX);
     assert_eq!(read32(&mut c, NEW_BAR0 + u64::from(REG_ID)), ID_VALUE);
     assert_eq!(
-        vmm::bus::decode(c.memory(), c.bars(), NEW_BAR2, 8),
+        vmm::bus::decode(
+            c.memory(),
+            vgpu_sim::workload::layout::ECAM_GPA,
+            c.bars(),
+            NEW_BAR2,
+            8
+        ),
         Target::Region(2, HOST_C.regions)
     );
     c.run(StopAt::Done).unwrap();
@@ -374,11 +385,11 @@ fn irr_has(vm: &mut Vm, vector: u32) -> bool {
 /// vector moves the handler with it; this loop is that IDT entry: when NEW_VECTOR is
 /// pending it takes it from the vCPU's IRR and runs the driver's handler, as the vCPU runs
 /// it for 0x41. The device's interrupts must arrive at NEW_VECTOR and never at 0x41.
-fn run_on_new_vector(vm: &mut Vm, mut stop: impl FnMut(&mut Vm, StepOutcome) -> bool) -> u32 {
+fn run_on_new_vector(vm: &mut Vm, mut stop: impl FnMut(&mut Vm, vmm::GuestStep) -> bool) -> u32 {
     let mut delivered = 0;
     // Signals queued at restore (the device's re-arm) reach the IRR before a step.
     vm.step_device(0);
-    let mut last = StepOutcome::Progress;
+    let mut last = vmm::GuestStep::Progress;
     for _ in 0..200_000 {
         assert!(
             !irr_has(vm, MSI_VECTOR),
@@ -427,7 +438,7 @@ fn a_guest_that_reprograms_msix_between_two_migrations() {
     // B -> C by snapshot (a pending NEW_VECTOR, if any, travels in the vCPU's IRR).
     let snap = save(&mut b);
     let mut c = restore_with(&snap, HOST_C).unwrap();
-    assert_rebuilt(&b, &c, HOST_C);
+    assert_rebuilt(&mut b, &mut c, HOST_C);
     let r = c.routes()[0];
     assert_eq!(
         (r.kind, r.vector, r.address, r.data, r.masked, r.sink),
@@ -441,7 +452,7 @@ fn a_guest_that_reprograms_msix_between_two_migrations() {
         )
     );
     let on_c = run_on_new_vector(&mut c, |vm, out| {
-        out == StepOutcome::Done && !vm.vcpu().has_pending()
+        out == vmm::GuestStep::Done && !vm.vcpu().has_pending()
     });
     assert!(
         on_c > 0,
@@ -483,14 +494,14 @@ fn mismatched_read_only_bits_and_bar_sizes_are_refused() {
     let mut src = booted_on(HOST_A);
     src.run(StopAt::Frame(1)).unwrap();
     let snap = save(&mut src);
-    let restore = |s: &[u8]| snapshot::restore(s, &quiet(), DirtyTracking::ShadowPt, 300);
+    let restore = |s: &[u8]| vgpu_platform::restore(s, &quiet(), DirtyTracking::ShadowPt, 300);
 
     // Control: the re-encoding itself is faithful.
     let same = tampered(&snap, |_| {});
     let mut ok = restore(&same).expect("an untampered re-encoding restores");
     assert_eq!(
-        ok.device_ref().config().state(),
-        src.device_ref().config().state()
+        vgpu_platform::device_config_state(&mut ok),
+        vgpu_platform::device_config_state(&mut src)
     );
     ok.run(StopAt::Done).unwrap();
     assert_eq!(outcome(&mut ok, FRAMES), reference("vgpu-64", FRAMES, SEED));
@@ -533,7 +544,13 @@ fn host_side_accesses_follow_the_guest_bar_map() {
         u32::from(vgpu_sim::types::DEVICE_ID)
     );
     assert_eq!(
-        vmm::bus::decode(vm.memory(), vm.bars(), BAR0_GPA + 0x10, 4),
+        vmm::bus::decode(
+            vm.memory(),
+            vgpu_sim::workload::layout::ECAM_GPA,
+            vm.bars(),
+            BAR0_GPA + 0x10,
+            4
+        ),
         Target::Region(0, HOST_B.regions + 0x10)
     );
 }

@@ -8,6 +8,7 @@
 
 use std::net::TcpListener;
 use std::thread::JoinHandle;
+use vgpu_platform::VgpuVm;
 
 use vgpu_migrate_tests::{outcome, quiet, reference, small_params};
 use vgpu_sim::regs::{MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET, REG_IIR};
@@ -17,7 +18,7 @@ use vmm::migration::source::SwitchoverAt;
 use vmm::migration::{self, Protocol, SourceOptions, TargetOptions};
 use vmm::snapshot;
 use vmm::vcpu::Vcpu;
-use vmm::{StopAt, Vm, VmConfig};
+use vmm::{StopAt, Vm};
 
 const FRAMES: u64 = 6;
 const SEED: u64 = 57;
@@ -33,7 +34,7 @@ const MAX_FRAMES: u64 = 10_000;
 const DRIVER_FRAME: u64 = STATE_GPA + 16;
 
 fn booted(frames: u64) -> Vm {
-    let mut cfg = VmConfig::new("vgpu-64", quiet());
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
     cfg.irq_sink_base = SOURCE_SINKS;
     let mut vm = Vm::new(&cfg).expect("create VM");
@@ -44,7 +45,7 @@ fn booted(frames: u64) -> Vm {
 fn via_snapshot(src: &mut Vm, sinks: u32) -> Vm {
     let mut snap = Vec::new();
     snapshot::save(src, &mut snap).expect("snapshot");
-    snapshot::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, sinks).expect("restore")
+    vgpu_platform::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, sinks).expect("restore")
 }
 
 fn spawn_target() -> (String, JoinHandle<Result<Vm, String>>) {
@@ -55,7 +56,7 @@ fn spawn_target() -> (String, JoinHandle<Result<Vm, String>>) {
             bar_region_offset: 0x2_0000,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: LIVE_SINKS,
-            dirty_tracking: DirtyTracking::ShadowPt,
+            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
             fail_at: None,
             log: quiet(),
         };
@@ -143,14 +144,15 @@ fn interrupt_raised_just_before_a_snapshot_is_handled_on_the_target() {
     snapshot::save(&mut src, &mut snap).unwrap();
 
     let mut dst =
-        snapshot::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, SNAPSHOT_SINKS).unwrap();
+        vgpu_platform::restore(&snap[..], &quiet(), DirtyTracking::ShadowPt, SNAPSHOT_SINKS)
+            .unwrap();
     assert_eq!(dst.routes()[0].sink, SNAPSHOT_SINKS);
     handle_and_finish(&mut dst);
 
     // The vCPU's IRR carried the vector above. Without it (a VMM that lost it), the device
     // re-arms on resume because IIR & IER is still set, and that signal reaches the vCPU
     // only through the target's rebuilt route (another sink id than the source's).
-    let mut dst = snapshot::restore(
+    let mut dst = vgpu_platform::restore(
         &snap[..],
         &quiet(),
         DirtyTracking::ShadowPt,
@@ -245,8 +247,8 @@ fn masked_vector_stays_pending_across_a_snapshot_until_unmasked() {
     let mut src = masked_with_pba_set(FRAMES);
     let mut dst = via_snapshot(&mut src, SNAPSHOT_SINKS);
     assert_eq!(
-        dst.device_ref().config().state(),
-        src.device_ref().config().state(),
+        vgpu_platform::device_config_state(&mut dst),
+        vgpu_platform::device_config_state(&mut src),
         "PBA and mask replayed as saved"
     );
     pending_until_unmasked(&mut dst, SNAPSHOT_SINKS);

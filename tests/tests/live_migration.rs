@@ -4,6 +4,7 @@
 
 use std::net::TcpListener;
 use std::thread::JoinHandle;
+use vgpu_platform::VgpuVm;
 
 use vgpu_migrate_tests::{booted, outcome, quiet, reference, Outcome};
 use vgpu_sim::DirtyTracking;
@@ -24,7 +25,7 @@ fn spawn_target(fail_at: Option<FailPoint>) -> (String, JoinHandle<TargetResult>
             bar_region_offset: 0x1_0000,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: 4000,
-            dirty_tracking: DirtyTracking::ShadowPt,
+            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
             fail_at,
             log: quiet(),
         };
@@ -76,9 +77,9 @@ fn submitted(vm: &mut Vm) -> u64 {
 }
 
 fn booted_with(tracking: DirtyTracking) -> Vm {
-    let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
-    cfg.dirty_tracking = tracking;
+    cfg.factory = vgpu_platform::factory(tracking);
     let mut vm = Vm::new(&cfg).unwrap();
     vm.boot(&vgpu_migrate_tests::small_params(FRAMES, SEED))
         .unwrap();
@@ -138,7 +139,7 @@ fn idle_device_migrates_and_target_goes_on() {
     // Migrate after the workload finished (device idle); the target raises the limit.
     let want = reference("vgpu-64", FRAMES, SEED);
     let (url, target) = spawn_target(None);
-    let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
     let mut src = Vm::new(&cfg).unwrap();
     src.boot(&vgpu_migrate_tests::small_params(5, SEED))
@@ -241,7 +242,7 @@ fn incompatible_target_is_refused_before_any_data() {
             bar_region_offset: 0x1_0000,
             mdev_type: "vgpu-512".into(),
             irq_sink_base: 4000,
-            dirty_tracking: DirtyTracking::ShadowPt,
+            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
             fail_at: None,
             log: quiet(),
         };
@@ -300,7 +301,7 @@ fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
     };
     let run = |o: SourceOptions| {
         let (url, target) = spawn_target(None);
-        let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+        let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
         cfg.ram_size = 64 << 20;
         let mut src = Vm::new(&cfg).unwrap();
         src.boot(&params).unwrap();
@@ -322,7 +323,12 @@ fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
     assert!(rep.throttle_pct > 0, "the engine was throttled");
     assert!(rep.rounds.len() > 2);
     let mut dst = t.unwrap();
-    assert_eq!(dst.device().throttle(), 0, "the target runs at full speed");
+    let dev = vgpu_platform::vgpu_of(&mut dst).unwrap();
+    assert_eq!(
+        dev.lock().unwrap().throttle(),
+        0,
+        "the target runs at full speed"
+    );
     let frames = submitted(&mut dst) + 1;
     dst.set_frame_limit(frames).unwrap();
     dst.run(StopAt::Done).unwrap();
@@ -332,7 +338,7 @@ fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
 }
 
 fn booted_like(params: &vgpu_sim::workload::Params, frames: u64) -> Vm {
-    let mut cfg = vmm::VmConfig::new("vgpu-64", quiet());
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
     cfg.ram_size = 64 << 20;
     let mut vm = Vm::new(&cfg).unwrap();
     vm.boot(&vgpu_sim::workload::Params {

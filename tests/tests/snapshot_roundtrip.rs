@@ -18,7 +18,7 @@ fn dump_and_restore(frames: u64, k: u64, extra_cmds: u64, seed: u64) {
     vmm::snapshot::save(&mut src, &mut snap).unwrap();
     drop(src);
 
-    let mut dst = vmm::snapshot::restore(&snap[..], &quiet(), Default::default(), 300).unwrap();
+    let mut dst = vgpu_platform::restore(&snap[..], &quiet(), Default::default(), 300).unwrap();
     dst.run(StopAt::Done).unwrap();
     let got = outcome(&mut dst, frames);
     assert_eq!(

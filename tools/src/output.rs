@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
+use vgpu_platform::VgpuVm;
 
 use serde::Serialize;
 use snafu::{ResultExt, Snafu};

@@ -1,8 +1,9 @@
 //! Verification: does a run equal a run that never migrated?
 
 use slog::Logger;
+use vgpu_platform::VgpuVm;
 use vgpu_sim::workload::Params;
-use vmm::{StopAt, Vm, VmConfig};
+use vmm::{StopAt, Vm};
 
 /// Everything a finished run shows the guest: checksum log and final memory digests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub fn reference(
     frames: u64,
     log: &Logger,
 ) -> vmm::Result<Fingerprint> {
-    let mut cfg = VmConfig::new(mdev_type, log.clone());
+    let mut cfg = vgpu_platform::vm_config(mdev_type, log.clone());
     cfg.ram_size = ram_size;
     let mut vm = Vm::new(&cfg)?;
     vm.boot(&Params {

@@ -22,6 +22,6 @@ pub mod types;
 /// also build for the freestanding guest image); re-exported here under their old paths.
 pub use vgpu_guest::{cmd, regs, workload};
 
-pub use device::{Vgpu, VgpuConfig, VgpuError, VgpuState};
+pub use device::{SharedVgpu, Vgpu, VgpuConfig, VgpuError, VgpuState};
 pub use shadow_pt::DirtyTracking;
 pub use types::{VgpuParent, VgpuType, VGPU_512, VGPU_64, VGPU_TYPES};

@@ -1,13 +1,13 @@
 //! The guest-physical bus: routes each vCPU access to guest RAM, a BAR, or the ECAM window.
 
 use mdev_core::VfioDevice;
-use pci_config_replay::{BarMapping, HostResources, InterruptRoute};
+use pci_config_replay::BarMapping;
 use slog::{warn, Logger};
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
-use vgpu_sim::workload::layout::ECAM_GPA;
-use vgpu_sim::workload::GuestBus;
 
 use crate::memory::{self, GuestMem};
+use crate::pci::PciFace;
+use crate::platform::GuestBus;
 use crate::ratelimit::RateLimit;
 
 /// Size of the ECAM window of our single function.
@@ -24,14 +24,14 @@ pub enum Target {
     Unbacked,
 }
 
-/// Find what backs `gpa..gpa+len` given the current BAR map.
-pub fn decode(mem: &GuestMem, bars: &[BarMapping], gpa: u64, len: usize) -> Target {
+/// Find what backs `gpa..gpa+len` given the ECAM window and the current BAR map.
+pub fn decode(mem: &GuestMem, ecam_gpa: u64, bars: &[BarMapping], gpa: u64, len: usize) -> Target {
     let end = gpa.saturating_add(len as u64);
     if end <= memory::size(mem) {
         return Target::Ram;
     }
-    if gpa >= ECAM_GPA && end <= ECAM_GPA + ECAM_SIZE {
-        return Target::Region(VFIO_PCI_CONFIG_REGION_INDEX, gpa - ECAM_GPA);
+    if gpa >= ecam_gpa && end <= ecam_gpa + ECAM_SIZE {
+        return Target::Region(VFIO_PCI_CONFIG_REGION_INDEX, gpa - ecam_gpa);
     }
     for b in bars {
         if gpa >= b.guest_addr && end <= b.guest_addr.saturating_add(b.size) {
@@ -41,62 +41,41 @@ pub fn decode(mem: &GuestMem, bars: &[BarMapping], gpa: u64, len: usize) -> Targ
     Target::Unbacked
 }
 
-/// How the VMM learns the BAR map and routes from a device's config space.
-pub trait ConfigView {
-    /// The BARs that decode now, on `host`'s regions.
-    fn bar_map(&self, host: &HostResources) -> Option<Vec<BarMapping>>;
-    /// The enabled message vectors, on `host`'s sinks.
-    fn routes(&self, host: &HostResources) -> Option<Vec<InterruptRoute>>;
-}
-
-impl ConfigView for vgpu_sim::Vgpu {
-    fn bar_map(&self, host: &HostResources) -> Option<Vec<BarMapping>> {
-        self.config().bar_map(host).ok()
-    }
-    fn routes(&self, host: &HostResources) -> Option<Vec<InterruptRoute>> {
-        self.config().interrupt_routes(host).ok()
-    }
-}
-
-/// A vCPU's view of the machine for one step.
-pub struct VmBus<'a, D: VfioDevice + ConfigView> {
+/// A vCPU's view of the machine for one access.
+pub struct VmBus<'a> {
     /// Guest RAM.
     pub mem: &'a GuestMem,
     /// The device.
-    pub dev: &'a mut D,
-    /// Current BAR map, rebuilt whenever a write changes the config.
-    pub bars: &'a mut Vec<BarMapping>,
-    /// Current interrupt routes, rebuilt likewise.
-    pub routes: &'a mut Vec<InterruptRoute>,
-    /// This host's resources.
-    pub host: &'a HostResources,
+    pub dev: &'a mut dyn VfioDevice,
+    /// The VMM's view of its PCI face (BAR map and routes), refreshed after writes that
+    /// may change it.
+    pub face: &'a mut PciFace,
+    /// The ECAM window.
+    pub ecam_gpa: u64,
     /// Logger.
     pub log: &'a Logger,
     /// Rate limit for warnings about bad guest accesses.
     pub warn_limit: &'a mut RateLimit,
 }
 
-impl<D: VfioDevice + ConfigView> VmBus<'_, D> {
-    /// After a write that may have changed the PCI face (config space or the MSI-X
-    /// table): the device's side effects are its own; the VMM rebuilds the BAR map and
-    /// routes from the config space.
+impl VmBus<'_> {
+    /// After a write to the config space or the MSI-X table: the device's side effects are
+    /// its own; the VMM re-reads its BAR map and routes through the regions.
     fn refresh(&mut self) {
-        if let Some(b) = self.dev.bar_map(self.host) {
-            *self.bars = b;
-        }
-        if let Some(r) = self.dev.routes(self.host) {
-            *self.routes = r;
+        if let Err(e) = self.face.refresh(self.dev) {
+            if self.warn_limit.allow() {
+                warn!(self.log, "cannot re-read the device's PCI face"; "error" => %e);
+            }
         }
     }
-}
 
-impl<D: VfioDevice + ConfigView> VmBus<'_, D> {
     /// The device's own offset in region `index` for offset `off` in this host's region
     /// (see [`decode`]): the region's `HostRegion::offset` taken off. Regions that back no
     /// BAR (the config space) are addressed directly. `None` below the region's start.
     fn device_offset(&self, index: u32, off: u64) -> Option<u64> {
         match self
-            .host
+            .face
+            .host()
             .bar_regions
             .iter()
             .flatten()
@@ -117,15 +96,17 @@ impl<D: VfioDevice + ConfigView> VmBus<'_, D> {
     }
 }
 
-impl<D: VfioDevice + ConfigView> std::fmt::Debug for VmBus<'_, D> {
+impl std::fmt::Debug for VmBus<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmBus").field("bars", &self.bars).finish()
+        f.debug_struct("VmBus")
+            .field("bars", &self.face.bars())
+            .finish()
     }
 }
 
-impl<D: VfioDevice + ConfigView> GuestBus for VmBus<'_, D> {
+impl GuestBus for VmBus<'_> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) {
-        match decode(self.mem, self.bars, gpa, buf.len()) {
+        match decode(self.mem, self.ecam_gpa, self.face.bars(), gpa, buf.len()) {
             Target::Ram => {
                 if memory::read(self.mem, gpa, buf).is_err() {
                     buf.fill(0xff);
@@ -154,7 +135,7 @@ impl<D: VfioDevice + ConfigView> GuestBus for VmBus<'_, D> {
     }
 
     fn write(&mut self, gpa: u64, buf: &[u8]) {
-        match decode(self.mem, self.bars, gpa, buf.len()) {
+        match decode(self.mem, self.ecam_gpa, self.face.bars(), gpa, buf.len()) {
             Target::Ram => {
                 let _ = memory::write(self.mem, gpa, buf);
             }
@@ -164,7 +145,11 @@ impl<D: VfioDevice + ConfigView> GuestBus for VmBus<'_, D> {
                     return;
                 };
                 match self.dev.region_write(index, off, buf) {
-                    Ok(()) => self.refresh(),
+                    Ok(()) => {
+                        if index == VFIO_PCI_CONFIG_REGION_INDEX || self.face.is_msix(index, off) {
+                            self.refresh();
+                        }
+                    }
                     Err(e) => {
                         if self.warn_limit.allow() {
                             warn!(self.log, "guest write failed"; "gpa" => format!("{gpa:#x}"), "error" => %e);

@@ -49,11 +49,17 @@ pub enum VmmError {
         /// The device's answer.
         source: mdev_core::MigrationError,
     },
-    /// The workload parameters are invalid.
+    /// The guest program's parameters are invalid (the composer's check).
     #[snafu(display("{source}"))]
     Workload {
         /// The cause.
-        source: vgpu_sim::workload::DriverError,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The VMM's view of the device's PCI face failed.
+    #[snafu(display("{source}"))]
+    Pci {
+        /// The cause.
+        source: crate::pci::PciError,
     },
     /// The guest driver stopped making progress.
     #[snafu(display("the workload stalled at frame {frame}: {why}"))]

@@ -1,8 +1,11 @@
 //! The host side: what QEMU does for a VFIO mdev in a real system.
 //!
 //! * [`memory`]: guest RAM (vm-memory with an `AtomicBitmap`: the CPU dirty log);
-//! * [`vcpu`]: a simulated vCPU that runs the workload's guest driver;
-//! * [`bus`]: guest-physical dispatch to RAM, the vGPU's BARs and its ECAM config window;
+//! * [`platform`]: what a composer plugs in: the device, the guest program, the layout
+//!   ([`platform::VmFactory`]); nothing in this crate names a vGPU;
+//! * [`vcpu`]: a simulated vCPU that runs a guest program;
+//! * [`pci`]: the VMM's view of the device's PCI face, kept through its config region;
+//! * [`bus`]: guest-physical dispatch to RAM, the device's BARs and its ECAM config window;
 //! * [`irq`]: interrupt delivery from the device through MSI routes to the vCPU;
 //! * [`vm`]: the VM that ties them together, boots the guest and runs it;
 //! * [`kvm`]: a KVM vCPU backend: a guest in guest RAM on a hardware vCPU, its MMIO and port
@@ -21,6 +24,8 @@ pub mod irq;
 pub mod kvm;
 pub mod memory;
 pub mod migration;
+pub mod pci;
+pub mod platform;
 pub mod ratelimit;
 pub mod snapshot;
 pub mod stream;
@@ -28,4 +33,8 @@ pub mod vcpu;
 pub mod vm;
 
 pub use error::{Result, VmmError};
+pub use platform::{
+    GuestBus, GuestProgram, GuestStep, HardwarePosition, MachineParts, PlatformLayout, SimHardware,
+    VmFactory,
+};
 pub use vm::{StopAt, Vm, VmConfig};

@@ -10,14 +10,13 @@
 
 use std::io::{Read, Write};
 
-use pci_config_replay::{ConfigChange, ConfigSpaceState, InterruptKind};
-use slog::{info, Logger};
+use pci_config_replay::ConfigSpaceState;
+use slog::info;
 use snafu::ResultExt;
 use state_region::driver as v1;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
 };
-use vgpu_sim::DirtyTracking;
 
 use crate::error::*;
 use crate::memory::{self, PAGE_SIZE};
@@ -28,7 +27,6 @@ use crate::vm::{Vm, VmConfig};
 
 /// The device-state region's index, found by its type/subtype capability.
 pub fn state_region_index(vm: &Vm) -> Result<u32> {
-    use mdev_core::VfioDevice;
     vm.device_ref()
         .find_region(state_region::MIGRATION_REGION_TYPE)
         .ok_or(VmmError::NoStateRegion)
@@ -97,8 +95,7 @@ pub fn save<W: Write>(vm: &mut Vm, out: W) -> Result<WriteStats> {
     let mut w = StreamWriter::new(out, &header(vm)).context(StreamSnafu)?;
     write_all_ram(vm, &mut w)?;
     save_device_v1(vm, &mut w)?;
-    w.config(&vm.device_ref().config().state().to_bytes())
-        .context(StreamSnafu)?;
+    w.config(&config_bytes(vm)?).context(StreamSnafu)?;
     let vcpu = vm.vcpu().state().to_bytes();
     w.vcpu(&vcpu).context(StreamSnafu)?;
     let (_, stats) = w.finish().context(StreamSnafu)?;
@@ -126,6 +123,12 @@ pub fn save_device_only<W: Write>(vm: &mut Vm, mut out: W) -> Result<u64> {
     Ok(pass.bytes)
 }
 
+/// The guest-visible config state, read through the device's config region and BAR0.
+pub fn config_bytes(vm: &mut Vm) -> Result<Vec<u8>> {
+    let (face, dev) = vm.pci_and_device();
+    Ok(face.read_state(dev).context(PciSnafu)?.to_bytes())
+}
+
 /// Put a source device back to RUNNING after a save (or a failed migration).
 pub fn resume_source(vm: &mut Vm) -> Result<()> {
     let index = state_region_index(vm)?;
@@ -134,22 +137,9 @@ pub fn resume_source(vm: &mut Vm) -> Result<()> {
     })
 }
 
-/// Read a stream into a fresh VM of the stream's mdev type and RAM size; the VM is ready to
-/// run when this returns.
-pub fn restore<R: Read>(
-    input: R,
-    log: &Logger,
-    tracking: DirtyTracking,
-    sink_base: u32,
-) -> Result<Vm> {
-    let mut cfg = VmConfig::new("", log.clone());
-    cfg.dirty_tracking = tracking;
-    cfg.irq_sink_base = sink_base;
-    restore_with(input, &cfg)
-}
-
-/// Like [`restore`], with this host's VM settings (interrupt sinks, BAR region offsets,
-/// tracking); the mdev type and RAM size come from the stream.
+/// Read a stream into a fresh VM built from `base` (this host's factory, interrupt sinks,
+/// BAR region offsets); the device type and RAM size come from the stream. The VM is
+/// ready to run when this returns.
 pub fn restore_with<R: Read>(input: R, base: &VmConfig) -> Result<Vm> {
     let mut r = StreamReader::new(input, TrailerCheck::Enforce).context(StreamSnafu)?;
     let h = r.header().clone();
@@ -229,45 +219,23 @@ pub fn decode_state(
         reason: e.to_string(),
     })?;
     let vcpu = VcpuState::from_bytes(&vcpu).context(VcpuSnafu)?;
-    pci_config_replay::check_compatible(vm.device_ref().config(), &saved).map_err(|e| {
-        VmmError::Config {
+    vm.pci()
+        .check_compatible(&saved)
+        .map_err(|e| VmmError::Config {
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     Ok((saved, vcpu))
 }
 
-/// Replay the guest's config onto this VM's device (after the device committed) and
-/// install the BAR map and interrupt routes on this host's resources. Vectors that were
-/// pending and are deliverable now fire.
+/// Replay the guest's config onto this VM's device through its config region (after the
+/// device committed) and rebuild the BAR map and interrupt routes on this host's
+/// resources. Vectors that were pending and are deliverable fire as the replay unmasks
+/// them, through the target's rebuilt routes.
 pub fn replay_config(vm: &mut Vm, saved: &ConfigSpaceState) -> Result<()> {
-    let host = vm.host_resources().clone();
-    let result =
-        pci_config_replay::replay(vm.device().config_mut(), saved, &host).map_err(|e| {
-            VmmError::Config {
-                reason: e.to_string(),
-            }
-        })?;
-    vm.install_maps(result.bar_map.clone(), result.interrupt_routes.clone());
-    // Vectors that were pending on the source and are deliverable now fire through the
-    // target's rebuilt routes.
-    let fire: Vec<ConfigChange> = result
-        .fire
-        .iter()
-        .map(|f| match f.kind {
-            InterruptKind::Msi => ConfigChange::MsiFire {
-                address: f.address,
-                data: f.data,
-            },
-            InterruptKind::Msix => ConfigChange::MsixFire {
-                vector: f.vector,
-                address: f.address,
-                data: f.data,
-            },
-        })
-        .collect();
-    vm.device().apply_config_changes(&fire);
-    Ok(())
+    let (face, dev) = vm.pci_and_device();
+    face.replay(dev, saved).map_err(|e| VmmError::Config {
+        reason: e.to_string(),
+    })
 }
 
 /// Restore the vCPU.

@@ -1,11 +1,11 @@
-//! The simulated vCPU: runs the guest driver one step at a time and takes interrupts.
+//! The simulated vCPU: runs a [`GuestProgram`] one step at a time and takes interrupts.
 //!
 //! Its architectural state is small: the interrupt request register (pending vectors, as a
-//! local APIC's IRR). Everything else the driver needs is in guest RAM. A KVM-backed vCPU
-//! would keep the same contract (step, inject, state), behind this one type.
+//! local APIC's IRR). Everything else the program needs is in guest RAM.
 
 use snafu::Snafu;
-use vgpu_sim::workload::{self, GuestBus, StepOutcome};
+
+use crate::platform::{GuestBus, GuestProgram, GuestStep};
 
 /// Errors restoring vCPU state.
 #[derive(Debug, Snafu, Clone, PartialEq, Eq)]
@@ -101,17 +101,18 @@ impl Vcpu {
         self.state.irr.iter().any(|w| *w != 0)
     }
 
-    /// Execute one step: the lowest pending interrupt's handler if any, else one driver step.
-    pub fn step(&mut self, bus: &mut dyn GuestBus) -> StepOutcome {
+    /// Execute one step of `guest`: the lowest pending interrupt's handler if any, else one
+    /// program step.
+    pub fn step(&mut self, bus: &mut dyn GuestBus, guest: &mut dyn GuestProgram) -> GuestStep {
         for (i, w) in self.state.irr.iter_mut().enumerate() {
             if *w != 0 {
                 let bit = w.trailing_zeros();
                 *w &= !(1 << bit);
-                workload::interrupt(bus, (i as u32) * 64 + bit);
-                return StepOutcome::Progress;
+                guest.interrupt(bus, (i as u32) * 64 + bit);
+                return GuestStep::Progress;
             }
         }
-        workload::step(bus)
+        guest.step(bus)
     }
 }
 

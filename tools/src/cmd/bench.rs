@@ -3,8 +3,9 @@
 
 use std::hint::black_box;
 use std::time::Instant;
+use vgpu_platform::VgpuVm;
 
-use mdev_core::{MigState, VfioDevice};
+use mdev_core::MigState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use slog::Logger;
@@ -13,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
 };
 use vgpu_sim::workload::Params;
-use vmm::{StopAt, Vm, VmConfig};
+use vmm::{StopAt, Vm};
 
 use super::{CliError, Result};
 
@@ -35,7 +36,7 @@ fn gbps(bytes: u64, secs: f64) -> f64 {
 }
 
 fn vm_for(mdev_type: &str, log: &Logger) -> Result<Vm> {
-    let mut cfg = VmConfig::new(mdev_type, log.clone());
+    let mut cfg = vgpu_platform::vm_config(mdev_type, log.clone());
     cfg.ram_size = 64 << 20;
     let mut vm = Vm::new(&cfg)?;
     vm.boot(&Params {

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
+use vgpu_platform::VgpuVm;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -12,7 +13,7 @@ use slog::Logger;
 use vgpu_sim::workload::Params;
 use vgpu_sim::DirtyTracking;
 use vmm::migration::{self, Protocol, SourceOptions, SourceReport, TargetOptions};
-use vmm::{StopAt, Vm, VmConfig};
+use vmm::{StopAt, Vm};
 
 use super::{CliError, Result};
 
@@ -20,7 +21,6 @@ use super::{CliError, Result};
 /// framebuffers and textures with pseudo-random data, as a guest that uses its memory
 /// would have (the published figures move all of RAM and graphics memory). Returns bytes.
 fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
-    use mdev_core::VfioDevice;
     use vfio_bindings::bindings::vfio::VFIO_PCI_BAR2_REGION_INDEX;
     use vgpu_sim::workload::layout::{GmemPlan, MIN_GUEST_RAM};
     let mut x = seed | 1;
@@ -82,7 +82,7 @@ fn one(
         bar_region_offset: 0,
         mdev_type: mdev_type.into(),
         irq_sink_base: 900,
-        dirty_tracking: tracking,
+        factory: vgpu_platform::factory(tracking),
         fail_at: None,
         log: log.clone(),
     };
@@ -90,9 +90,9 @@ fn one(
         .name("target".into())
         .spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r))
         .map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let mut cfg = VmConfig::new(mdev_type, log.clone());
+    let mut cfg = vgpu_platform::vm_config(mdev_type, log.clone());
     cfg.ram_size = ram;
-    cfg.dirty_tracking = tracking;
+    cfg.factory = vgpu_platform::factory(tracking);
     let mut vm = Vm::new(&cfg)?;
     vm.boot(params)?;
     if filled {

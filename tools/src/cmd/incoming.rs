@@ -1,6 +1,7 @@
 //! `incoming`: the target of a live migration.
 
 use std::path::Path;
+use vgpu_platform::VgpuVm;
 
 use serde::Serialize;
 use slog::Logger;
@@ -70,7 +71,7 @@ pub fn run(
         bar_region_offset: 0,
         mdev_type: mdev_type.to_string(),
         irq_sink_base: 500,
-        dirty_tracking: parse_tracking(tracking)?,
+        factory: vgpu_platform::factory(parse_tracking(tracking)?),
         fail_at,
         log: log.clone(),
     };

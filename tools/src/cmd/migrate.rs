@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::time::Duration;
+use vgpu_platform::VgpuVm;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;

@@ -14,6 +14,7 @@ mod types;
 
 use slog::Logger;
 use snafu::Snafu;
+use vgpu_platform::VgpuVm;
 
 use crate::cli::{Command, WorkloadArgs};
 
@@ -185,14 +186,14 @@ pub fn boot_with(
     tracking: vgpu_sim::DirtyTracking,
     log: &Logger,
 ) -> Result<vmm::Vm> {
-    let mut cfg = vmm::VmConfig::new(&w.mdev_type, log.clone());
+    let mut cfg = vgpu_platform::vm_config(&w.mdev_type, log.clone());
     cfg.ram_size = w
         .ram_mib
         .checked_mul(1 << 20)
         .ok_or_else(|| CliError::Usage {
             msg: format!("--ram-mib {} is too large", w.ram_mib),
         })?;
-    cfg.dirty_tracking = tracking;
+    cfg.factory = vgpu_platform::factory(tracking);
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&vgpu_sim::workload::Params {
         seed: w.seed,

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
+use vgpu_platform::VgpuVm;
 
 use slog::Logger;
 use snafu::ResultExt;
@@ -17,7 +18,7 @@ pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logge
         path: file,
     })?;
     let mut vm =
-        vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 200).map_err(|e| {
+        vgpu_platform::restore(BufReader::new(f), log, Default::default(), 200).map_err(|e| {
             CliError::BadFile {
                 path: file.to_path_buf(),
                 msg: e.to_string(),

@@ -5,6 +5,7 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
+use vgpu_platform::VgpuVm;
 
 use serde::Serialize;
 use slog::Logger;
@@ -95,7 +96,7 @@ pub fn run(
         what: "cannot open",
         path: &snap,
     })?;
-    let mut dst = vmm::snapshot::restore(BufReader::new(f), log, Default::default(), 700)?;
+    let mut dst = vgpu_platform::restore(BufReader::new(f), log, Default::default(), 700)?;
     let restore_ms = t.elapsed().as_secs_f64() * 1e3;
     let next = dst.completed_frames() + 1;
     dst.run(StopAt::Frame(next))?;

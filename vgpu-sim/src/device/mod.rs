@@ -25,6 +25,7 @@ mod irq;
 pub mod migration;
 mod mmio;
 pub mod regfile;
+pub mod shared;
 mod throttle;
 mod vfio;
 mod warn;
@@ -54,6 +55,7 @@ pub use migration::{
     SectionId, VgpuState, MIGRATION_FEATURES, MIGRATION_REGION_INDEX, NUM_REGIONS,
 };
 pub use regfile::Registers;
+pub use shared::SharedVgpu;
 pub use throttle::{EngineClock, MonotonicClock};
 
 use gmem::GraphicsMemory as Gmem;

@@ -1,7 +1,7 @@
 //! The two ways the VMM drives the device's state: the v1 device-state region (reads and
 //! writes of its header and data window only) or the v2 state machine with its data stream.
 
-use mdev_core::{MigState, VfioDevice};
+use mdev_core::MigState;
 use state_region::driver as v1;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,

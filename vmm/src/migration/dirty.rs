@@ -10,7 +10,7 @@
 //! The source uses the IOMMU style with the region protocol and DMA logging with v2, and
 //! merges the result with the CPU dirty log.
 
-use mdev_core::{DirtyBitmap, DmaDirtyLog, DmaRange, VfioDevice};
+use mdev_core::{DirtyBitmap, DmaDirtyLog, DmaRange};
 use vfio_bindings::bindings::vfio::{
     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
     VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,

@@ -230,7 +230,6 @@ pub struct SourceReport {
 
 /// Step the guest one device command at a time until `at` holds (bounded).
 fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
-    use vgpu_sim::regs::{ENGINE_IN_BATCH, REG_BB_OFFSET, REG_ENGINE_STATUS};
     if at == SwitchoverAt::Converged {
         return Ok(());
     }
@@ -238,7 +237,8 @@ fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
     for _ in 0..200_000 {
         let holds = match at {
             SwitchoverAt::MidBatch => {
-                vm.reg(REG_ENGINE_STATUS) & ENGINE_IN_BATCH != 0 && vm.reg(REG_BB_OFFSET) > 0
+                let p = vm.hardware().position();
+                p.mid_work && p.offset > 0
             }
             SwitchoverAt::IrqPending => vm.vcpu().has_pending(),
             SwitchoverAt::NextFrame => vm.completed_frames() > start_frames,
@@ -259,13 +259,13 @@ fn position(vm: &mut Vm, at: SwitchoverAt) -> Result<()> {
 }
 
 fn switchover_point(vm: &mut Vm) -> SwitchoverPoint {
-    use vgpu_sim::regs::{ENGINE_IN_BATCH, REG_BB_OFFSET, REG_ENGINE_STATUS, REG_IIR};
+    let p = vm.hardware().position();
     SwitchoverPoint {
         commands: vm.command_count(),
         frames: vm.completed_frames(),
-        in_batch: vm.reg(REG_ENGINE_STATUS) & ENGINE_IN_BATCH != 0,
-        batch_offset: vm.reg(REG_BB_OFFSET),
-        iir: vm.reg(REG_IIR),
+        in_batch: p.mid_work,
+        batch_offset: p.offset,
+        iir: p.irq_status,
         vcpu_irq_pending: vm.vcpu().has_pending(),
     }
 }
@@ -583,7 +583,7 @@ pub fn migrate(
         Err(e) => {
             let _ = closer.shutdown(std::net::Shutdown::Both);
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
-            vm.device().set_throttle(0);
+            vm.hardware().set_throttle(0);
             // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy).
             if let Err(e2) = dio.run(vm) {
                 warn!(vm.log(), "could not resume the source device"; "error" => %e2);
@@ -758,7 +758,7 @@ fn run_migration(
         if opts.auto_converge && dirty_rate > bandwidth * 0.5 && round >= 2 {
             // As QEMU's cpu-throttle-initial (20%) and -increment (10%).
             throttle = (throttle + if throttle == 0 { 20 } else { 10 }).min(99);
-            vm.device().set_throttle(throttle as u8);
+            vm.hardware().set_throttle(throttle as u8);
             info!(vm.log(), "auto-converge: throttling the engine"; "percent" => throttle);
         }
         if round >= opts.max_rounds + AUTO_CONVERGE_EXTRA_ROUNDS {
@@ -803,7 +803,7 @@ fn run_migration(
         });
     }
     w.device_end()?;
-    let cfg = vm.device_ref().config().state().to_bytes();
+    let cfg = crate::snapshot::config_bytes(vm)?;
     w.config(&cfg)?;
     let vcpu = vm.vcpu().state().to_bytes();
     w.vcpu(&vcpu)?;

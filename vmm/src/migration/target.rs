@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use slog::{info, warn, Logger};
 use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
-use vgpu_sim::DirtyTracking;
 
 use super::clock::monotonic_ns;
 use super::control::{self, features, Ack, FromTarget, Hello, Start};
@@ -25,8 +24,9 @@ pub struct TargetOptions {
     pub mdev_type: String,
     /// Interrupt sink ids of this host.
     pub irq_sink_base: u32,
-    /// DMA tracking of the target's device (for a later migration onwards).
-    pub dirty_tracking: DirtyTracking,
+    /// Builds the target's device and guest program (the composer's choice: which device
+    /// implementation, with which DMA tracking for a later migration onwards).
+    pub factory: std::sync::Arc<dyn crate::platform::VmFactory>,
     /// Inject a failure.
     pub fail_at: Option<FailPoint>,
     /// Offset of each BAR inside its host region on this host (see `VmConfig`).
@@ -143,10 +143,9 @@ fn receive(
         });
     }
     // Ready before the switchover: instance, memory, and the device's resume stream.
-    let mut cfg = VmConfig::new(&opts.mdev_type, opts.log.clone());
+    let mut cfg = VmConfig::new(&opts.mdev_type, opts.factory.clone(), opts.log.clone());
     cfg.ram_size = h.ram_size;
     cfg.irq_sink_base = opts.irq_sink_base;
-    cfg.dirty_tracking = opts.dirty_tracking;
     cfg.bar_region_offset = opts.bar_region_offset;
     let mut vm = Vm::new(&cfg)?;
     let dio = DeviceIo::new(&mut vm, protocol)?;

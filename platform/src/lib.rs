@@ -1,0 +1,112 @@
+//! The composition: the VMM (`vmm`, which knows devices only through the VFIO contract)
+//! with the simulated vGPU (`vgpu-sim`) and its guest driver (`vgpu-guest`), on the
+//! platform layout the driver expects. The `vgpu-migrate` tool and the end-to-end tests
+//! build their VMs here; nothing in `vmm` names the vGPU.
+//!
+//! * [`VgpuFactory`]: builds the device (a [`SharedVgpu`]), its engine as the platform's
+//!   [`SimHardware`], and the driver as the simulated vCPU's [`GuestProgram`].
+//! * [`VgpuVm`]: the host-side workload operations on a [`Vm`] (loader, frame limit,
+//!   checksum log, display, graphics-memory digest), done through guest-physical accesses
+//!   and region reads, as a VMM's management tools would.
+
+#![deny(missing_docs)]
+
+mod guest;
+mod hardware;
+mod workload;
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use slog::Logger;
+use vgpu_sim::workload::layout::{BAR0_GPA, BAR2_GPA, ECAM_GPA, MIN_GUEST_RAM, MMIO_HOLE_START};
+use vgpu_sim::{DirtyTracking, SharedVgpu, Vgpu, VgpuConfig, VgpuType};
+use vmm::memory::GuestMem;
+use vmm::{MachineParts, PlatformLayout, SimHardware, Vm, VmConfig, VmFactory};
+
+pub use guest::DriverProgram;
+pub use hardware::VgpuHardware;
+pub use workload::VgpuVm;
+
+/// Builds vGPU VMs: the device with the given DMA tracking, its engine, the driver.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VgpuFactory {
+    /// How the device tracks its DMA writes for migration.
+    pub tracking: DirtyTracking,
+}
+
+/// The layout the vGPU's guest driver expects.
+pub fn layout() -> PlatformLayout {
+    PlatformLayout {
+        mmio_hole_start: MMIO_HOLE_START,
+        min_ram: MIN_GUEST_RAM,
+        ecam_gpa: ECAM_GPA,
+        bar_gpas: vec![(0, BAR0_GPA), (2, BAR2_GPA)],
+    }
+}
+
+impl VmFactory for VgpuFactory {
+    fn layout(&self) -> PlatformLayout {
+        layout()
+    }
+
+    fn parts(
+        &self,
+        device_type: &str,
+        mem: &GuestMem,
+        log: &Logger,
+    ) -> Result<MachineParts, Box<dyn std::error::Error + Send + Sync>> {
+        let ty = VgpuType::by_name(device_type)?;
+        let mut cfg = VgpuConfig::new(ty, mem.clone());
+        cfg.dirty_tracking = self.tracking;
+        cfg.logger = log.clone();
+        let dev = SharedVgpu::new(Vgpu::new(cfg)?);
+        let hardware = VgpuHardware::new(dev.handle());
+        Ok(MachineParts {
+            device: Box::new(dev),
+            hardware: Box::new(hardware),
+            guest: Box::new(DriverProgram),
+        })
+    }
+}
+
+/// A factory for vGPU VMs with `tracking`.
+pub fn factory(tracking: DirtyTracking) -> Arc<dyn VmFactory> {
+    Arc::new(VgpuFactory { tracking })
+}
+
+/// A VM config for a vGPU of `mdev_type` with precise (shadow page table) DMA tracking and
+/// the VMM's defaults.
+pub fn vm_config(mdev_type: &str, log: Logger) -> VmConfig {
+    VmConfig::new(mdev_type, factory(DirtyTracking::ShadowPt), log)
+}
+
+/// Restore a snapshot stream into a fresh vGPU VM with `tracking`, its interrupt sinks
+/// numbered from `sink_base`.
+pub fn restore<R: Read>(
+    input: R,
+    log: &Logger,
+    tracking: DirtyTracking,
+    sink_base: u32,
+) -> vmm::Result<Vm> {
+    let mut cfg = VmConfig::new("", factory(tracking), log.clone());
+    cfg.irq_sink_base = sink_base;
+    vmm::snapshot::restore_with(input, &cfg)
+}
+
+/// The device behind a vGPU VM, for test hooks and tools that need its internals (never
+/// used by the VMM). `None` for a VM that another factory built.
+pub fn vgpu_of(vm: &mut Vm) -> Option<Arc<Mutex<Vgpu>>> {
+    let hw: &mut dyn SimHardware = vm.hardware();
+    hw.as_any()
+        .downcast_mut::<VgpuHardware>()
+        .map(|h| h.handle())
+}
+
+/// The device's own config space state (its model, including device-owned bits), for
+/// tests that compare source and target devices. `None` for a VM another factory built.
+pub fn device_config_state(vm: &mut Vm) -> Option<pci_config_replay::ConfigSpaceState> {
+    let dev = vgpu_of(vm)?;
+    let state = vgpu_sim::device::shared::lock(&dev).config().state();
+    Some(state)
+}
