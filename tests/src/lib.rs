@@ -1,5 +1,7 @@
 //! Shared helpers for the end-to-end tests in `tests/`.
 
+pub mod process;
+
 use slog::{o, Discard, Logger};
 use vgpu_platform::VgpuVm;
 use vgpu_sim::workload::Params;

@@ -105,6 +105,8 @@ fn spawn_target(host: Host) -> (String, JoinHandle<Result<Vm, String>>) {
     let h = std::thread::spawn(move || {
         let opts = TargetOptions {
             bar_region_offset: host.regions,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: host.sinks,
             factory: vgpu_platform::factory(DirtyTracking::ShadowPt),

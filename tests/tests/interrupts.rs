@@ -54,6 +54,8 @@ fn spawn_target() -> (String, JoinHandle<Result<Vm, String>>) {
     let h = std::thread::spawn(move || {
         let opts = TargetOptions {
             bar_region_offset: 0x2_0000,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: LIVE_SINKS,
             factory: vgpu_platform::factory(DirtyTracking::ShadowPt),

@@ -23,6 +23,8 @@ fn spawn_target(fail_at: Option<FailPoint>) -> (String, JoinHandle<TargetResult>
     let h = std::thread::spawn(move || {
         let opts = TargetOptions {
             bar_region_offset: 0x1_0000,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
             mdev_type: "vgpu-64".into(),
             irq_sink_base: 4000,
             factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
@@ -240,6 +242,8 @@ fn incompatible_target_is_refused_before_any_data() {
     let target = std::thread::spawn(move || {
         let opts = TargetOptions {
             bar_region_offset: 0x1_0000,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
             mdev_type: "vgpu-512".into(),
             irq_sink_base: 4000,
             factory: vgpu_platform::factory(DirtyTracking::ShadowPt),

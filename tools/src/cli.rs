@@ -76,6 +76,33 @@ pub struct MigrateArgs {
     /// Inject a failure (testing): setup, round:N, stop-copy.
     #[arg(long, hide = true)]
     pub inject_failure: Option<String>,
+    /// Give up on a target that shows no sign of life (no byte, no keep-alive) for this
+    /// many seconds, at any phase; the guest then runs on here. At least 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub peer_timeout: f64,
+    /// Freeze this process with SIGSTOP (testing the peer timeout) at: handshake (after the
+    /// target's hello), round:N (before round N's SYNC), switchover (vCPU stopped, the
+    /// SWITCHOVER record on the wire).
+    #[arg(long, hide = true, value_name = "PHASE")]
+    pub stop_self_at: Option<String>,
+}
+
+/// Options of a live migration's target about its link to the source.
+#[derive(Debug, Clone, Args)]
+pub struct IncomingArgs {
+    /// Give up on a source that shows no sign of life (no byte, no keep-alive) for this
+    /// many seconds, at any phase; what was received is then discarded. At least 1.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]
+    pub peer_timeout: f64,
+    /// Once listening, write the address (tcp://HOST:PORT, with the port chosen when
+    /// --listen asks for port 0) to this file, whole or not at all.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// Freeze this process with SIGSTOP (testing the peer timeout) at: handshake (before
+    /// the hello), round:N (at round N's SYNC, before answering), switchover (at the
+    /// SWITCHOVER record: the source's vCPU is stopped).
+    #[arg(long, hide = true, value_name = "PHASE")]
+    pub stop_self_at: Option<String>,
 }
 
 /// The subcommands.
@@ -169,9 +196,12 @@ pub enum Command {
     },
     /// Target of a live migration: wait, receive, resume, continue to frame N.
     Incoming {
-        /// Address to listen on, tcp://HOST:PORT.
+        /// Address to listen on, tcp://HOST:PORT (port 0: any free port; see --ready-file).
         #[arg(long)]
         listen: String,
+        /// Link options.
+        #[command(flatten)]
+        link: IncomingArgs,
         /// mdev type of this target's vGPU.
         #[arg(long = "type", default_value = "vgpu-64")]
         mdev_type: String,

@@ -80,6 +80,8 @@ fn one(
     );
     let topts = TargetOptions {
         bar_region_offset: 0,
+        peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+        stop_self_at: None,
         mdev_type: mdev_type.into(),
         irq_sink_base: 900,
         factory: vgpu_platform::factory(tracking),

@@ -3,9 +3,9 @@
 //! against a run that never migrated.
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -31,15 +31,26 @@ struct DemoReport {
     png_after: String,
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check {
-        msg: format!("cannot find a free loopback port: {e}"),
-    })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| CliError::Check {
-            msg: format!("cannot find a free loopback port: {e}"),
-        })
+/// Wait (at most a minute, a hang guard) until the target wrote its address to `ready`;
+/// an error at once if it exited instead.
+fn wait_ready(child: &mut Child, ready: &Path) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = fs::read_to_string(ready) {
+            return Ok(s.trim().to_string());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::Check {
+                msg: format!("the target process exited before it listened ({status})"),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Check {
+                msg: "the target process did not listen within a minute".into(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -64,7 +75,10 @@ pub fn run(
     })?;
     let before = dir.join("before.png");
     let after = dir.join("after.png");
-    let url = format!("tcp://127.0.0.1:{}", free_port()?);
+    // The target listens on a port of its choosing and says which: no port is picked
+    // here and reused (another process could take it in between).
+    let ready = dir.join("target.url");
+    let _ = fs::remove_file(&ready);
     let exe = std::env::current_exe().map_err(|e| CliError::Check {
         msg: format!("cannot find this program to start the target: {e}"),
     })?;
@@ -73,7 +87,7 @@ pub fn run(
         .args([
             "incoming",
             "--listen",
-            &url,
+            "tcp://127.0.0.1:0",
             "--type",
             &w.mdev_type,
             "--json",
@@ -81,12 +95,23 @@ pub fn run(
         .arg("--png-after")
         .arg(&after)
         .args(["--frames", &frames.to_string()])
+        .args(["--peer-timeout", &m.peer_timeout.to_string()])
+        .arg("--ready-file")
+        .arg(&ready)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CliError::Check {
             msg: format!("cannot start the target process: {e}"),
         })?;
+    let url = match wait_ready(&mut child, &ready) {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     let (rep, _) = match source(&url, w, m, frames, migrate_at, Some(&before), log) {
         Ok(r) => r,
         Err(e) => {
@@ -132,6 +157,9 @@ pub fn run(
         print_summary(w, frames, migrate_at, &report, &rep.error);
     }
     match (&rep.error, verified) {
+        (Some(e), _) if rep.migrated => Err(CliError::Check {
+            msg: format!("migrated, but no outcome: {e}"),
+        }),
         (Some(e), _) => Err(CliError::Check {
             msg: format!("migration failed: {e}"),
         }),

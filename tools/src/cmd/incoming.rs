@@ -8,7 +8,9 @@ use slog::Logger;
 use vmm::migration::{self, control, FailPoint, TargetOptions};
 use vmm::StopAt;
 
-use super::{parse_tracking, CliError, Result};
+use super::migrate::{peer_timeout, stop_point};
+use super::{parse_tracking, CliError, FileSnafu, Result};
+use crate::cli::IncomingArgs;
 use crate::output::{write_png, RunReport};
 use crate::verify;
 
@@ -49,6 +51,7 @@ pub struct IncomingReport {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     listen: &str,
+    args: &IncomingArgs,
     mdev_type: &str,
     frames: Option<u64>,
     tracking: &str,
@@ -65,14 +68,23 @@ pub fn run(
             })
         })
         .transpose()?;
+    let peer_timeout = peer_timeout(args.peer_timeout)?;
+    let stop_self_at = stop_point(args.stop_self_at.as_deref())?;
     let listener =
         migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
+    if let Some(path) = &args.ready_file {
+        let url = migration::transport::local_url(&listener)
+            .map_err(|e| CliError::Check { msg: e.to_string() })?;
+        write_ready(path, &url)?;
+    }
     let opts = TargetOptions {
         bar_region_offset: 0,
         mdev_type: mdev_type.to_string(),
         irq_sink_base: 500,
         factory: vgpu_platform::factory(parse_tracking(tracking)?),
         fail_at,
+        peer_timeout,
+        stop_self_at,
         log: log.clone(),
     };
     let (mut vm, rep, mut link) =
@@ -80,7 +92,7 @@ pub fn run(
             msg: format!("incoming migration failed: {e}"),
         })?;
     // The source's figures follow its acknowledgement.
-    let summary: Option<control::Summary> = control::recv(&mut link.input, "source's summary").ok();
+    let summary: Option<control::Summary> = link.input.recv_control("source's summary").ok();
     let params = vm.params().ok_or_else(|| CliError::Check {
         msg: "the migrated guest has no workload parameters".into(),
     })?;
@@ -114,15 +126,14 @@ pub fn run(
     };
     // Tell the source how it ended (it may be gone; that is fine).
     {
-        let _ = control::send(
-            &mut link.ctrl,
-            &control::FromTarget::Outcome(control::Outcome {
+        let _ = link
+            .ctrl
+            .send(&control::FromTarget::Outcome(control::Outcome {
                 frames,
                 final_checksum: ran.final_checksum.clone(),
                 verified: verified.unwrap_or(false),
                 detail: detail.clone(),
-            }),
-        );
+            }));
     }
     let report = IncomingReport {
         verified,
@@ -163,4 +174,21 @@ pub fn run(
         });
     }
     Ok(())
+}
+
+/// Write `url` to `path` whole or not at all (a temporary file beside it, renamed), so
+/// that whoever waits for the file never reads half an address.
+fn write_ready(path: &Path, url: &str) -> Result<()> {
+    use snafu::ResultExt;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{url}\n")).context(FileSnafu {
+        what: "cannot write the ready file",
+        path: &tmp,
+    })?;
+    std::fs::rename(&tmp, path).context(FileSnafu {
+        what: "cannot write the ready file",
+        path,
+    })
 }

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slog::Logger;
 use vmm::migration::source::SwitchoverAt;
-use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceReport};
+use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceReport, StopPoint};
 use vmm::{StopAt, Vm};
 
 use super::{boot_with, parse_tracking, CliError, Result};
@@ -30,6 +30,12 @@ pub struct MigrateReport {
     pub detail: String,
     /// Final frame checksum.
     pub final_checksum: String,
+    /// After a failed migration: the source's own checksum log, once it ran the workload
+    /// to its frame limit (empty after a migration: the target has the log).
+    pub checksums: Vec<String>,
+    /// After a failed migration: CLOCK_MONOTONIC ns at which the source's device was
+    /// running again (the guest runs on from there).
+    pub source_resumed_ns: Option<u64>,
     /// Source vCPU stop to target vCPU resume, ms.
     pub downtime_ms: f64,
     /// Migration start to target resume, ms.
@@ -42,6 +48,30 @@ pub struct MigrateReport {
     pub breakdown: Option<vmm::migration::source::Breakdown>,
     /// Details: rounds, bytes by kind, downtime breakdown.
     pub migration: Option<SourceReport>,
+}
+
+/// Parse `--peer-timeout SECONDS`.
+pub fn peer_timeout(secs: f64) -> Result<Duration> {
+    let min = migration::control::MIN_PEER_TIMEOUT;
+    if !(secs.is_finite() && secs >= min.as_secs_f64() && secs <= 86_400.0) {
+        return Err(CliError::Usage {
+            msg: format!(
+                "--peer-timeout {secs} must be between {} and 86400 seconds",
+                min.as_secs_f64()
+            ),
+        });
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse `--stop-self-at PHASE`.
+pub fn stop_point(s: Option<&str>) -> Result<Option<StopPoint>> {
+    s.map(|s| {
+        StopPoint::parse(s).ok_or_else(|| CliError::Usage {
+            msg: format!("--stop-self-at '{s}' is not handshake, round:N or switchover"),
+        })
+    })
+    .transpose()
 }
 
 /// Parse the migration options.
@@ -89,6 +119,8 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
         max_rounds: m.max_rounds.max(1),
         auto_converge: m.auto_converge,
         fail_at,
+        peer_timeout: peer_timeout(m.peer_timeout)?,
+        stop_self_at: stop_point(m.stop_self_at.as_deref())?,
         ..SourceOptions::default()
     })
 }
@@ -153,18 +185,24 @@ pub fn source(
                 // The source's last displayed frame, as it was at switchover.
                 write_png(&mut vm, p)?;
             }
-            // The target finishes the workload and tells us how it ended.
-            let outcome = migration::source::wait_outcome(&events, Duration::from_secs(3600));
+            // The target finishes the workload and tells us how it ended (its keep-alives
+            // say it is alive meanwhile).
+            let (outcome, error) = match migration::source::wait_outcome(&events) {
+                Ok(o) => (Some(o), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
             Ok((
                 MigrateReport {
                     migrated: true,
-                    error: None,
+                    error,
                     verified: outcome.as_ref().map(|o| o.verified),
                     detail: outcome
                         .as_ref()
                         .map(|o| o.detail.clone())
                         .unwrap_or_default(),
                     final_checksum: outcome.map(|o| o.final_checksum).unwrap_or_default(),
+                    checksums: Vec::new(),
+                    source_resumed_ns: None,
                     downtime_ms: rep.downtime_ms,
                     total_ms: rep.total_ms,
                     rounds: rep.rounds.len(),
@@ -176,7 +214,9 @@ pub fn source(
             ))
         }
         Err(e) => {
-            // Nothing lost: the guest goes on here, to the end, and is checked.
+            // Nothing lost: the device is running again; the guest goes on here, to the
+            // end, and is checked.
+            let resumed = migration::clock::monotonic_ns();
             vm.run(StopAt::Done)?;
             let ran = RunReport::collect(&mut vm, frames);
             let got = verify::fingerprint(&mut vm, frames);
@@ -193,6 +233,8 @@ pub fn source(
                     verified: Some(ok),
                     detail,
                     final_checksum: ran.final_checksum,
+                    checksums: ran.checksums,
+                    source_resumed_ns: Some(resumed),
                     downtime_ms: 0.0,
                     total_ms: 0.0,
                     rounds: 0,
@@ -231,6 +273,9 @@ pub fn run(
         );
     }
     match (&rep.error, rep.verified) {
+        (Some(e), _) if rep.migrated => Err(CliError::Check {
+            msg: format!("migrated, but no outcome: {e}"),
+        }),
         (Some(e), Some(ok)) => Err(CliError::Check {
             msg: format!(
                 "migration failed: {e}; the source kept running and finished frame {frames} ({})",

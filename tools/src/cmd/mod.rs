@@ -115,6 +115,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
         } => demo::run(&w, &m, frames, migrate_at, &dir, json, log_level, log),
         Command::Incoming {
             listen,
+            link,
             mdev_type,
             frames,
             dirty_tracking,
@@ -124,6 +125,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             json,
         } => incoming::run(
             &listen,
+            &link,
             &mdev_type,
             frames,
             &dirty_tracking,

@@ -13,6 +13,26 @@ pub enum MigrationError {
         /// What happened.
         what: String,
     },
+    /// The peer showed no sign of life (no byte, no keep-alive) for the peer timeout.
+    #[snafu(display("{peer} stopped {verb} during {phase} (nothing from it in {secs} s)"))]
+    PeerTimeout {
+        /// "target" or "source".
+        peer: &'static str,
+        /// What it stopped doing: "answering", "reading", "sending".
+        verb: &'static str,
+        /// The phase of the migration, e.g. "pre-copy round 2".
+        phase: String,
+        /// The peer timeout in seconds, as written.
+        secs: String,
+    },
+    /// Reading from or writing to the peer failed.
+    #[snafu(display("{what}: {source}"))]
+    PeerIo {
+        /// What was being done, naming the peer.
+        what: String,
+        /// The socket's error.
+        source: std::io::Error,
+    },
     /// The peer spoke something else.
     #[snafu(display("protocol error: {what}"))]
     Protocol {
@@ -81,6 +101,59 @@ pub enum MigrationError {
 
 /// `Result` with a [`MigrationError`].
 pub type Result<T, E = MigrationError> = std::result::Result<T, E>;
+
+impl MigrationError {
+    /// This error inside an `io::Error` (kind `TimedOut` for a [`MigrationError::PeerTimeout`],
+    /// `BrokenPipe` otherwise), for paths that speak `io` (the stream writer and reader).
+    pub fn into_io(self) -> std::io::Error {
+        let kind = match self {
+            MigrationError::PeerTimeout { .. } => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::BrokenPipe,
+        };
+        std::io::Error::new(kind, self)
+    }
+
+    /// The migration error an `io::Error` carries (see [`MigrationError::into_io`]), or the
+    /// `io::Error` itself as the cause of `what`.
+    pub fn from_io(e: std::io::Error, what: impl FnOnce() -> String) -> Self {
+        let kind = e.kind();
+        if !e.get_ref().is_some_and(|i| i.is::<MigrationError>()) {
+            return MigrationError::PeerIo {
+                what: what(),
+                source: e,
+            };
+        }
+        match e.into_inner().map(|i| i.downcast::<MigrationError>()) {
+            Some(Ok(inner)) => *inner,
+            Some(Err(other)) => MigrationError::PeerIo {
+                what: what(),
+                source: std::io::Error::new(kind, other),
+            },
+            None => MigrationError::PeerIo {
+                what: what(),
+                source: kind.into(),
+            },
+        }
+    }
+
+    /// The error a stream failure hides, when the stream's transport failed with one of
+    /// ours (a peer timeout on the socket): so the one-line message names the phase first.
+    pub fn unwrap_transport(self) -> Self {
+        match self {
+            MigrationError::Stream {
+                source: crate::stream::StreamError::Io { offset, source },
+            } if source.get_ref().is_some_and(|i| i.is::<MigrationError>()) => {
+                MigrationError::from_io(source, || format!("stream I/O failed at byte {offset}"))
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the peer timed out.
+    pub fn is_peer_timeout(&self) -> bool {
+        matches!(self, MigrationError::PeerTimeout { .. })
+    }
+}
 
 impl From<crate::VmmError> for MigrationError {
     fn from(source: crate::VmmError) -> Self {

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use mdev_core::DirtyBitmap;
@@ -11,12 +10,15 @@ use serde::Serialize;
 use slog::{debug, info, warn};
 use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
 
-use super::clock::{monotonic_ns, ms_between};
+use super::clock::{
+    monotonic_ns, ms_between, set_slices, DeadlineReader, DeadlineWriter, Liveness,
+};
 use super::control::{self, features, Ack, FromTarget, Hello, Start};
 use super::device_io::{DeviceIo, Protocol};
 use super::dirty::DmaTracker;
 use super::error::{MigrationError, Result};
 use super::transport::ChannelWriter;
+use super::StopPoint;
 use crate::memory::{self, PAGE_SIZE};
 use crate::stream::{StreamWriter, STREAM_MAJOR, STREAM_MINOR};
 use crate::vm::Vm;
@@ -110,6 +112,11 @@ pub struct SourceOptions {
     pub switchover_at: SwitchoverAt,
     /// How long to keep trying to reach the target.
     pub connect_timeout: Duration,
+    /// Give up on a target that shows no sign of life for this long, at any phase (the
+    /// guest and device then run on here).
+    pub peer_timeout: Duration,
+    /// Freeze this process there (testing).
+    pub stop_self_at: Option<StopPoint>,
 }
 
 impl Default for SourceOptions {
@@ -123,6 +130,8 @@ impl Default for SourceOptions {
             fail_at: None,
             switchover_at: SwitchoverAt::Converged,
             connect_timeout: Duration::from_secs(10),
+            peer_timeout: control::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
         }
     }
 }
@@ -425,9 +434,7 @@ fn send_pages(
 }
 
 fn peer(e: std::io::Error) -> MigrationError {
-    MigrationError::Peer {
-        what: e.to_string(),
-    }
+    MigrationError::from_io(e, || "connection to the target lost".into())
 }
 
 /// Check the target's hello against this source.
@@ -455,6 +462,9 @@ pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::R
         Protocol::Region => features::PROTOCOL_REGION,
         Protocol::V2 => features::PROTOCOL_V2,
     };
+    if hello.features & features::KEEPALIVE == 0 {
+        return Err("the target sends no keep-alives (an older vgpu-migrate)".into());
+    }
     if hello.features & need == 0 {
         return Err(format!(
             "the target does not accept the {} protocol",
@@ -465,17 +475,18 @@ pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::R
 }
 
 /// The target's messages, read on a thread.
-pub type TargetEvents = Receiver<Result<FromTarget>>;
+pub use super::control::TargetEvents;
 
-/// Wait (up to `timeout`) for the target's final outcome.
-pub fn wait_outcome(events: &TargetEvents, timeout: Duration) -> Option<control::Outcome> {
-    let deadline = Instant::now() + timeout;
+/// Wait for the target's final outcome (it runs the workload to its end first; its
+/// keep-alives say it is alive meanwhile), at most the peer timeout after its last sign of
+/// life.
+pub fn wait_outcome(events: &TargetEvents) -> Result<control::Outcome> {
+    events
+        .liveness()
+        .set_phase("the wait for its outcome (it runs the workload)");
     loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match events.recv_timeout(left) {
-            Ok(Ok(FromTarget::Outcome(o))) => return Some(o),
-            Ok(Ok(_)) => continue,
-            _ => return None,
+        if let FromTarget::Outcome(o) = events.next()? {
+            return Ok(o);
         }
     }
 }
@@ -486,23 +497,22 @@ fn sync(
     w: &mut StreamWriter<ChannelWriter>,
     events: &TargetEvents,
     seq: u64,
+    opts: &SourceOptions,
 ) -> Result<()> {
+    if let Ok(round) = u32::try_from(seq) {
+        StopPoint::stop_if(opts.stop_self_at, StopPoint::Round(round), vm.log());
+    }
     w.sync(seq)?;
     w.get_mut().flush().map_err(peer)?;
+    let since = monotonic_ns();
     loop {
-        match events.try_recv() {
-            Ok(Ok(FromTarget::Synced { seq: s })) if s == seq => return Ok(()),
-            Ok(Ok(FromTarget::Ack(Ack::Rejected { reason }))) => {
+        match events.poll(since)? {
+            Some(FromTarget::Synced { seq: s }) if s == seq => break,
+            Some(FromTarget::Ack(Ack::Rejected { reason })) => {
                 return Err(MigrationError::Rejected { reason })
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(e),
-            Err(TryRecvError::Disconnected) => {
-                return Err(MigrationError::Peer {
-                    what: "the target closed the connection".into(),
-                })
-            }
-            Err(TryRecvError::Empty) => {
+            Some(_) => {}
+            None => {
                 if let Some(e) = w.get_mut().peer_error_now() {
                     return Err(peer(e));
                 }
@@ -514,6 +524,10 @@ fn sync(
             }
         }
     }
+    events
+        .liveness()
+        .set_phase(format!("pre-copy round {}", seq + 1));
+    Ok(())
 }
 
 /// Device commands per guest step while waiting for the target.
@@ -529,10 +543,17 @@ pub fn migrate(
 ) -> Result<(SourceReport, TargetEvents)> {
     let t_start = Instant::now();
     let sock = super::transport::connect(url, opts.connect_timeout)?;
-    let mut ctrl = sock.try_clone().map_err(|e| MigrationError::Peer {
-        what: format!("cannot clone the socket: {e}"),
-    })?;
-    let hello: Hello = control::recv(&mut ctrl, "target's hello")?;
+    let live = Liveness::new("target", opts.peer_timeout);
+    set_slices(&sock, &live)?;
+    let clone = || {
+        sock.try_clone().map_err(|e| MigrationError::PeerIo {
+            what: "cannot clone the socket".into(),
+            source: e,
+        })
+    };
+    let mut input = DeadlineReader::new(clone()?, live.clone());
+    let mut ctrl = DeadlineWriter::new(clone()?, live.clone());
+    let hello: Hello = control::recv(&mut input, "target's hello")?;
     if let Err(why) = check_hello(vm, &hello, opts.protocol) {
         let _ = control::send(
             &mut ctrl,
@@ -542,6 +563,7 @@ pub fn migrate(
         );
         return Err(MigrationError::Incompatible { why });
     }
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Handshake, vm.log());
     control::send(
         &mut ctrl,
         &Start::Go {
@@ -549,12 +571,8 @@ pub fn migrate(
         },
     )?;
     info!(vm.log(), "migration: handshake done"; "target" => url, "protocol" => opts.protocol.name());
-    // Closing one clone does not close the connection; shutting it down does. A failed
-    // migration shuts it down so the target sees the end at once.
-    let closer = sock.try_clone().map_err(|e| MigrationError::Peer {
-        what: format!("cannot clone the socket: {e}"),
-    })?;
-    let events = control::spawn_reader(ctrl);
+    live.set_phase("pre-copy round 0");
+    let events = TargetEvents::spawn(input, live);
 
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
     let mut dma: Option<DmaTracker> = None;
@@ -567,7 +585,7 @@ pub fn migrate(
     match result {
         Ok(r) => {
             // The figures only the source knows, for the target's report (best effort).
-            let mut out = closer;
+            let mut out = ctrl;
             let _ = control::send(
                 &mut out,
                 &control::Summary {
@@ -581,7 +599,9 @@ pub fn migrate(
             Ok((r, events))
         }
         Err(e) => {
-            let _ = closer.shutdown(std::net::Shutdown::Both);
+            // A stream write that timed out says so first, not as a stream error.
+            let e = e.unwrap_transport();
+            ctrl.shutdown();
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
             vm.hardware().set_throttle(0);
             // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy).
@@ -609,7 +629,7 @@ fn run_migration(
             point: "setup".into(),
         });
     }
-    let writer = ChannelWriter::spawn(sock, opts.bandwidth);
+    let writer = ChannelWriter::spawn(sock, opts.bandwidth, events.liveness().clone());
     let counters = writer.counters();
     let mut w = StreamWriter::new(writer, &crate::snapshot::header(vm))?;
     let mut report = SourceReport {
@@ -666,7 +686,7 @@ fn run_migration(
         // Let the link drain and the target catch up while the guest runs: the next
         // harvest then covers what was dirtied while this round was in flight, and the
         // round's time is the end-to-end time.
-        sync(vm, &mut w, events, u64::from(round))?;
+        sync(vm, &mut w, events, u64::from(round), opts)?;
         let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
 
         // What is dirty now: CPU log, device DMA log, device pre-copy data.
@@ -777,7 +797,12 @@ fn run_migration(
     report.switchover = switchover_point(vm);
     let t_stop = monotonic_ns();
     info!(vm.log(), "migration: switchover"; "rounds" => round, "expected_downtime_ms" => expected_downtime_ms);
+    events.liveness().set_phase("stop-and-copy");
     w.switchover(t_stop)?;
+    if opts.stop_self_at == Some(StopPoint::Switchover) {
+        w.get_mut().drain_to(0).map_err(peer)?;
+        StopPoint::stop_if(opts.stop_self_at, StopPoint::Switchover, vm.log());
+    }
     dio.stop_copy(vm)?;
     let t_stopped = monotonic_ns();
     let cpu = memory::harvest_dirty(vm.memory());
@@ -812,16 +837,12 @@ fn run_migration(
     writer.finish().map_err(peer)?;
     let t_wire = monotonic_ns();
 
+    events
+        .liveness()
+        .set_phase("the switchover acknowledgement");
     let ack = loop {
-        match events.recv() {
-            Ok(Ok(FromTarget::Ack(a))) => break a,
-            Ok(Ok(_)) => continue,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                return Err(MigrationError::Peer {
-                    what: "the target closed the connection before acknowledging".into(),
-                })
-            }
+        if let FromTarget::Ack(a) = events.next()? {
+            break a;
         }
     };
     match ack {

@@ -1,18 +1,19 @@
 //! The target side: state its type, receive the stream into a VM created before the
 //! switchover, verify, commit, replay config, resume, and acknowledge.
 
-use std::net::{TcpListener, TcpStream};
-use std::time::Instant;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use slog::{info, warn, Logger};
 use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
 
-use super::clock::monotonic_ns;
-use super::control::{self, features, Ack, FromTarget, Hello, Start};
+use super::clock::{monotonic_ns, Liveness};
+use super::control::{features, Ack, ControlWriter, FromTarget, Hello, KeepAliveThread, Start};
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
 use super::source::FailPoint;
 use super::transport::PrefetchReader;
+use super::StopPoint;
 use crate::snapshot::{apply_record_ram, replay_config, restore_vcpu};
 use crate::stream::{Record, StreamReader, TrailerCheck, STREAM_MAJOR, STREAM_MINOR};
 use crate::vm::{Vm, VmConfig};
@@ -31,6 +32,11 @@ pub struct TargetOptions {
     pub fail_at: Option<FailPoint>,
     /// Offset of each BAR inside its host region on this host (see `VmConfig`).
     pub bar_region_offset: u64,
+    /// Give up on a source that shows no sign of life for this long (see
+    /// [`super::control::DEFAULT_PEER_TIMEOUT`]).
+    pub peer_timeout: Duration,
+    /// Freeze this process there (testing).
+    pub stop_self_at: Option<StopPoint>,
     /// Logger.
     pub log: Logger,
 }
@@ -55,17 +61,18 @@ pub struct TargetReport {
 }
 
 /// The connection to the source after a migration: write control messages to `ctrl`,
-/// read the source's to `input` (which may hold bytes already received).
+/// read the source's from `input`. Keep-alives go to the source until it is dropped.
 #[derive(Debug)]
 pub struct SourceLink {
-    /// For writing ([`control::Outcome`]).
-    pub ctrl: TcpStream,
-    /// For reading ([`control::Summary`]).
+    /// For writing ([`super::control::Outcome`]).
+    pub ctrl: ControlWriter,
+    /// For reading ([`super::control::Summary`], with [`PrefetchReader::recv_control`]).
     pub input: PrefetchReader,
+    _keepalive: KeepAliveThread,
 }
 
 /// Accept one migration on `listener`; returns the running VM, what happened, and the
-/// link to the source (for the final [`control::Outcome`]).
+/// link to the source (for the final [`super::control::Outcome`]).
 pub fn incoming(
     listener: &TcpListener,
     opts: &TargetOptions,
@@ -75,20 +82,59 @@ pub fn incoming(
     })?;
     let _ = sock.set_nodelay(true);
     info!(opts.log, "incoming migration"; "from" => %peer);
-    let mut ctrl = sock.try_clone().map_err(|e| MigrationError::Peer {
-        what: format!("cannot clone the socket: {e}"),
+    let live = Liveness::new("source", opts.peer_timeout);
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Handshake, &opts.log);
+    let ctrl = sock
+        .try_clone()
+        .map_err(|e| MigrationError::PeerIo {
+            what: "cannot clone the socket".into(),
+            source: e,
+        })
+        .and_then(|s| ControlWriter::new(s, live.clone()))?;
+    // The hello first: keep-alives follow it.
+    ctrl.send(&Hello {
+        mdev_type: opts.mdev_type.clone(),
+        stream_version: (STREAM_MAJOR, STREAM_MINOR),
+        context_version: (FORMAT_MAJOR, FORMAT_MINOR),
+        features: features::PROTOCOL_REGION
+            | features::PROTOCOL_V2
+            | features::MONOTONIC_ACK
+            | features::KEEPALIVE,
     })?;
-    control::send(
-        &mut ctrl,
-        &Hello {
-            mdev_type: opts.mdev_type.clone(),
-            stream_version: (STREAM_MAJOR, STREAM_MINOR),
-            context_version: (FORMAT_MAJOR, FORMAT_MINOR),
-            features: features::PROTOCOL_REGION | features::PROTOCOL_V2 | features::MONOTONIC_ACK,
-        },
-    )?;
-    let mut input = PrefetchReader::spawn(sock, 32);
-    let start: Start = control::recv(&mut input, "source's start")?;
+    let keepalive = KeepAliveThread::spawn(ctrl.clone());
+    let mut input = PrefetchReader::spawn(sock, 32, live);
+    match session(&mut input, &ctrl, opts) {
+        Ok((vm, report)) => Ok((
+            vm,
+            report,
+            SourceLink {
+                ctrl,
+                input,
+                _keepalive: keepalive,
+            },
+        )),
+        Err(e) => {
+            let e = e.unwrap_transport();
+            warn!(opts.log, "incoming migration failed; discarding what was received"; "error" => %e);
+            // A source that stopped answering would not read the rejection either.
+            if !e.is_peer_timeout() {
+                let _ = ctrl.send(&FromTarget::Ack(Ack::Rejected {
+                    reason: e.to_string(),
+                }));
+            }
+            ctrl.shutdown();
+            Err(e)
+        }
+    }
+}
+
+/// The source's start, the stream, and the acknowledgement.
+fn session(
+    input: &mut PrefetchReader,
+    ctrl: &ControlWriter,
+    opts: &TargetOptions,
+) -> Result<(Vm, TargetReport)> {
+    let start: Start = input.recv_control("source's start")?;
     let protocol = match start {
         Start::Refuse { reason } => return Err(MigrationError::Incompatible { why: reason }),
         Start::Go { protocol } => {
@@ -97,41 +143,28 @@ pub fn incoming(
             })?
         }
     };
-    match receive(&mut input, &mut ctrl, opts, protocol) {
-        Ok((vm, report)) => {
-            control::send(
-                &mut ctrl,
-                &FromTarget::Ack(Ack::Resumed {
-                    resumed_ns: report.resumed_ns,
-                    switchover_seen_ns: report.source_stopped_ns,
-                    residue_ms: 0.0,
-                    load_ms: report.load_ms,
-                    config_ms: report.config_ms,
-                    resume_ms: report.resume_ms,
-                    bytes: report.bytes,
-                }),
-            )?;
-            Ok((vm, report, SourceLink { ctrl, input }))
-        }
-        Err(e) => {
-            warn!(opts.log, "incoming migration failed; discarding what was received"; "error" => %e);
-            let _ = control::send(
-                &mut ctrl,
-                &FromTarget::Ack(Ack::Rejected {
-                    reason: e.to_string(),
-                }),
-            );
-            Err(e)
-        }
-    }
+    input.liveness().set_phase("pre-copy round 0");
+    let (vm, report) = receive(input, ctrl, opts, protocol)?;
+    ctrl.send(&FromTarget::Ack(Ack::Resumed {
+        resumed_ns: report.resumed_ns,
+        switchover_seen_ns: report.source_stopped_ns,
+        residue_ms: 0.0,
+        load_ms: report.load_ms,
+        config_ms: report.config_ms,
+        resume_ms: report.resume_ms,
+        bytes: report.bytes,
+    }))?;
+    input.liveness().set_phase("the source's summary");
+    Ok((vm, report))
 }
 
 fn receive(
     input: &mut PrefetchReader,
-    ctrl: &mut TcpStream,
+    ctrl: &ControlWriter,
     opts: &TargetOptions,
     protocol: Protocol,
 ) -> Result<(Vm, TargetReport)> {
+    let live = input.liveness().clone();
     let mut r = StreamReader::new(input, TrailerCheck::Enforce)?.without_eof_check();
     let h = r.header().clone();
     if h.mdev_type != opts.mdev_type {
@@ -164,8 +197,18 @@ fn receive(
             }
             Record::Config(b) => config = Some(b),
             Record::Vcpu(b) => vcpu = Some(b),
-            Record::Switchover { stopped_ns } => report.source_stopped_ns = stopped_ns,
-            Record::Sync { seq } => control::send(ctrl, &FromTarget::Synced { seq })?,
+            Record::Switchover { stopped_ns } => {
+                report.source_stopped_ns = stopped_ns;
+                live.set_phase("stop-and-copy");
+                StopPoint::stop_if(opts.stop_self_at, StopPoint::Switchover, &opts.log);
+            }
+            Record::Sync { seq } => {
+                if let Ok(round) = u32::try_from(seq) {
+                    StopPoint::stop_if(opts.stop_self_at, StopPoint::Round(round), &opts.log);
+                }
+                ctrl.send(&FromTarget::Synced { seq })?;
+                live.set_phase(format!("pre-copy round {}", seq + 1));
+            }
             Record::RamPages { gpa, data } => {
                 crate::memory::write(vm.memory(), gpa, &data).map_err(|e| MigrationError::Vmm {
                     source: crate::VmmError::Memory { source: e },

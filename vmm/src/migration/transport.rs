@@ -1,16 +1,33 @@
-//! TCP transport: addresses, and a sender thread that writes the stream at a capped rate
-//! while the guest keeps running on the main thread.
+//! TCP transport: addresses, deadlines on every read and write of the peer, and the two
+//! threads that move the stream — a sender on the source that writes it at a capped rate
+//! (and a keep-alive whenever it has had nothing to send for a while) while the guest keeps
+//! running on the main thread, and a prefetch reader on the target that drains the socket
+//! ahead of the parser.
+//!
+//! After the target's hello, the source sends frames, each `magic:[u8; 8] length:u32le
+//! payload`: [`CONTROL_MAGIC`] frames are control messages (the start, keep-alives, the
+//! summary; see [`control`](super::control)), [`DATA_MAGIC`] frames carry consecutive
+//! pieces of the migration stream. Every socket read and write waits in slices of
+//! [`Liveness::slice`] and gives up once the peer has shown no sign of life for the peer
+//! timeout (see [`clock`](super::clock)).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::clock::{is_timeout, monotonic_ns, set_slices, write_all_live, Liveness};
+use super::control::{self, FromSource, KeepAlive, CONTROL_MAGIC, KEEPALIVE_INTERVAL};
 use super::error::{MigrationError, Result};
 use super::rate::TokenBucket;
+
+/// Magic of a frame that carries a piece of the migration stream.
+pub const DATA_MAGIC: [u8; 8] = *b"VGPUDATA";
+/// Bytes of a frame header.
+pub const FRAME_HEADER: usize = 12;
 
 /// Parse `tcp://HOST:PORT`.
 pub fn parse_url(url: &str) -> Result<SocketAddr> {
@@ -29,7 +46,8 @@ pub fn parse_url(url: &str) -> Result<SocketAddr> {
         })
 }
 
-/// Connect, retrying for up to `wait` (the target may still be starting).
+/// Connect, retrying for up to `wait` (the target may still be starting); each attempt
+/// waits at most a second.
 pub fn connect(url: &str, wait: Duration) -> Result<TcpStream> {
     let addr = parse_url(url)?;
     let start = Instant::now();
@@ -39,10 +57,7 @@ pub fn connect(url: &str, wait: Duration) -> Result<TcpStream> {
                 let _ = s.set_nodelay(true);
                 return Ok(s);
             }
-            Err(e) if start.elapsed() < wait => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Err(_) if start.elapsed() < wait => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
                 return Err(MigrationError::Peer {
                     what: format!("cannot connect to {url}: {e}"),
@@ -52,7 +67,7 @@ pub fn connect(url: &str, wait: Duration) -> Result<TcpStream> {
     }
 }
 
-/// Listen on `tcp://HOST:PORT`.
+/// Listen on `tcp://HOST:PORT` (port 0: any free port; see [`local_url`]).
 pub fn listen(url: &str) -> Result<TcpListener> {
     let addr = parse_url(url)?;
     TcpListener::bind(addr).map_err(|e| MigrationError::Peer {
@@ -60,67 +75,127 @@ pub fn listen(url: &str) -> Result<TcpListener> {
     })
 }
 
+/// The `tcp://HOST:PORT` a listener is bound to (the port it was given, if it asked for 0).
+pub fn local_url(listener: &TcpListener) -> Result<String> {
+    listener
+        .local_addr()
+        .map(|a| format!("tcp://{a}"))
+        .map_err(|e| MigrationError::Peer {
+            what: format!("cannot read the listening address: {e}"),
+        })
+}
+
 /// Counters shared with the sender thread.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Bytes handed to the sender thread and not yet written.
+    /// Stream bytes handed to the sender thread and not yet written.
     pub backlog: AtomicU64,
-    /// Bytes written to the socket.
+    /// Stream bytes written to the socket (frame headers and keep-alives not counted).
     pub sent: AtomicU64,
 }
 
-/// A `Write` that hands buffers to a sender thread.
+/// Why the sender thread stopped: a peer timeout (kept whole, to be reported as it is), or
+/// a socket error's kind and text.
+#[derive(Debug)]
+struct SendFailure {
+    timeout: Option<MigrationError>,
+    kind: io::ErrorKind,
+    text: String,
+}
+
+impl SendFailure {
+    fn of(e: io::Error) -> Self {
+        let kind = e.kind();
+        let text = e.to_string();
+        let timeout = MigrationError::from_io(e, String::new);
+        Self {
+            timeout: timeout.is_peer_timeout().then_some(timeout),
+            kind,
+            text,
+        }
+    }
+
+    fn to_io(&self) -> io::Error {
+        match &self.timeout {
+            Some(MigrationError::PeerTimeout {
+                peer,
+                verb,
+                phase,
+                secs,
+            }) => MigrationError::PeerTimeout {
+                peer,
+                verb,
+                phase: phase.clone(),
+                secs: secs.clone(),
+            }
+            .into_io(),
+            _ => io::Error::new(
+                self.kind,
+                format!("connection to the target lost: {}", self.text),
+            ),
+        }
+    }
+}
+
+/// A `Write` that hands buffers to a sender thread, which writes them as data frames.
 #[derive(Debug)]
 pub struct ChannelWriter {
     tx: Option<SyncSender<Vec<u8>>>,
     /// Buffers the sender thread has written, back for reuse (a fresh 256 KiB buffer per
     /// ship would cost an mmap, 64 page faults and an munmap).
     spent: Receiver<Vec<u8>>,
+    /// The next frame: a header's room, then stream bytes.
     buf: Vec<u8>,
     counters: Arc<Counters>,
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<SendFailure>>>,
     handle: Option<JoinHandle<()>>,
 }
 
+/// Stream bytes per data frame.
 const BUF: usize = 256 << 10;
 
+/// A fresh frame buffer with room for its header.
+fn frame_buf(mut b: Vec<u8>) -> Vec<u8> {
+    b.clear();
+    b.extend_from_slice(&[0u8; FRAME_HEADER]);
+    b
+}
+
+/// Bytes per write under a rate cap: about a tenth of a second's worth (at least 4 KiB, at
+/// most 64 KiB), so that bytes keep flowing — and the peer keeps seeing them — however low
+/// the cap.
+fn piece(rate: u64) -> usize {
+    ((rate / 10) as usize).clamp(4 << 10, 64 << 10)
+}
+
 impl ChannelWriter {
-    /// Start a sender thread writing to `sock` at most `rate` bytes/s (`None`: uncapped).
-    pub fn spawn(mut sock: TcpStream, rate: Option<u64>) -> Self {
+    /// Start a sender thread writing to `sock` at most `rate` bytes/s (`None`: uncapped),
+    /// under `live`'s deadline; it sends a keep-alive after [`KEEPALIVE_INTERVAL`] without
+    /// data.
+    pub fn spawn(sock: TcpStream, rate: Option<u64>, live: Arc<Liveness>) -> Self {
         let (tx, rx) = sync_channel::<Vec<u8>>(64);
         let (back, spent) = channel::<Vec<u8>>();
         let counters = Arc::new(Counters::default());
         let error = Arc::new(Mutex::new(None));
         let (c, e) = (counters.clone(), error.clone());
+        let _ = set_slices(&sock, &live);
         let handle = std::thread::Builder::new()
             .name("migration-send".into())
             .spawn(move || {
-                let mut bucket = rate.map(TokenBucket::new);
-                for buf in rx {
-                    if let Some(b) = bucket.as_mut() {
-                        b.take(buf.len());
+                // The channel's receiver lives until the error is recorded: whoever finds
+                // the channel closed then finds the reason too.
+                if let Err(err) = send_loop(sock, &rx, rate, &live, &c, &back) {
+                    if let Ok(mut slot) = e.lock() {
+                        *slot = Some(SendFailure::of(err));
                     }
-                    if let Err(err) = sock.write_all(&buf) {
-                        if let Ok(mut slot) = e.lock() {
-                            *slot = Some(err.to_string());
-                        }
-                        c.backlog.store(0, Ordering::Relaxed);
-                        return;
-                    }
-                    let n = buf.len() as u64;
-                    c.sent.fetch_add(n, Ordering::Relaxed);
-                    c.backlog.fetch_sub(n, Ordering::Relaxed);
-                    let mut buf = buf;
-                    buf.clear();
-                    let _ = back.send(buf);
+                    c.backlog.store(0, Ordering::Relaxed);
                 }
-                let _ = sock.flush();
             })
             .ok();
         Self {
             tx: Some(tx),
             spent,
-            buf: Vec::with_capacity(BUF),
+            buf: frame_buf(Vec::with_capacity(FRAME_HEADER + BUF)),
             counters,
             error,
             handle,
@@ -132,38 +207,39 @@ impl ChannelWriter {
         self.counters.clone()
     }
 
-    /// Bytes queued but not yet on the wire.
+    /// Stream bytes queued but not yet on the wire.
     pub fn backlog(&self) -> u64 {
-        self.counters.backlog.load(Ordering::Relaxed) + self.buf.len() as u64
+        self.counters.backlog.load(Ordering::Relaxed) + self.pending() as u64
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - FRAME_HEADER
     }
 
     fn peer_error(&self) -> io::Error {
-        let msg = self
-            .error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .unwrap_or_else(|| "the sender stopped".into());
-        io::Error::new(
-            io::ErrorKind::BrokenPipe,
-            format!("connection to the target lost: {msg}"),
-        )
+        match self.error.lock().ok().as_deref().and_then(Option::as_ref) {
+            Some(f) => f.to_io(),
+            None => io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection to the target lost: the sender stopped",
+            ),
+        }
     }
 
     fn ship(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.pending() == 0 {
             return Ok(());
         }
         let next = self
             .spent
             .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(BUF));
-        let buf = std::mem::replace(&mut self.buf, next);
-        self.counters
-            .backlog
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let err = self.peer_error_if_any();
-        if let Some(e) = err {
+            .unwrap_or_else(|_| Vec::with_capacity(FRAME_HEADER + BUF));
+        let mut buf = std::mem::replace(&mut self.buf, frame_buf(next));
+        let n = buf.len() - FRAME_HEADER;
+        buf[..8].copy_from_slice(&DATA_MAGIC);
+        buf[8..FRAME_HEADER].copy_from_slice(&(n as u32).to_le_bytes());
+        self.counters.backlog.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(e) = self.peer_error_now() {
             return Err(e);
         }
         match &self.tx {
@@ -172,24 +248,21 @@ impl ChannelWriter {
         }
     }
 
-    /// The sender thread's error, if the connection broke.
+    /// The sender thread's error, if the connection broke or the peer timed out.
     pub fn peer_error_now(&self) -> Option<io::Error> {
-        self.peer_error_if_any()
-    }
-
-    fn peer_error_if_any(&self) -> Option<io::Error> {
         let has = self.error.lock().ok().is_some_and(|e| e.is_some());
         has.then(|| self.peer_error())
     }
 
-    /// Flush, close the channel and wait until every byte is on the wire.
+    /// Flush, close the channel and wait until every byte is on the wire (at most the
+    /// peer timeout after the peer's last sign of life).
     pub fn finish(&mut self) -> io::Result<()> {
         self.ship()?;
         self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-        match self.peer_error_if_any() {
+        match self.peer_error_now() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -199,7 +272,7 @@ impl ChannelWriter {
     pub fn drain_to(&mut self, max: u64) -> io::Result<()> {
         self.ship()?;
         while self.counters.backlog.load(Ordering::Relaxed) > max {
-            if let Some(e) = self.peer_error_if_any() {
+            if let Some(e) = self.peer_error_now() {
                 return Err(e);
             }
             std::thread::sleep(Duration::from_micros(200));
@@ -208,20 +281,60 @@ impl ChannelWriter {
     }
 }
 
+/// The sender thread: data frames as they come, a keep-alive whenever none came for
+/// [`KEEPALIVE_INTERVAL`].
+fn send_loop(
+    mut sock: TcpStream,
+    rx: &Receiver<Vec<u8>>,
+    rate: Option<u64>,
+    live: &Liveness,
+    c: &Counters,
+    back: &std::sync::mpsc::Sender<Vec<u8>>,
+) -> io::Result<()> {
+    let mut bucket = rate.map(TokenBucket::new);
+    let mut seq = 0u64;
+    loop {
+        let buf = match rx.recv_timeout(KEEPALIVE_INTERVAL) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Timeout) => {
+                seq += 1;
+                let msg = control::encode(&FromSource::KeepAlive(KeepAlive { seq }))
+                    .map_err(MigrationError::into_io)?;
+                write_all_live(&mut sock, &msg, live)?;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        match (bucket.as_mut(), rate) {
+            (Some(b), Some(r)) => {
+                for p in buf.chunks(piece(r)) {
+                    b.take(p.len());
+                    write_all_live(&mut sock, p, live)?;
+                }
+            }
+            _ => write_all_live(&mut sock, &buf, live)?,
+        }
+        let n = (buf.len() - FRAME_HEADER) as u64;
+        c.sent.fetch_add(n, Ordering::Relaxed);
+        c.backlog.fetch_sub(n, Ordering::Relaxed);
+        let _ = back.send(buf);
+    }
+}
+
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if let Some(e) = self.peer_error_if_any() {
+        if let Some(e) = self.peer_error_now() {
             return Err(e);
         }
         // Fill fixed-size buffers (reused, so already faulted in) rather than growing one:
         // a buffer grown to a 4 MiB record would be a fresh mapping, faulted page by page.
         let mut rest = data;
         while !rest.is_empty() {
-            let room = BUF - self.buf.len().min(BUF);
+            let room = BUF - self.pending().min(BUF);
             let (now, later) = rest.split_at(rest.len().min(room));
             self.buf.extend_from_slice(now);
             rest = later;
-            if self.buf.len() >= BUF {
+            if self.pending() >= BUF {
                 self.ship()?;
             }
         }
@@ -242,54 +355,304 @@ impl Drop for ChannelWriter {
     }
 }
 
+/// What the prefetch thread hands on: stream bytes (buffer, length), or how it ended.
+type Chunk = (Vec<u8>, usize);
+
+/// The target's reads of the source: a thread drains the socket into buffers, so parsing
+/// and applying overlap with the transfer instead of stalling the sender whenever the
+/// socket buffer is full. Stream bytes come out of `Read`; control messages out of
+/// [`PrefetchReader::recv_control`]; keep-alives only refresh the deadline. Every wait ends
+/// once the source has shown no sign of life for the peer timeout.
+#[derive(Debug)]
+pub struct PrefetchReader {
+    rx: Receiver<Chunk>,
+    ctrl: Receiver<Vec<u8>>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+    ended: Arc<Mutex<Option<(io::ErrorKind, String)>>>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Liveness>,
+    cur: Vec<u8>,
+    len: usize,
+    pos: usize,
+    done: bool,
+}
+
+/// Bytes the prefetch thread asks for per read.
+const PREFETCH_BUF: usize = 1 << 20;
+
+impl PrefetchReader {
+    /// Start draining `sock` (at most `depth` buffers ahead) under `live`'s deadline.
+    pub fn spawn(sock: TcpStream, depth: usize, live: Arc<Liveness>) -> Self {
+        let (tx, rx) = sync_channel::<Chunk>(depth.max(1));
+        let (ctx, ctrl) = channel::<Vec<u8>>();
+        let (back, spent) = channel::<Vec<u8>>();
+        let ended = Arc::new(Mutex::new(None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = set_slices(&sock, &live);
+        let (e, s, l) = (ended.clone(), stop.clone(), live.clone());
+        let _ = std::thread::Builder::new()
+            .name("migration-recv".into())
+            .spawn(move || {
+                let mut src = Drain {
+                    sock,
+                    live: l,
+                    stop: s,
+                };
+                if let Err(err) = src.frames(&tx, &ctx, &spent) {
+                    if let Ok(mut slot) = e.lock() {
+                        *slot = Some((err.kind(), err.to_string()));
+                    }
+                }
+            });
+        Self {
+            rx,
+            ctrl,
+            back,
+            ended,
+            stop,
+            live,
+            cur: Vec::new(),
+            len: 0,
+            pos: 0,
+            done: false,
+        }
+    }
+
+    /// The deadline this reader keeps (set its phase as the migration moves on).
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.live
+    }
+
+    /// How the prefetch thread ended, as an error, if it ended with one.
+    fn ended(&self) -> Option<io::Error> {
+        let e = self.ended.lock().ok()?;
+        e.as_ref().map(|(k, t)| io::Error::new(*k, t.clone()))
+    }
+
+    /// The next control message from the source, decoded as `T`.
+    pub fn recv_control<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T> {
+        let since = monotonic_ns();
+        loop {
+            match self.ctrl.recv_timeout(self.live.slice()) {
+                Ok(body) => return control::decode(&body, what),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(e) = self.live.expired(since, "sending") {
+                        return Err(e);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(match self.ended() {
+                        Some(e) => MigrationError::from_io(e, || {
+                            format!("connection lost while waiting for the {what}")
+                        }),
+                        None => MigrationError::Peer {
+                            what: format!("the source closed the connection before the {what}"),
+                        },
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PrefetchReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Read for PrefetchReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let since = monotonic_ns();
+        while self.pos == self.len {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv_timeout(self.live.slice()) {
+                Ok((b, n)) => {
+                    let old = std::mem::replace(&mut self.cur, b);
+                    if old.len() == PREFETCH_BUF {
+                        let _ = self.back.send(old);
+                    }
+                    self.len = n;
+                    self.pos = 0;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(e) = self.live.expired(since, "sending") {
+                        return Err(e.into_io());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.done = true;
+                    return match self.ended() {
+                        Some(e) => Err(e),
+                        None => Ok(0),
+                    };
+                }
+            }
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The prefetch thread's side of the socket.
+struct Drain {
+    sock: TcpStream,
+    live: Arc<Liveness>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drain {
+    /// Read into `out`: `Ok(0)` at the end of the connection (or when the reader is gone).
+    fn read_some(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            match self.sock.read(out) {
+                Ok(n) => {
+                    if n > 0 {
+                        self.live.heard();
+                    }
+                    return Ok(n);
+                }
+                // The deadline is the consumer's to judge (it knows whether it waits).
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Fill `out`; `Ok(false)` if the connection ended before its first byte.
+    fn read_full(&mut self, out: &mut [u8], what: &str) -> io::Result<bool> {
+        let mut got = 0;
+        while got < out.len() {
+            match self.read_some(&mut out[got..])? {
+                0 if got == 0 => return Ok(false),
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the source closed the connection inside {what}"),
+                    ))
+                }
+                n => got += n,
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read frames until the end of the connection: stream bytes to `tx`, control
+    /// messages other than keep-alives to `ctx`.
+    fn frames(
+        &mut self,
+        tx: &SyncSender<Chunk>,
+        ctx: &std::sync::mpsc::Sender<Vec<u8>>,
+        spent: &Receiver<Vec<u8>>,
+    ) -> io::Result<()> {
+        let mut head = [0u8; FRAME_HEADER];
+        loop {
+            if !self.read_full(&mut head, "a frame header")? {
+                return Ok(());
+            }
+            let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+            if head[..8] == DATA_MAGIC {
+                let mut left = len;
+                while left > 0 {
+                    // Reuse a consumed buffer: zeroing a fresh 1 MiB for every read would
+                    // cost more than the read. Buffers keep their full length.
+                    let mut buf = spent.try_recv().unwrap_or_else(|_| vec![0u8; PREFETCH_BUF]);
+                    let want = left.min(buf.len());
+                    let n = self.read_some(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the source closed the connection inside a data frame",
+                        ));
+                    }
+                    left -= n;
+                    if tx.send((buf, n)).is_err() {
+                        return Ok(());
+                    }
+                }
+            } else if head[..8] == CONTROL_MAGIC {
+                if len > control::MAX_CONTROL as usize {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("a control message of {len} bytes, over the cap"),
+                    ));
+                }
+                let mut body = vec![0u8; len];
+                if len > 0 && !self.read_full(&mut body, "a control message")? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source closed the connection inside a control message",
+                    ));
+                }
+                if !control::is_keepalive(&body) && ctx.send(body).is_err() {
+                    return Ok(());
+                }
+            } else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "expected a frame from the source, got bytes {:02x?}",
+                        &head[..8]
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+
+    /// A source's writer and a target's reader over loopback, with `timeout`.
+    fn pair(timeout: Duration) -> (ChannelWriter, PrefetchReader) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = local_url(&l).unwrap();
+        let sock = connect(&url, Duration::from_secs(5)).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        let w = ChannelWriter::spawn(sock, None, Liveness::new("target", timeout));
+        let r = PrefetchReader::spawn(peer, 8, Liveness::new("source", timeout));
+        (w, r)
+    }
 
     #[test]
-    fn sends_everything_in_order() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
+    fn sends_everything_in_order_between_control_messages() {
+        let (mut w, mut r) = pair(Duration::from_secs(60));
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
         let reader = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
             let mut all = Vec::new();
-            s.read_to_end(&mut all).unwrap();
+            r.read_to_end(&mut all).unwrap();
             all
         });
-        let sock = connect(&format!("tcp://{addr}"), Duration::from_secs(5)).unwrap();
-        let mut w = ChannelWriter::spawn(sock, None);
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7) as u8).collect();
         for c in data.chunks(70_001) {
             w.write_all(c).unwrap();
         }
         w.finish().unwrap();
         assert_eq!(w.backlog(), 0);
+        drop(w);
         assert_eq!(reader.join().unwrap(), data);
     }
 
     #[test]
     fn a_dead_peer_is_an_error_not_a_hang() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let closer = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            drop(s);
-        });
-        let sock = connect(&format!("tcp://{addr}"), Duration::from_secs(5)).unwrap();
+        let url = local_url(&l).unwrap();
+        let closer = std::thread::spawn(move || drop(l.accept().unwrap()));
+        let sock = connect(&url, Duration::from_secs(5)).unwrap();
         closer.join().unwrap();
-        let mut w = ChannelWriter::spawn(sock, None);
+        let live = Liveness::new("target", Duration::from_secs(60));
+        let mut w = ChannelWriter::spawn(sock, None, live);
         let chunk = vec![0u8; 1 << 20];
-        let mut failed = false;
-        for _ in 0..256 {
-            if w.write_all(&chunk).is_err() {
-                failed = true;
-                break;
-            }
-        }
-        let fin = w.finish();
+        let failed = (0..256).any(|_| w.write_all(&chunk).is_err());
         assert!(
-            failed || fin.is_err(),
+            failed || w.finish().is_err(),
             "writing 256 MiB to a closed socket must fail"
         );
     }
@@ -299,91 +662,5 @@ mod tests {
         assert!(parse_url("http://x:1").is_err());
         assert!(parse_url("tcp://127.0.0.1").is_err());
         assert!(parse_url("tcp://127.0.0.1:4444").is_ok());
-    }
-}
-
-/// A `Read` fed by a thread that drains the socket into buffers, so the target's parsing
-/// and applying overlap with the transfer instead of stalling the sender whenever the
-/// socket buffer is full.
-#[derive(Debug)]
-pub struct PrefetchReader {
-    rx: Receiver<io::Result<(Vec<u8>, usize)>>,
-    back: std::sync::mpsc::Sender<Vec<u8>>,
-    cur: Vec<u8>,
-    len: usize,
-    pos: usize,
-    done: bool,
-}
-
-impl PrefetchReader {
-    /// Start draining `sock` (at most `depth` buffers of 1 MiB ahead).
-    pub fn spawn(mut sock: TcpStream, depth: usize) -> Self {
-        use std::io::Read;
-        let (tx, rx) = sync_channel::<io::Result<(Vec<u8>, usize)>>(depth.max(1));
-        let (back, spent) = channel::<Vec<u8>>();
-        let _ = std::thread::Builder::new()
-            .name("migration-recv".into())
-            .spawn(move || loop {
-                // Reuse a consumed buffer: zeroing a fresh 1 MiB for every read would cost
-                // more than the read.
-                // Buffers keep their full length, so a reused one is never zeroed again.
-                let mut buf = spent.try_recv().unwrap_or_else(|_| vec![0u8; PREFETCH_BUF]);
-                match sock.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx.send(Ok((buf, n))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                }
-            });
-        Self {
-            rx,
-            back,
-            cur: Vec::new(),
-            len: 0,
-            pos: 0,
-            done: false,
-        }
-    }
-}
-
-/// Bytes the prefetch thread asks for per read.
-const PREFETCH_BUF: usize = 1 << 20;
-
-impl io::Read for PrefetchReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.len {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok((b, n))) => {
-                    let old = std::mem::replace(&mut self.cur, b);
-                    if old.len() == PREFETCH_BUF {
-                        let _ = self.back.send(old);
-                    }
-                    self.len = n;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-            }
-        }
-        let n = out.len().min(self.len - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
