@@ -227,12 +227,7 @@ impl VfioDevice for TestVfio {
         self.region.read(&mut self.dev, offset, data)
     }
 
-    fn region_write(
-        &mut self,
-        index: u32,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<(), DeviceError> {
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.check(index)?;
         self.region.write(&mut self.dev, offset, data)
     }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use mdev_core::device::{BadIrqSetSnafu, NoSuchIrqSnafu, NoSuchRegionSnafu, OutOfRangeSnafu};
 use mdev_core::uapi::*;
-use mdev_core::{
-    DeviceError, DmaDirtyLog, IrqSink, MigrationDevice, RegionInfo, VfioDevice,
-};
+use mdev_core::{DeviceError, DmaDirtyLog, IrqSink, MigrationDevice, RegionInfo, VfioDevice};
 
 use super::migration::{MIGRATION_REGION_INDEX, NUM_REGIONS};
 use super::Vgpu;
