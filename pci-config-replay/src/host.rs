@@ -96,70 +96,20 @@ pub struct InterruptRoute {
 
 impl ConfigSpace {
     /// The BARs that decode now (memory decode on, address programmed), with the host
-    /// region behind each.
+    /// region behind each. One implementation serves both: this is the view of
+    /// [`crate::ConfigSpaceState::bar_map`] over this space's state.
     pub fn bar_map(&self, host: &HostResources) -> Result<Vec<BarMapping>, ResourceError> {
-        let mut out = Vec::new();
-        for slot in self.bars() {
-            let Some(guest_addr) = self.bar_address(slot.index) else {
-                continue;
-            };
-            let region = host
-                .bar_regions
-                .get(usize::from(slot.index))
-                .copied()
-                .flatten()
-                .ok_or(ResourceError::MissingBarRegion { bar: slot.index })?;
-            out.push(BarMapping {
-                bar: slot.index,
-                guest_addr,
-                size: slot.size,
-                region,
-                prefetchable: slot.prefetchable,
-            });
-        }
-        Ok(out)
+        self.state().bar_map(host)
     }
 
     /// The message interrupt vectors enabled now: every MSI-X table entry when MSI-X is
-    /// enabled, else MSI vector 0 when MSI is enabled, else none (INTx has no route).
+    /// enabled, else MSI vector 0 when MSI is enabled, else none (INTx has no route). See
+    /// [`crate::ConfigSpaceState::interrupt_routes`].
     pub fn interrupt_routes(
         &self,
         host: &HostResources,
     ) -> Result<Vec<InterruptRoute>, ResourceError> {
-        let sink = |vector: u16| {
-            host.interrupt_sinks
-                .get(usize::from(vector))
-                .copied()
-                .ok_or(ResourceError::MissingInterruptSink { vector })
-        };
-        let mut out = Vec::new();
-        let ctl = self.msix_control();
-        if ctl.enabled {
-            for vector in 0..self.params().msix_table_size {
-                let Some(e) = self.msix_entry(vector) else {
-                    continue;
-                };
-                out.push(InterruptRoute {
-                    kind: InterruptKind::Msix,
-                    vector,
-                    address: e.address,
-                    data: e.data,
-                    masked: e.masked || ctl.function_mask,
-                    sink: sink(vector)?,
-                });
-            }
-        } else if self.msi().enabled {
-            let m = self.msi();
-            out.push(InterruptRoute {
-                kind: InterruptKind::Msi,
-                vector: 0,
-                address: m.address,
-                data: m.data,
-                masked: m.masked,
-                sink: sink(0)?,
-            });
-        }
-        Ok(out)
+        self.state().interrupt_routes(host)
     }
 }
 

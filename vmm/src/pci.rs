@@ -17,6 +17,10 @@ use pci_config_replay::{
 };
 use snafu::{ResultExt, Snafu};
 
+/// Bytes of the standard (non-extended) config header, where the BARs and the message
+/// capabilities live.
+const STANDARD_CONFIG_LEN: usize = 256;
+
 /// Errors of the VMM's PCI face.
 #[derive(Debug, Snafu)]
 #[snafu(visibility(pub(crate)))]
@@ -71,6 +75,9 @@ impl ConfigPort for RegionPort<'_> {
 #[derive(Debug, Clone)]
 pub struct PciFace {
     params: ConfigParams,
+    /// A fresh config model of this shape: its masks decide what is compatible and in
+    /// which order a replay writes.
+    model: ConfigSpace,
     host: HostResources,
     bars: Vec<BarMapping>,
     routes: Vec<InterruptRoute>,
@@ -80,8 +87,12 @@ impl PciFace {
     /// Probe `dev` through its config region and build the view on `host`'s resources.
     pub fn attach(dev: &mut dyn VfioDevice, host: HostResources) -> Result<Self> {
         let params = pci_config_replay::probe(&mut RegionPort { dev }).context(ProbeSnafu)?;
+        let model = ConfigSpace::new(params).map_err(|e| PciError::Replay {
+            source: pci_config_replay::ReplayError::Params { source: e },
+        })?;
         let mut face = Self {
             params,
+            model,
             host,
             bars: Vec::new(),
             routes: Vec::new(),
@@ -121,9 +132,20 @@ impl PciFace {
     /// The guest-visible config state, read through the config region and BAR0 (the MSI-X
     /// table and PBA).
     pub fn read_state(&self, dev: &mut dyn VfioDevice) -> Result<ConfigSpaceState> {
+        self.read_state_upto(dev, CONFIG_SPACE_SIZE)
+    }
+
+    /// [`Self::read_state`] with only the first `config_len` bytes of config space read
+    /// (the rest reads as zero).
+    fn read_state_upto(
+        &self,
+        dev: &mut dyn VfioDevice,
+        config_len: usize,
+    ) -> Result<ConfigSpaceState> {
         // Config space is read a dword at a time, the widest access PCI config takes.
         let mut config = Box::new([0u8; CONFIG_SPACE_SIZE]);
-        for (i, dword) in config.chunks_exact_mut(4).enumerate() {
+        let len = config_len.min(CONFIG_SPACE_SIZE);
+        for (i, dword) in config[..len].chunks_exact_mut(4).enumerate() {
             dev.region_read(VFIO_PCI_CONFIG_REGION_INDEX, 4 * i as u64, dword)
                 .context(RegionSnafu {
                     doing: "reading the config region",
@@ -166,8 +188,11 @@ impl PciFace {
 
     /// Re-derive the BAR map and routes from what the guest programmed. A map that does not
     /// fit this host's resources keeps the last good one.
+    ///
+    /// Only the standard 256-byte header is read: BARs, COMMAND and the MSI and MSI-X
+    /// capabilities all live there, and this runs after every guest config write.
     pub fn refresh(&mut self, dev: &mut dyn VfioDevice) -> Result<()> {
-        let state = self.read_state(dev)?;
+        let state = self.read_state_upto(dev, STANDARD_CONFIG_LEN)?;
         self.install(&state);
         Ok(())
     }
@@ -184,10 +209,7 @@ impl PciFace {
     /// Refuse a saved config that this function could not have produced (read-only bits,
     /// BAR sizes, MSI-X table size), before anything is applied.
     pub fn check_compatible(&self, saved: &ConfigSpaceState) -> Result<()> {
-        let model = ConfigSpace::new(self.params).map_err(|e| PciError::Replay {
-            source: pci_config_replay::ReplayError::Params { source: e },
-        })?;
-        pci_config_replay::check_compatible(&model, saved).context(ReplaySnafu)
+        pci_config_replay::check_compatible(&self.model, saved).context(ReplaySnafu)
     }
 
     /// Replay `saved` onto the device through its config region and BAR0, in the safe
@@ -196,10 +218,7 @@ impl PciFace {
     /// Vectors that were pending and are deliverable fire from the device itself as the
     /// replay unmasks them.
     pub fn replay(&mut self, dev: &mut dyn VfioDevice, saved: &ConfigSpaceState) -> Result<()> {
-        let model = ConfigSpace::new(self.params).map_err(|e| PciError::Replay {
-            source: pci_config_replay::ReplayError::Params { source: e },
-        })?;
-        let plan = pci_config_replay::replay_plan(&model, saved).context(ReplaySnafu)?;
+        let plan = pci_config_replay::replay_plan(&self.model, saved).context(ReplaySnafu)?;
         for w in &plan {
             match w {
                 ReplayWrite::Config { offset, data } => dev

@@ -237,14 +237,20 @@ impl Vm {
     }
 
     fn bus_view(&mut self) -> VmBus<'_> {
-        VmBus {
+        self.split().0
+    }
+
+    /// The bus, and beside it the vCPU and the guest program that run on it.
+    fn split(&mut self) -> (VmBus<'_>, &mut Vcpu, &mut dyn GuestProgram) {
+        let bus = VmBus {
             mem: &self.mem,
             dev: self.dev.as_mut(),
             face: &mut self.face,
             ecam_gpa: self.layout.ecam_gpa,
             log: &self.cfg.log,
             warn_limit: &mut self.warn_limit,
-        }
+        };
+        (bus, &mut self.vcpu, self.guest.as_mut())
     }
 
     /// Deliver the device's signals to the vCPU through the routing table.
@@ -281,15 +287,8 @@ impl Vm {
     pub fn step(&mut self, budget: usize) -> (GuestStep, usize) {
         self.deliver_irqs();
         let out = {
-            let mut bus = VmBus {
-                mem: &self.mem,
-                dev: self.dev.as_mut(),
-                face: &mut self.face,
-                ecam_gpa: self.layout.ecam_gpa,
-                log: &self.cfg.log,
-                warn_limit: &mut self.warn_limit,
-            };
-            self.vcpu.step(&mut bus, self.guest.as_mut())
+            let (mut bus, vcpu, guest) = self.split();
+            vcpu.step(&mut bus, guest)
         };
         let ran = self.hw.advance(budget);
         self.deliver_irqs();
@@ -311,15 +310,8 @@ impl Vm {
 
     /// The guest's progress counter (for the vGPU workload: completed frames).
     pub fn completed_frames(&mut self) -> u64 {
-        let mut bus = VmBus {
-            mem: &self.mem,
-            dev: self.dev.as_mut(),
-            face: &mut self.face,
-            ecam_gpa: self.layout.ecam_gpa,
-            log: &self.cfg.log,
-            warn_limit: &mut self.warn_limit,
-        };
-        self.guest.progress(&mut bus)
+        let (mut bus, _, guest) = self.split();
+        guest.progress(&mut bus)
     }
 
     /// Run until `stop`. Returns the number of vCPU steps taken.
