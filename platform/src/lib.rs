@@ -4,7 +4,8 @@
 //! build their VMs here; nothing in `vmm` names the vGPU.
 //!
 //! * [`VgpuFactory`]: builds the device (a [`SharedVgpu`]), its engine as the platform's
-//!   [`SimHardware`], and the driver as the simulated vCPU's [`GuestProgram`].
+//!   [`SimHardware`], the driver as the simulated vCPU's [`GuestProgram`], and the same
+//!   driver as a bootable x86-64 [`DriverImage`] for a KVM vCPU.
 //! * [`VgpuVm`]: the host-side workload operations on a [`Vm`] (loader, frame limit,
 //!   checksum log, display, graphics-memory digest), done through guest-physical accesses
 //!   and region reads, as a VMM's management tools would.
@@ -13,6 +14,7 @@
 
 mod guest;
 mod hardware;
+mod image;
 mod workload;
 
 use std::io::Read;
@@ -26,6 +28,7 @@ use vmm::{MachineParts, PlatformLayout, SimHardware, Vm, VmConfig, VmFactory};
 
 pub use guest::DriverProgram;
 pub use hardware::VgpuHardware;
+pub use image::DriverImage;
 pub use workload::VgpuVm;
 
 /// Builds vGPU VMs: the device with the given DMA tracking, its engine, the driver.
@@ -66,6 +69,7 @@ impl VmFactory for VgpuFactory {
             device: Box::new(dev),
             hardware: Box::new(hardware),
             guest: Box::new(DriverProgram),
+            image: Some(Arc::new(DriverImage)),
         })
     }
 }

@@ -23,6 +23,25 @@ fn parse_level(s: &str) -> Result<Level, String> {
     })
 }
 
+/// Which vCPU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Vcpu {
+    /// The simulated vCPU: the driver as host code.
+    Sim,
+    /// A KVM vCPU running the driver's x86-64 image.
+    Kvm,
+}
+
+impl Vcpu {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sim => "sim",
+            Self::Kvm => "kvm",
+        }
+    }
+}
+
 /// Workload options shared by the commands that boot a guest.
 #[derive(Debug, Clone, Args)]
 pub struct WorkloadArgs {
@@ -122,10 +141,14 @@ pub enum Command {
         /// Frames to render.
         #[arg(long)]
         frames: u64,
+        /// The vCPU: `sim` runs the driver as host code between device steps; `kvm` boots
+        /// the driver's x86-64 image on a KVM vCPU, with the device on its own thread.
+        #[arg(long, value_enum, default_value_t = Vcpu::Sim)]
+        vcpu: Vcpu,
         /// Write the last displayed frame as PNG.
         #[arg(long)]
         png: Option<PathBuf>,
-        /// Print JSON: {"frames", "final_checksum", "checksums", ...}.
+        /// Print JSON: {"frames", "final_checksum", "checksums", "vcpu", ...}.
         #[arg(long)]
         json: bool,
     },

@@ -49,6 +49,12 @@ pub struct RunReport {
     pub ram_digest: String,
     /// SHA-256 of graphics memory at the end.
     pub gmem_digest: String,
+    /// The vCPU the guest ran on: "sim" (the driver as host code) or "kvm" (the driver's
+    /// x86-64 image on a KVM vCPU).
+    pub vcpu: &'static str,
+    /// What the KVM run did (exits, interrupts, device work), with `--vcpu kvm`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<vmm::KvmRunReport>,
 }
 
 impl RunReport {
@@ -61,6 +67,8 @@ impl RunReport {
             checksums: log.iter().map(|c| format!("{c:016x}")).collect(),
             ram_digest: vmm::memory::hex(&vm.ram_digest()),
             gmem_digest: vmm::memory::hex(&vm.gmem_digest()),
+            vcpu: "sim",
+            kvm: None,
         }
     }
 

@@ -830,3 +830,22 @@ fn frames_below_the_snapshot_are_refused() {
     vgpu(&["restore", &p, "--frames", "1"]).error_naming(&["--frames 1", "2 frames"]);
     vgpu(&["restore", &p, "--frames", "0"]).error_naming(&["--frames 0"]);
 }
+
+#[test]
+fn run_on_kvm_prints_the_same_checksums_as_the_simulated_vcpu() {
+    if let Err(e) = vmm::kvm::available() {
+        println!("skipped: KVM is not usable here: {e}");
+        return;
+    }
+    let sim = run_json(3, 9);
+    let kvm = vgpu_small(&[
+        "run", "--frames", "3", "--seed", "9", "--vcpu", "kvm", "--json",
+    ])
+    .ok()
+    .json();
+    assert_eq!(sim["vcpu"], "sim");
+    assert_eq!(kvm["vcpu"], "kvm", "the command says which vCPU it used");
+    assert_eq!(kvm["checksums"], sim["checksums"]);
+    assert_eq!(kvm["gmem_digest"], sim["gmem_digest"]);
+    assert!(kvm["kvm"]["mmio_exits"].as_u64().unwrap() > 0);
+}

@@ -55,6 +55,12 @@ pub enum VmmError {
         /// The cause.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A KVM request failed.
+    #[snafu(display("KVM: {source}"))]
+    Kvm {
+        /// The cause.
+        source: crate::kvm::KvmError,
+    },
     /// The VMM's view of the device's PCI face failed.
     #[snafu(display("{source}"))]
     Pci {

@@ -34,7 +34,7 @@ pub mod vm;
 
 pub use error::{Result, VmmError};
 pub use platform::{
-    GuestBus, GuestProgram, GuestStep, HardwarePosition, MachineParts, PlatformLayout, SimHardware,
-    VmFactory,
+    GuestBus, GuestImage, GuestProgram, GuestSignal, GuestStep, HardwarePosition, MachineParts,
+    PlatformLayout, SimHardware, VmFactory,
 };
-pub use vm::{StopAt, Vm, VmConfig};
+pub use vm::{KvmRunReport, StopAt, Vm, VmConfig};

@@ -115,6 +115,30 @@ pub struct PlatformLayout {
     pub bar_gpas: Vec<(u8, u64)>,
 }
 
+/// What a guest's write to an I/O port means to the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestSignal {
+    /// Nothing the VMM acts on.
+    Ignore,
+    /// The guest finished what it was asked to do and is idle (it runs on if resumed).
+    Done,
+    /// The guest gave up or crashed; the reason in words.
+    Failed(String),
+}
+
+/// A guest program built as a bootable x86-64 image, for a hardware (KVM) vCPU. The VMM
+/// sets up long mode ([`crate::kvm::BootSpec`]) and runs it; the image drives the device
+/// through the same BARs and ECAM window as the simulated program.
+pub trait GuestImage: Send + Sync + Debug {
+    /// Load the image into guest RAM; where the boot tables go, the entry and the stack.
+    fn load(
+        &self,
+        mem: &GuestMem,
+    ) -> Result<crate::kvm::BootSpec, Box<dyn std::error::Error + Send + Sync>>;
+    /// What a write of `value` to `port` means.
+    fn port_write(&self, port: u16, value: u32) -> GuestSignal;
+}
+
 /// The parts of one VM's machine, as a composer builds them.
 #[derive(Debug)]
 pub struct MachineParts {
@@ -124,6 +148,8 @@ pub struct MachineParts {
     pub hardware: Box<dyn SimHardware>,
     /// The program the simulated vCPU runs.
     pub guest: Box<dyn GuestProgram>,
+    /// The same program as a bootable image for a KVM vCPU, if there is one.
+    pub image: Option<std::sync::Arc<dyn GuestImage>>,
 }
 
 /// Builds the device and guest of a VM on its guest RAM (the source's VM, a snapshot's

@@ -17,9 +17,15 @@ use crate::error::*;
 use crate::irq::{msi_vector, IrqQueue};
 use crate::memory::{self, GuestMem};
 use crate::pci::PciFace;
-use crate::platform::{GuestProgram, GuestStep, PlatformLayout, SimHardware, VmFactory};
+use crate::platform::{
+    GuestImage, GuestProgram, GuestStep, PlatformLayout, SimHardware, VmFactory,
+};
 use crate::ratelimit::RateLimit;
 use crate::vcpu::Vcpu;
+
+mod kvm_run;
+
+pub use kvm_run::KvmRunReport;
 
 /// Units of hardware work the platform allows per vCPU step.
 pub const DEFAULT_BUDGET: usize = 64;
@@ -72,12 +78,48 @@ pub enum StopAt {
     Frame(u64),
 }
 
+/// Take the device's signals from `irqs` and send each through its route (the MSI the
+/// guest programmed for that vector on this host's sink) with `send(address, data)`, which
+/// says whether the message reached a CPU. Signals without a route are dropped with a
+/// rate-limited warning, as an interrupt to an unprogrammed vector is on real hardware.
+fn deliver(
+    irqs: &IrqQueue,
+    routes: &[InterruptRoute],
+    sink_base: u32,
+    log: &Logger,
+    warn_limit: &mut RateLimit,
+    mut send: impl FnMut(u64, u32) -> bool,
+) {
+    for (index, vector) in irqs.drain() {
+        let route = routes
+            .iter()
+            .find(|r| r.kind.vfio_irq_index() == index && u32::from(r.vector) == vector);
+        match route {
+            Some(r) if r.sink == sink_base + vector => {
+                if !send(r.address, r.data) && warn_limit.allow() {
+                    warn!(log, "MSI to a non-APIC address dropped";
+                          "address" => format!("{:#x}", r.address));
+                }
+            }
+            _ => {
+                if warn_limit.allow() {
+                    warn!(log, "interrupt without a route dropped";
+                          "index" => index, "vector" => vector);
+                }
+            }
+        }
+    }
+}
+
 /// A running VM.
 pub struct Vm {
     mem: GuestMem,
     dev: Box<dyn VfioDevice>,
     hw: Box<dyn SimHardware>,
     guest: Box<dyn GuestProgram>,
+    image: Option<Arc<dyn GuestImage>>,
+    /// A KVM vCPU has booted the image (it boots once per VM).
+    kvm_booted: bool,
     vcpu: Vcpu,
     irqs: Arc<IrqQueue>,
     face: PciFace,
@@ -137,6 +179,8 @@ impl Vm {
             dev,
             hw: parts.hardware,
             guest: parts.guest,
+            image: parts.image,
+            kvm_booted: false,
             vcpu: Vcpu::new(),
             irqs: IrqQueue::new(),
             face,
@@ -255,32 +299,21 @@ impl Vm {
 
     /// Deliver the device's signals to the vCPU through the routing table.
     fn deliver_irqs(&mut self) {
-        for (index, vector) in self.irqs.drain() {
-            let route = self
-                .face
-                .routes()
-                .iter()
-                .find(|r| r.kind.vfio_irq_index() == index && u32::from(r.vector) == vector);
-            match route {
-                Some(r) if r.sink == self.cfg.irq_sink_base + vector => {
-                    match msi_vector(r.address, r.data) {
-                        Some(v) => self.vcpu.inject(v),
-                        None => {
-                            if self.warn_limit.allow() {
-                                warn!(self.cfg.log, "MSI to a non-APIC address dropped";
-                                      "address" => format!("{:#x}", r.address));
-                            }
-                        }
-                    }
+        let (vcpu, log, limit) = (&mut self.vcpu, &self.cfg.log, &mut self.warn_limit);
+        deliver(
+            &self.irqs,
+            self.face.routes(),
+            self.cfg.irq_sink_base,
+            log,
+            limit,
+            |address, data| match msi_vector(address, data) {
+                Some(v) => {
+                    vcpu.inject(v);
+                    true
                 }
-                _ => {
-                    if self.warn_limit.allow() {
-                        warn!(self.cfg.log, "interrupt without a route dropped";
-                              "index" => index, "vector" => vector);
-                    }
-                }
-            }
-        }
+                None => false,
+            },
+        );
     }
 
     /// One vCPU step, then up to `budget` units of hardware work.

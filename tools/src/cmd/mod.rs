@@ -88,9 +88,10 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
         Command::Run {
             w,
             frames,
+            vcpu,
             png,
             json,
-        } => run::run(&w, frames, png.as_deref(), json, log),
+        } => run::run(&w, frames, vcpu, png.as_deref(), json, log),
         Command::Dump {
             w,
             frames,

@@ -1,0 +1,72 @@
+//! The driver's x86-64 image on a KVM vCPU gives the same checksum log as the same driver
+//! on the simulated vCPU. Where `/dev/kvm` is not usable, each test prints why and passes
+//! without asserting (CI runs as root with `/dev/kvm`, so there they run).
+
+use vgpu_migrate_tests::{booted, outcome, quiet, reference};
+use vmm::{StopAt, Vm, VmmError};
+
+fn kvm_usable() -> bool {
+    match vmm::kvm::available() {
+        Ok(()) => true,
+        Err(e) => {
+            println!("skipped: KVM is not usable here: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn kvm_and_sim_give_the_same_checksum_log() {
+    if !kvm_usable() {
+        return;
+    }
+    const FRAMES: u64 = 4;
+    for seed in [3, 8] {
+        let want = reference("vgpu-64", FRAMES, seed);
+        let mut vm = booted("vgpu-64", FRAMES, seed, 100);
+        let rep = vm.run_kvm(StopAt::Done).expect("KVM run");
+        let got = outcome(&mut vm, FRAMES);
+        assert_eq!(got.checksums, want.checksums, "checksum log, seed {seed}");
+        assert_eq!(got.gmem, want.gmem, "graphics memory, seed {seed}");
+        assert!(rep.mmio_exits > 0, "the guest reached the device by MMIO");
+        assert!(rep.msis > 0, "interrupts went through KVM's local APIC");
+        assert!(rep.device_work > 0, "the device thread ran commands");
+    }
+}
+
+#[test]
+fn the_device_is_back_in_the_vm_after_a_kvm_run() {
+    if !kvm_usable() {
+        return;
+    }
+    // Four frames on KVM, then the frame limit raised and two more on the simulated vCPU:
+    // the device, its PCI face and the driver's state (all in guest RAM and the device)
+    // carry over. The guest reports done only between two driver steps, so nothing is
+    // left half-written.
+    let want = reference("vgpu-64", 6, 5);
+    let mut vm = booted("vgpu-64", 4, 5, 100);
+    vm.run_kvm(StopAt::Done).expect("KVM run");
+    vgpu_platform::VgpuVm::set_frame_limit(&mut vm, 6).unwrap();
+    vm.run(StopAt::Done).expect("the simulated vCPU finishes");
+    assert_eq!(outcome(&mut vm, 6).checksums, want.checksums);
+    let again = vm
+        .run_kvm(StopAt::Done)
+        .expect_err("the image boots once per VM");
+    assert!(again.to_string().contains("boots once"), "{again}");
+}
+
+#[test]
+fn a_guest_without_parameters_fails_with_a_clear_error() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
+    cfg.ram_size = 64 << 20;
+    let mut vm = Vm::new(&cfg).unwrap();
+    // No firmware step and no workload parameters: the driver gives up.
+    let err = vm.run_kvm(StopAt::Done).expect_err("no parameters");
+    assert!(
+        matches!(&err, VmmError::DriverFailed { why } if why.contains("gave up")),
+        "{err}"
+    );
+}
