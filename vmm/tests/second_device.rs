@@ -308,3 +308,29 @@ fn a_tampered_device_state_is_refused_by_the_device_and_the_source_runs_on() {
     vmm::snapshot::resume_source(&mut src).unwrap();
     assert_eq!(finish(&mut src, LIMIT), reference(LIMIT));
 }
+
+/// What the VMM assumes beyond the v2 contract, pinned: without the v1 device-state
+/// region, a snapshot cannot be taken and even a v2 migration is refused at setup
+/// (`DeviceIo::new` looks the region up for either protocol); the source runs on.
+#[test]
+fn without_the_v1_region_the_vmm_refuses_snapshot_and_v2_migration() {
+    let no_v1 = SerialFactory {
+        v1_region: false,
+        dma_log: true,
+    };
+    let mut src = booted(no_v1, LIMIT);
+    src.run(StopAt::Command(300)).unwrap();
+    let e = vmm::snapshot::save(&mut src, Vec::new()).unwrap_err();
+    assert!(matches!(e, VmmError::NoStateRegion), "{e}");
+    let (url, target) = spawn_target(no_v1);
+    let opts = SourceOptions {
+        protocol: Protocol::V2,
+        ..SourceOptions::default()
+    };
+    let err = migration::migrate(&mut src, &url, &opts, &mut |_| {})
+        .expect_err("vmm looks for the v1 region even for v2")
+        .to_string();
+    assert!(err.contains(&VmmError::NoStateRegion.to_string()), "{err}");
+    assert!(target.join().expect("target thread").is_err());
+    assert_eq!(finish(&mut src, LIMIT), reference(LIMIT));
+}
