@@ -70,3 +70,67 @@ fn a_guest_without_parameters_fails_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_kvm_snapshot_taken_anywhere_restores_to_the_same_checksums() {
+    if !kvm_usable() {
+        return;
+    }
+    const FRAMES: u64 = 5;
+    let want = reference("vgpu-64", FRAMES, 2);
+    // Stop points inside the first frames: the vCPU is kicked out of the guest wherever it
+    // is (inside a driver step, in the interrupt handler, halted), so its registers,
+    // LAPIC (an MSI may be pending in its IRR) and events must all travel.
+    for at in [20, 45, 70] {
+        let mut src = booted("vgpu-64", FRAMES, 2, 100);
+        src.run_kvm(StopAt::Command(at))
+            .expect("KVM run to the stop point");
+        assert!(src.on_kvm());
+        assert_eq!(src.vcpu_record().unwrap().kind(), "kvm");
+        let mut snap = Vec::new();
+        vmm::snapshot::save(&mut src, &mut snap).expect("snapshot");
+        drop(src);
+        let mut dst = vgpu_platform::restore(&snap[..], &quiet(), Default::default(), 300).unwrap();
+        assert!(dst.on_kvm(), "the restored guest goes on on KVM");
+        dst.run_kvm(StopAt::Done).expect("restored KVM run");
+        let got = outcome(&mut dst, FRAMES);
+        assert_eq!(got.checksums, want.checksums, "stop at command {at}");
+        assert_eq!(got.gmem, want.gmem, "graphics memory, stop at command {at}");
+    }
+}
+
+#[test]
+fn a_kvm_guest_stopped_inside_a_step_is_not_taken_over_by_the_simulated_vcpu() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut vm = booted("vgpu-64", 3, 4, 100);
+    vm.run_kvm(StopAt::Command(10)).expect("KVM run");
+    let err = vm.run(StopAt::Done).expect_err("the CPU state is in KVM");
+    assert!(err.to_string().contains("inside a driver step"), "{err}");
+    // It goes on on KVM and ends as a run that never stopped.
+    vm.run_kvm(StopAt::Done).expect("resumed KVM run");
+    assert_eq!(
+        outcome(&mut vm, 3).checksums,
+        reference("vgpu-64", 3, 4).checksums
+    );
+}
+
+#[test]
+fn a_damaged_kvm_vcpu_record_is_refused() {
+    if !kvm_usable() {
+        return;
+    }
+    let mut vm = booted("vgpu-64", 2, 4, 100);
+    vm.run_kvm(StopAt::Command(10)).expect("KVM run");
+    let rec = vm.vcpu_record().unwrap().to_bytes();
+    let good = vmm::vcpu::SavedVcpu::from_bytes(&rec).expect("round trip");
+    assert_eq!(good.to_bytes(), rec);
+    for cut in [8, rec.len() / 2, rec.len() - 1] {
+        let e = vmm::vcpu::SavedVcpu::from_bytes(&rec[..cut]).expect_err("truncated");
+        assert!(e.to_string().starts_with("KVM vCPU state"), "{e}");
+    }
+    let mut bad = rec.clone();
+    bad[8] ^= 0xff; // the version
+    assert!(vmm::vcpu::SavedVcpu::from_bytes(&bad).is_err());
+}

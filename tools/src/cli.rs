@@ -160,9 +160,14 @@ pub enum Command {
         /// Frames to render before saving.
         #[arg(long)]
         frames: u64,
-        /// Stop after the device has executed this many commands (may be mid-batch).
+        /// Stop after the device has executed this many commands (may be mid-batch; on
+        /// KVM, the first moment at or after it).
         #[arg(long)]
         at_command: Option<u64>,
+        /// The vCPU (see `run --vcpu`); a KVM vCPU's whole state goes into the snapshot,
+        /// and `restore` goes on on KVM.
+        #[arg(long, value_enum, default_value_t = Vcpu::Sim)]
+        vcpu: Vcpu,
         /// Output file.
         #[arg(long)]
         out: PathBuf,

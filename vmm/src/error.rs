@@ -113,7 +113,7 @@ pub enum VmmError {
     #[snafu(display("{source}"))]
     Vcpu {
         /// The cause.
-        source: crate::vcpu::VcpuError,
+        source: crate::vcpu::SavedVcpuError,
     },
     /// The device rejected the migrated state.
     #[snafu(display("the target device rejected the state: {reason}"))]

@@ -22,7 +22,7 @@ use crate::error::*;
 use crate::memory::{self, PAGE_SIZE};
 use crate::stream::{Header, Record, StreamReader, StreamWriter, TrailerCheck, WriteStats};
 use crate::stream::{STREAM_MAJOR, STREAM_MINOR};
-use crate::vcpu::{Vcpu, VcpuState};
+use crate::vcpu::{SavedVcpu, Vcpu};
 use crate::vm::{Vm, VmConfig};
 
 /// The device-state region's index, found by its type/subtype capability.
@@ -96,7 +96,7 @@ pub fn save<W: Write>(vm: &mut Vm, out: W) -> Result<WriteStats> {
     write_all_ram(vm, &mut w)?;
     save_device_v1(vm, &mut w)?;
     w.config(&config_bytes(vm)?).context(StreamSnafu)?;
-    let vcpu = vm.vcpu().state().to_bytes();
+    let vcpu = vm.vcpu_record()?.to_bytes();
     w.vcpu(&vcpu).context(StreamSnafu)?;
     let (_, stats) = w.finish().context(StreamSnafu)?;
     info!(vm.log(), "snapshot written"; "bytes" => stats.total, "ram" => stats.ram, "device" => stats.device);
@@ -208,7 +208,7 @@ pub fn decode_state(
     vm: &Vm,
     config: Option<Vec<u8>>,
     vcpu: Option<Vec<u8>>,
-) -> Result<(ConfigSpaceState, VcpuState)> {
+) -> Result<(ConfigSpaceState, SavedVcpu)> {
     let config = config.ok_or_else(|| VmmError::Config {
         reason: "the stream has no config space".into(),
     })?;
@@ -218,7 +218,7 @@ pub fn decode_state(
     let saved = ConfigSpaceState::from_bytes(&config).map_err(|e| VmmError::Config {
         reason: e.to_string(),
     })?;
-    let vcpu = VcpuState::from_bytes(&vcpu).context(VcpuSnafu)?;
+    let vcpu = SavedVcpu::from_bytes(&vcpu).context(VcpuSnafu)?;
     vm.pci()
         .check_compatible(&saved)
         .map_err(|e| VmmError::Config {
@@ -239,8 +239,14 @@ pub fn replay_config(vm: &mut Vm, saved: &ConfigSpaceState) -> Result<()> {
 }
 
 /// Restore the vCPU.
-pub fn restore_vcpu(vm: &mut Vm, state: &VcpuState) {
-    *vm.vcpu() = Vcpu::from_state(state);
+pub fn restore_vcpu(vm: &mut Vm, state: &SavedVcpu) -> Result<()> {
+    match state {
+        SavedVcpu::Sim(s) => {
+            *vm.vcpu() = Vcpu::from_state(s);
+            Ok(())
+        }
+        SavedVcpu::Kvm(s) => vm.restore_kvm_vcpu(s),
+    }
 }
 
 /// After the stream verified: commit the device, replay config, restore the vCPU, run.
@@ -256,7 +262,7 @@ pub fn finish_restore(
         reason: e.to_string(),
     })?;
     replay_config(vm, &saved)?;
-    restore_vcpu(vm, &vcpu);
+    restore_vcpu(vm, &vcpu)?;
     v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(
         DeviceSnafu {
             doing: "starting the restored device",

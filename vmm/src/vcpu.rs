@@ -69,6 +69,98 @@ impl VcpuState {
     }
 }
 
+/// The vCPU record of a stream: the simulated vCPU's state or a KVM vCPU's, told apart by
+/// their magic numbers.
+#[derive(Debug, Clone)]
+pub enum SavedVcpu {
+    /// The simulated vCPU (pending interrupt vectors).
+    Sim(VcpuState),
+    /// A KVM vCPU (registers, FPU, LAPIC, MSRs, events, MP state).
+    Kvm(Box<crate::kvm::KvmVcpuState>),
+}
+
+/// Errors decoding a vCPU record.
+#[derive(Debug, Snafu)]
+pub enum SavedVcpuError {
+    /// A simulated vCPU's record is bad.
+    #[snafu(display("simulated vCPU state: {source}"))]
+    Sim {
+        /// The cause.
+        source: VcpuError,
+    },
+    /// A KVM vCPU's record is bad.
+    #[snafu(display("KVM vCPU state: {source}"))]
+    Kvm {
+        /// The cause.
+        source: crate::kvm::KvmError,
+    },
+}
+
+impl SavedVcpu {
+    /// Encode.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Sim(s) => s.to_bytes(),
+            Self::Kvm(s) => s.to_bytes(),
+        }
+    }
+
+    /// Decode: a KVM record by its magic, else a simulated vCPU's.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, SavedVcpuError> {
+        if b.starts_with(&crate::kvm::state::MAGIC) {
+            crate::kvm::KvmVcpuState::from_bytes(b)
+                .map(|s| Self::Kvm(Box::new(s)))
+                .map_err(|source| SavedVcpuError::Kvm { source })
+        } else {
+            VcpuState::from_bytes(b)
+                .map(Self::Sim)
+                .map_err(|source| SavedVcpuError::Sim { source })
+        }
+    }
+
+    /// Interrupt vectors requested and not yet taken: the simulated vCPU's IRR, or the
+    /// KVM vCPU's local APIC IRR (eight 32-bit registers from APIC offset 0x200, 16 bytes
+    /// apart; Intel SDM vol. 3, 11.8.4).
+    pub fn pending_vectors(&self) -> Vec<u32> {
+        match self {
+            Self::Sim(s) => (0..256u32)
+                .filter(|v| s.irr[(v / 64) as usize] & (1 << (v % 64)) != 0)
+                .collect(),
+            Self::Kvm(k) => {
+                let regs = &k.lapic.regs;
+                (0..256u32)
+                    .filter(|v| {
+                        let off = 0x200 + 16 * (v / 32) as usize;
+                        let word = u32::from_le_bytes([
+                            regs[off] as u8,
+                            regs[off + 1] as u8,
+                            regs[off + 2] as u8,
+                            regs[off + 3] as u8,
+                        ]);
+                        word & (1 << (v % 32)) != 0
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The instruction pointer, for a KVM vCPU.
+    pub fn rip(&self) -> Option<u64> {
+        match self {
+            Self::Sim(_) => None,
+            Self::Kvm(k) => Some(k.regs.rip),
+        }
+    }
+
+    /// Which vCPU the record is for: "sim" or "kvm".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sim(_) => "sim",
+            Self::Kvm(_) => "kvm",
+        }
+    }
+}
+
 /// A simulated vCPU.
 #[derive(Debug, Default, Clone)]
 pub struct Vcpu {

@@ -118,8 +118,10 @@ pub struct Vm {
     hw: Box<dyn SimHardware>,
     guest: Box<dyn GuestProgram>,
     image: Option<Arc<dyn GuestImage>>,
-    /// A KVM vCPU has booted the image (it boots once per VM).
+    /// A KVM vCPU has booted the image or been restored (it boots once per VM).
     kvm_booted: bool,
+    /// The KVM vCPU between runs.
+    kvm: Option<kvm_run::KvmSession>,
     vcpu: Vcpu,
     irqs: Arc<IrqQueue>,
     face: PciFace,
@@ -181,6 +183,7 @@ impl Vm {
             guest: parts.guest,
             image: parts.image,
             kvm_booted: false,
+            kvm: None,
             vcpu: Vcpu::new(),
             irqs: IrqQueue::new(),
             face,
@@ -347,8 +350,42 @@ impl Vm {
         guest.progress(&mut bus)
     }
 
+    /// The vCPU record for a stream: the KVM vCPU's state if the guest runs on one, else
+    /// the simulated vCPU's.
+    pub fn vcpu_record(&self) -> Result<crate::vcpu::SavedVcpu> {
+        match self.kvm_vcpu_state() {
+            Some(s) => Ok(crate::vcpu::SavedVcpu::Kvm(Box::new(s?))),
+            None => Ok(crate::vcpu::SavedVcpu::Sim(self.vcpu.state())),
+        }
+    }
+
+    /// Whether the guest's CPU state is a KVM vCPU's (booted or restored, not given up).
+    pub fn on_kvm(&self) -> bool {
+        self.kvm.is_some()
+    }
+
+    /// Before the simulated vCPU runs: a KVM vCPU that holds the guest's CPU state is
+    /// given up if it stopped between two driver steps (everything is then in guest RAM),
+    /// and refused otherwise (its registers would be lost).
+    fn take_over_from_kvm(&mut self) -> Result<()> {
+        match &self.kvm {
+            None => Ok(()),
+            Some(kvm_run::KvmSession::Parked(p)) if p.at_boundary => {
+                self.kvm = None;
+                Ok(())
+            }
+            Some(_) => Err(VmmError::StopPoint {
+                what: "on the simulated vCPU".into(),
+                why: "the guest's CPU state is in a KVM vCPU that stopped inside a driver \
+                      step; run it with run_kvm"
+                    .into(),
+            }),
+        }
+    }
+
     /// Run until `stop`. Returns the number of vCPU steps taken.
     pub fn run(&mut self, stop: StopAt) -> Result<u64> {
+        self.take_over_from_kvm()?;
         let mut steps = 0u64;
         let mut idle_rounds = 0u32;
         loop {

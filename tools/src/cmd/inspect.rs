@@ -79,16 +79,15 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
         }
         let vcpu_state = vcpu
             .as_deref()
-            .map(vmm::vcpu::VcpuState::from_bytes)
+            .map(vmm::vcpu::SavedVcpu::from_bytes)
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
-        let pending: Vec<u32> = vcpu_state
-            .map(|s| {
-                (0..256u32)
-                    .filter(|v| s.irr[(v / 64) as usize] & (1 << (v % 64)) != 0)
-                    .collect()
-            })
+        let pending = vcpu_state
+            .as_ref()
+            .map(|s| s.pending_vectors())
             .unwrap_or_default();
+        let vcpu_kind = vcpu_state.as_ref().map(|s| s.kind());
+        let rip = vcpu_state.as_ref().and_then(|s| s.rip());
         out["stream"] = json!({
             "format": format!("{}.{}", h.major, h.minor),
             "mdev_type": h.mdev_type,
@@ -98,6 +97,8 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             "device_chunks": chunks,
             "device_bytes": device.len(),
             "digest": "verified",
+            "vcpu": vcpu_kind,
+            "vcpu_rip": rip,
             "vcpu_pending_vectors": pending,
         });
         text.push(format!(
@@ -105,9 +106,11 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
             h.major, h.minor, h.mdev_type, h.ram_size >> 20, ram_pages, zero_pages
         ));
         text.push(format!(
-            "device data: {} bytes in {} chunks; vCPU pending vectors: {:?}",
+            "device data: {} bytes in {} chunks; vCPU ({}{}) pending vectors: {:?}",
             device.len(),
             chunks,
+            vcpu_kind.unwrap_or("none"),
+            rip.map(|r| format!(", rip {r:#x}")).unwrap_or_default(),
             pending
         ));
         (device, config, Some(h.mdev_type))

@@ -96,9 +96,10 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             w,
             frames,
             at_command,
+            vcpu,
             out,
             device_only,
-        } => dump::run(&w, frames, at_command, &out, device_only, log),
+        } => dump::run(&w, frames, at_command, vcpu, &out, device_only, log),
         Command::Restore {
             file,
             frames,

@@ -33,10 +33,21 @@ pub fn run(file: &Path, frames: u64, png: Option<&Path>, json: bool, log: &Logge
         });
     }
     vm.set_frame_limit(frames)?;
-    vm.run(StopAt::Done)?;
+    // The snapshot says which vCPU the guest was on: a KVM vCPU's state goes on on KVM.
+    let kvm = if vm.on_kvm() {
+        Some(vm.run_kvm(StopAt::Done)?)
+    } else {
+        vm.run(StopAt::Done)?;
+        None
+    };
     if let Some(p) = png {
         write_png(&mut vm, p)?;
     }
-    RunReport::collect(&mut vm, frames).print(json);
+    let mut report = RunReport::collect(&mut vm, frames);
+    if kvm.is_some() {
+        report.vcpu = "kvm";
+    }
+    report.kvm = kvm;
+    report.print(json);
     Ok(())
 }

@@ -541,6 +541,12 @@ pub fn migrate(
     opts: &SourceOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(SourceReport, TargetEvents)> {
+    if vm.on_kvm() {
+        return Err(MigrationError::Incompatible {
+            why: "live migration of a guest on a KVM vCPU is not supported yet (snapshots are)"
+                .into(),
+        });
+    }
     let t_start = Instant::now();
     let sock = super::transport::connect(url, opts.connect_timeout)?;
     let live = Liveness::new("target", opts.peer_timeout);
@@ -830,7 +836,7 @@ fn run_migration(
     w.device_end()?;
     let cfg = crate::snapshot::config_bytes(vm)?;
     w.config(&cfg)?;
-    let vcpu = vm.vcpu().state().to_bytes();
+    let vcpu = vm.vcpu_record()?.to_bytes();
     w.vcpu(&vcpu)?;
     let t_drained = monotonic_ns();
     let (mut writer, stats) = w.finish()?;

@@ -232,7 +232,7 @@ fn receive(
     replay_config(&mut vm, &saved)?;
     report.config_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
-    restore_vcpu(&mut vm, &vcpu);
+    restore_vcpu(&mut vm, &vcpu)?;
     dio.run(&mut vm)?;
     report.resumed_ns = monotonic_ns();
     report.resume_ms = t.elapsed().as_secs_f64() * 1e3;
