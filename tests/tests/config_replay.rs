@@ -175,7 +175,7 @@ fn assert_rebuilt(src: &mut Vm, dst: &mut Vm, dst_host: Host) {
     }
     assert_eq!(
         dst.bars(),
-        &d.bar_map(dst.host_resources()).expect("BAR map")[..]
+        &d.bar_map(&dst.host_resources()).expect("BAR map")[..]
     );
 
     assert!(!src.routes().is_empty(), "the guest enabled MSI-X");
@@ -344,7 +344,7 @@ fn a_guest_that_moves_its_bars_between_two_migrations() {
             vmm::bus::decode(
                 c.memory(),
                 vgpu_sim::workload::layout::ECAM_GPA,
-                c.bars(),
+                &c.bars(),
                 old,
                 4
             ),
@@ -358,7 +358,7 @@ fn a_guest_that_moves_its_bars_between_two_migrations() {
         vmm::bus::decode(
             c.memory(),
             vgpu_sim::workload::layout::ECAM_GPA,
-            c.bars(),
+            &c.bars(),
             NEW_BAR2,
             8
         ),
@@ -549,7 +549,7 @@ fn host_side_accesses_follow_the_guest_bar_map() {
         vmm::bus::decode(
             vm.memory(),
             vgpu_sim::workload::layout::ECAM_GPA,
-            vm.bars(),
+            &vm.bars(),
             BAR0_GPA + 0x10,
             4
         ),

@@ -68,6 +68,10 @@ pub struct WorkloadArgs {
 /// Options of a live migration's source.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
+    /// The source guest's vCPU (see `run --vcpu`). A KVM guest keeps running on its own
+    /// vCPU thread while pre-copy works; the target goes on on KVM.
+    #[arg(long, value_enum, default_value_t = Vcpu::Sim)]
+    pub vcpu: Vcpu,
     /// How the VMM drives the device: region (v1 device-state region) or v2.
     #[arg(long, default_value = "region")]
     pub protocol: String,

@@ -67,7 +67,7 @@ impl RunReport {
             checksums: log.iter().map(|c| format!("{c:016x}")).collect(),
             ram_digest: vmm::memory::hex(&vm.ram_digest()),
             gmem_digest: vmm::memory::hex(&vm.gmem_digest()),
-            vcpu: "sim",
+            vcpu: if vm.on_kvm() { "kvm" } else { "sim" },
             kvm: None,
         }
     }

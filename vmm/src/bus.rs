@@ -1,5 +1,7 @@
 //! The guest-physical bus: routes each vCPU access to guest RAM, a BAR, or the ECAM window.
 
+use std::sync::{Mutex, MutexGuard};
+
 use mdev_core::VfioDevice;
 use pci_config_replay::BarMapping;
 use slog::{warn, Logger};
@@ -9,6 +11,11 @@ use crate::memory::{self, GuestMem};
 use crate::pci::PciFace;
 use crate::platform::GuestBus;
 use crate::ratelimit::RateLimit;
+
+/// Lock the PCI face; a poisoned lock (a panic while it was held) still yields it.
+pub fn lock_face(face: &Mutex<PciFace>) -> MutexGuard<'_, PciFace> {
+    face.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Size of the ECAM window of our single function.
 pub const ECAM_SIZE: u64 = 4096;
@@ -48,8 +55,8 @@ pub struct VmBus<'a> {
     /// The device.
     pub dev: &'a mut dyn VfioDevice,
     /// The VMM's view of its PCI face (BAR map and routes), refreshed after writes that
-    /// may change it.
-    pub face: &'a mut PciFace,
+    /// may change it; shared with the VMM's other threads.
+    pub face: &'a Mutex<PciFace>,
     /// The ECAM window.
     pub ecam_gpa: u64,
     /// Logger.
@@ -62,7 +69,7 @@ impl VmBus<'_> {
     /// After a write to the config space or the MSI-X table: the device's side effects are
     /// its own; the VMM re-reads its BAR map and routes through the regions.
     fn refresh(&mut self) {
-        if let Err(e) = self.face.refresh(self.dev) {
+        if let Err(e) = lock_face(self.face).refresh(self.dev) {
             if self.warn_limit.allow() {
                 warn!(self.log, "cannot re-read the device's PCI face"; "error" => %e);
             }
@@ -73,8 +80,7 @@ impl VmBus<'_> {
     /// (see [`decode`]): the region's `HostRegion::offset` taken off. Regions that back no
     /// BAR (the config space) are addressed directly. `None` below the region's start.
     fn device_offset(&self, index: u32, off: u64) -> Option<u64> {
-        match self
-            .face
+        match lock_face(self.face)
             .host()
             .bar_regions
             .iter()
@@ -99,14 +105,21 @@ impl VmBus<'_> {
 impl std::fmt::Debug for VmBus<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VmBus")
-            .field("bars", &self.face.bars())
+            .field("bars", &lock_face(self.face).bars())
             .finish()
     }
 }
 
 impl GuestBus for VmBus<'_> {
     fn read(&mut self, gpa: u64, buf: &mut [u8]) {
-        match decode(self.mem, self.ecam_gpa, self.face.bars(), gpa, buf.len()) {
+        let target = decode(
+            self.mem,
+            self.ecam_gpa,
+            lock_face(self.face).bars(),
+            gpa,
+            buf.len(),
+        );
+        match target {
             Target::Ram => {
                 if memory::read(self.mem, gpa, buf).is_err() {
                     buf.fill(0xff);
@@ -135,7 +148,14 @@ impl GuestBus for VmBus<'_> {
     }
 
     fn write(&mut self, gpa: u64, buf: &[u8]) {
-        match decode(self.mem, self.ecam_gpa, self.face.bars(), gpa, buf.len()) {
+        let target = decode(
+            self.mem,
+            self.ecam_gpa,
+            lock_face(self.face).bars(),
+            gpa,
+            buf.len(),
+        );
+        match target {
             Target::Ram => {
                 let _ = memory::write(self.mem, gpa, buf);
             }
@@ -146,7 +166,9 @@ impl GuestBus for VmBus<'_> {
                 };
                 match self.dev.region_write(index, off, buf) {
                     Ok(()) => {
-                        if index == VFIO_PCI_CONFIG_REGION_INDEX || self.face.is_msix(index, off) {
+                        if index == VFIO_PCI_CONFIG_REGION_INDEX
+                            || lock_face(self.face).is_msix(index, off)
+                        {
                             self.refresh();
                         }
                     }

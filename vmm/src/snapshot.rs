@@ -232,7 +232,7 @@ pub fn decode_state(
 /// resources. Vectors that were pending and are deliverable fire as the replay unmasks
 /// them, through the target's rebuilt routes.
 pub fn replay_config(vm: &mut Vm, saved: &ConfigSpaceState) -> Result<()> {
-    let (face, dev) = vm.pci_and_device();
+    let (mut face, dev) = vm.pci_and_device();
     face.replay(dev, saved).map_err(|e| VmmError::Config {
         reason: e.to_string(),
     })

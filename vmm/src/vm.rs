@@ -2,7 +2,7 @@
 //! only through the VFIO contract. What the device and the guest are, and where the
 //! platform puts things, comes from the [`VmFactory`] in the [`VmConfig`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use mdev_core::VfioDevice;
 use pci_config_replay::{BarMapping, HostRegion, HostResources, InterruptRoute};
@@ -12,7 +12,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
 };
 
-use crate::bus::VmBus;
+use crate::bus::{lock_face, VmBus};
 use crate::error::*;
 use crate::irq::{msi_vector, IrqQueue};
 use crate::memory::{self, GuestMem};
@@ -24,6 +24,9 @@ use crate::ratelimit::RateLimit;
 use crate::vcpu::Vcpu;
 
 mod kvm_run;
+mod shared;
+
+use shared::SharedDevice;
 
 pub use kvm_run::KvmRunReport;
 
@@ -114,7 +117,7 @@ fn deliver(
 /// A running VM.
 pub struct Vm {
     mem: GuestMem,
-    dev: Box<dyn VfioDevice>,
+    dev: SharedDevice,
     hw: Box<dyn SimHardware>,
     guest: Box<dyn GuestProgram>,
     image: Option<Arc<dyn GuestImage>>,
@@ -122,9 +125,11 @@ pub struct Vm {
     kvm_booted: bool,
     /// The KVM vCPU between runs.
     kvm: Option<kvm_run::KvmSession>,
+    /// The hang guard of a KVM run.
+    kvm_stall: std::time::Duration,
     vcpu: Vcpu,
     irqs: Arc<IrqQueue>,
-    face: PciFace,
+    face: Arc<Mutex<PciFace>>,
     layout: PlatformLayout,
     cfg: VmConfig,
     budget: usize,
@@ -135,7 +140,7 @@ impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vm")
             .field("mdev_type", &self.cfg.mdev_type)
-            .field("face", &self.face)
+            .field("face", &*lock_face(&self.face))
             .finish()
     }
 }
@@ -160,7 +165,7 @@ impl Vm {
             .map_err(|e| VmmError::CreateDevice {
                 reason: e.to_string(),
             })?;
-        let mut dev = parts.device;
+        let mut dev = SharedDevice::new(parts.device);
         let vectors = dev
             .irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map(|i| i.count)
@@ -175,7 +180,7 @@ impl Vm {
             bar_regions,
             interrupt_sinks: (0..vectors).map(|v| cfg.irq_sink_base + v).collect(),
         };
-        let face = PciFace::attach(dev.as_mut(), host).context(PciSnafu)?;
+        let face = PciFace::attach(&mut dev, host).context(PciSnafu)?;
         let mut vm = Self {
             mem,
             dev,
@@ -184,9 +189,10 @@ impl Vm {
             image: parts.image,
             kvm_booted: false,
             kvm: None,
+            kvm_stall: kvm_run::DEFAULT_STALL,
             vcpu: Vcpu::new(),
             irqs: IrqQueue::new(),
-            face,
+            face: Arc::new(Mutex::new(face)),
             layout,
             cfg: cfg.clone(),
             budget: DEFAULT_BUDGET,
@@ -233,36 +239,38 @@ impl Vm {
 
     /// Re-read the BAR map and interrupt routes through the device's regions.
     pub fn refresh_maps(&mut self) {
-        if let Err(e) = self.face.refresh(self.dev.as_mut()) {
+        let mut face = lock_face(&self.face);
+        if let Err(e) = face.refresh(&mut self.dev) {
             warn!(self.cfg.log, "cannot read the device's PCI face"; "error" => %e);
         }
-        debug!(self.cfg.log, "maps refreshed"; "bars" => self.face.bars().len(),
-               "routes" => self.face.routes().len());
+        debug!(self.cfg.log, "maps refreshed"; "bars" => face.bars().len(),
+               "routes" => face.routes().len());
     }
 
     /// The current BAR map.
-    pub fn bars(&self) -> &[BarMapping] {
-        self.face.bars()
+    pub fn bars(&self) -> Vec<BarMapping> {
+        lock_face(&self.face).bars().to_vec()
     }
 
     /// The current interrupt routes.
-    pub fn routes(&self) -> &[InterruptRoute] {
-        self.face.routes()
+    pub fn routes(&self) -> Vec<InterruptRoute> {
+        lock_face(&self.face).routes().to_vec()
     }
 
     /// This VM's host resources (region per BAR, sink per vector).
-    pub fn host_resources(&self) -> &HostResources {
-        self.face.host()
+    pub fn host_resources(&self) -> HostResources {
+        lock_face(&self.face).host().clone()
     }
 
-    /// The VMM's view of the device's PCI face.
-    pub fn pci(&self) -> &PciFace {
-        &self.face
+    /// The VMM's view of the device's PCI face (locked: it is shared with the vCPU thread
+    /// of a running KVM guest).
+    pub fn pci(&self) -> MutexGuard<'_, PciFace> {
+        lock_face(&self.face)
     }
 
     /// The PCI face and the device together (config save and replay).
-    pub fn pci_and_device(&mut self) -> (&mut PciFace, &mut dyn VfioDevice) {
-        (&mut self.face, self.dev.as_mut())
+    pub fn pci_and_device(&mut self) -> (MutexGuard<'_, PciFace>, &mut dyn VfioDevice) {
+        (lock_face(&self.face), &mut self.dev)
     }
 
     /// A guest CPU read: `buf.len()` bytes at guest-physical `gpa`, through the same bus
@@ -291,8 +299,8 @@ impl Vm {
     fn split(&mut self) -> (VmBus<'_>, &mut Vcpu, &mut dyn GuestProgram) {
         let bus = VmBus {
             mem: &self.mem,
-            dev: self.dev.as_mut(),
-            face: &mut self.face,
+            dev: &mut self.dev,
+            face: &self.face,
             ecam_gpa: self.layout.ecam_gpa,
             log: &self.cfg.log,
             warn_limit: &mut self.warn_limit,
@@ -305,7 +313,7 @@ impl Vm {
         let (vcpu, log, limit) = (&mut self.vcpu, &self.cfg.log, &mut self.warn_limit);
         deliver(
             &self.irqs,
-            self.face.routes(),
+            lock_face(&self.face).routes(),
             self.cfg.irq_sink_base,
             log,
             limit,
@@ -319,8 +327,22 @@ impl Vm {
         );
     }
 
-    /// One vCPU step, then up to `budget` units of hardware work.
+    /// Pages the guest's CPU wrote since the last harvest: the VMM's bitmap over guest RAM
+    /// (writes through vm-memory, including the simulated vCPU's), merged with KVM's dirty
+    /// log when the guest runs on a KVM vCPU (its writes bypass vm-memory).
+    pub fn harvest_cpu_dirty(&self) -> Result<mdev_core::DirtyBitmap> {
+        let mut cpu = memory::harvest_dirty(&self.mem);
+        self.harvest_kvm_dirty(&mut cpu)?;
+        Ok(cpu)
+    }
+
+    /// One vCPU step, then up to `budget` units of hardware work. While the guest runs on
+    /// its KVM vCPU there is nothing to step on this thread: it yields briefly instead.
     pub fn step(&mut self, budget: usize) -> (GuestStep, usize) {
+        if self.kvm_running() {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            return (GuestStep::Waiting, 0);
+        }
         self.deliver_irqs();
         let out = {
             let (mut bus, vcpu, guest) = self.split();
@@ -334,6 +356,9 @@ impl Vm {
     /// Advance only the hardware by up to `budget` units, then queue its interrupts to the
     /// vCPU without running the vCPU (used to place a switchover exactly).
     pub fn step_device(&mut self, budget: usize) -> usize {
+        if self.kvm_running() {
+            return 0;
+        }
         let ran = self.hw.advance(budget);
         self.deliver_irqs();
         ran
@@ -370,7 +395,7 @@ impl Vm {
     fn take_over_from_kvm(&mut self) -> Result<()> {
         match &self.kvm {
             None => Ok(()),
-            Some(kvm_run::KvmSession::Parked(p)) if p.at_boundary => {
+            Some(s) if s.at_boundary && !s.is_running() => {
                 self.kvm = None;
                 Ok(())
             }
@@ -380,6 +405,16 @@ impl Vm {
                       step; run it with run_kvm"
                     .into(),
             }),
+        }
+    }
+
+    /// Run until `stop` on whichever vCPU holds the guest: its KVM vCPU if it has one
+    /// (booted there, or restored or migrated from one), else the simulated vCPU.
+    pub fn run_guest(&mut self, stop: StopAt) -> Result<Option<KvmRunReport>> {
+        if self.on_kvm() {
+            self.run_kvm(stop).map(Some)
+        } else {
+            self.run(stop).map(|_| None)
         }
     }
 
@@ -468,12 +503,12 @@ impl Vm {
 
     /// The device, through the VFIO contract.
     pub fn device(&mut self) -> &mut dyn VfioDevice {
-        self.dev.as_mut()
+        &mut self.dev
     }
 
     /// The device (shared).
     pub fn device_ref(&self) -> &dyn VfioDevice {
-        self.dev.as_ref()
+        &self.dev
     }
 
     /// The device's hardware (the composer's test hooks reach device internals here).

@@ -38,6 +38,8 @@ pub struct IncomingReport {
     pub breakdown: serde_json::Value,
     /// Bytes received.
     pub bytes_total: u64,
+    /// The vCPU the guest went on on here: "kvm" when the stream carried a KVM vCPU.
+    pub vcpu: &'static str,
     /// Source vCPU stop to target vCPU resume, ms.
     pub downtime_ms: f64,
     /// Target part of the downtime.
@@ -109,11 +111,11 @@ pub fn run(
     if let Some(p) = png_after {
         let next = vm.completed_frames() + 1;
         if next <= frames {
-            vm.run(StopAt::Frame(next))?;
+            vm.run_guest(StopAt::Frame(next))?;
         }
         write_png(&mut vm, p)?;
     }
-    vm.run(StopAt::Done)?;
+    vm.run_guest(StopAt::Done)?;
     let ran = RunReport::collect(&mut vm, frames);
     let (verified, detail) = if no_verify {
         (None, String::new())
@@ -155,6 +157,7 @@ pub fn run(
                 })
             }),
         bytes_total: rep.bytes,
+        vcpu: ran.vcpu,
         downtime_ms: vmm::migration::clock::ms_between(rep.source_stopped_ns, rep.resumed_ns),
         load_ms: rep.load_ms,
         config_ms: rep.config_ms,

@@ -12,6 +12,7 @@ use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceR
 use vmm::{StopAt, Vm};
 
 use super::{boot_with, parse_tracking, CliError, Result};
+use crate::cli::Vcpu;
 use crate::cli::{MigrateArgs, WorkloadArgs};
 use crate::output::{write_png, RunReport};
 use crate::verify;
@@ -169,7 +170,14 @@ pub fn source(
         });
     }
     let mut vm = boot_with(w, frames, parse_tracking(&m.dirty_tracking)?, log)?;
-    vm.run(StopAt::Frame(migrate_at))?;
+    match m.vcpu {
+        Vcpu::Sim => {
+            vm.run(StopAt::Frame(migrate_at))?;
+        }
+        Vcpu::Kvm => {
+            vm.run_kvm(StopAt::Frame(migrate_at))?;
+        }
+    }
     let pb = progress_bar();
     let mut last = std::time::Instant::now();
     let result = migration::migrate(&mut vm, to, &opts, &mut |p| {
@@ -217,7 +225,7 @@ pub fn source(
             // Nothing lost: the device is running again; the guest goes on here, to the
             // end, and is checked.
             let resumed = migration::clock::monotonic_ns();
-            vm.run(StopAt::Done)?;
+            vm.run_guest(StopAt::Done)?;
             let ran = RunReport::collect(&mut vm, frames);
             let got = verify::fingerprint(&mut vm, frames);
             let params = vm.params().ok_or_else(|| CliError::Check {

@@ -541,10 +541,17 @@ pub fn migrate(
     opts: &SourceOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(SourceReport, TargetEvents)> {
-    if vm.on_kvm() {
-        return Err(MigrationError::Incompatible {
-            why: "live migration of a guest on a KVM vCPU is not supported yet (snapshots are)"
-                .into(),
+    if vm.on_kvm()
+        && !matches!(
+            opts.switchover_at,
+            SwitchoverAt::Converged | SwitchoverAt::NextFrame
+        )
+    {
+        return Err(MigrationError::Position {
+            what: format!(
+                "{:?} (a KVM guest runs on its own; only converged and next-frame apply)",
+                opts.switchover_at
+            ),
         });
     }
     let t_start = Instant::now();
@@ -614,6 +621,12 @@ pub fn migrate(
             if let Err(e2) = dio.run(vm) {
                 warn!(vm.log(), "could not resume the source device"; "error" => %e2);
             }
+            // A KVM guest paused for the switchover runs on.
+            if vm.on_kvm() {
+                if let Err(e2) = vm.start_kvm() {
+                    warn!(vm.log(), "could not resume the source vCPU"; "error" => %e2);
+                }
+            }
             Err(e)
         }
     }
@@ -646,7 +659,11 @@ fn run_migration(
     // Setup: device pre-copy, DMA log, a clean CPU log. Round 0 sends every page.
     dio.start_precopy(vm)?;
     *dma = Some(DmaTracker::start(vm, opts.protocol)?);
-    let _ = memory::harvest_dirty(vm.memory());
+    // A KVM guest runs on its own vCPU from here on, while this thread migrates it.
+    if vm.on_kvm() {
+        vm.start_kvm()?;
+    }
+    let _ = vm.harvest_cpu_dirty()?;
     let ram = memory::size(vm.memory());
     // Round 0: every page the host ever backed (a page never backed has never been written
     // by anyone and is zero on the fresh target).
@@ -696,7 +713,7 @@ fn run_migration(
         let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
 
         // What is dirty now: CPU log, device DMA log, device pre-copy data.
-        let cpu = memory::harvest_dirty(vm.memory());
+        let cpu = vm.harvest_cpu_dirty()?;
         let dev_dma = dma.as_mut().map(|d| d.harvest(vm)).transpose()?;
         pending = cpu.clone();
         dma_only.clear();
@@ -800,8 +817,10 @@ fn run_migration(
 
     // Switchover: the vCPU stops here (the main loop no longer steps it).
     position(vm, opts.switchover_at)?;
-    report.switchover = switchover_point(vm);
     let t_stop = monotonic_ns();
+    // A KVM vCPU is kicked out of guest mode and parked; the device thread stops.
+    vm.pause_kvm()?;
+    report.switchover = switchover_point(vm);
     info!(vm.log(), "migration: switchover"; "rounds" => round, "expected_downtime_ms" => expected_downtime_ms);
     events.liveness().set_phase("stop-and-copy");
     w.switchover(t_stop)?;
@@ -811,7 +830,7 @@ fn run_migration(
     }
     dio.stop_copy(vm)?;
     let t_stopped = monotonic_ns();
-    let cpu = memory::harvest_dirty(vm.memory());
+    let cpu = vm.harvest_cpu_dirty()?;
     pending.merge(&cpu);
     dma_only.clear();
     if let Some(d) = dma.as_mut() {

@@ -234,6 +234,11 @@ fn receive(
     let t = Instant::now();
     restore_vcpu(&mut vm, &vcpu)?;
     dio.run(&mut vm)?;
+    // A KVM guest runs on from here (its vCPU's first entry ends the downtime); the
+    // simulated vCPU runs when the caller steps it.
+    if vm.on_kvm() {
+        vm.start_kvm()?;
+    }
     report.resumed_ns = monotonic_ns();
     report.resume_ms = t.elapsed().as_secs_f64() * 1e3;
     info!(opts.log, "migration: target resumed"; "bytes" => report.bytes, "load_ms" => report.load_ms);

@@ -1,8 +1,8 @@
 //! Running a VM's guest on a KVM vCPU.
 //!
 //! The composer's [`GuestImage`] is loaded into guest RAM and booted in long mode on a
-//! [`KvmMachine`] whose memory slots are the VM's own guest RAM. Three threads share the
-//! machine, as in a real VMM:
+//! [`KvmMachine`] whose memory slots are the VM's own guest RAM. While the guest runs,
+//! three threads share the machine, as in a real VMM:
 //!
 //! * the **vCPU thread** runs `KVM_RUN`; its MMIO exits go through the same [`VmBus`] as the
 //!   simulated vCPU's accesses (guest RAM, the BAR map, the ECAM window, the VMM's PCI
@@ -10,32 +10,32 @@
 //! * the **device thread** advances the device's hardware ([`SimHardware::advance`]) as real
 //!   hardware runs on its own, and delivers the device's interrupts through the guest's MSI
 //!   routes with `KVM_SIGNAL_MSI` into the in-kernel local APIC;
-//! * the **calling thread** waits for the stop point, then pauses the vCPU (a real kick),
-//!   stops the device thread, and puts everything back into the [`Vm`].
+//! * the **VMM's own thread** (the caller) is free: it waits for a stop point
+//!   ([`Vm::run_kvm`]) or migrates the VM while the guest runs, and pauses it with a real
+//!   kick ([`Vm::pause_kvm`]).
 //!
-//! While a run lasts, the device and the PCI face live in a [`Core`] in a shared slot, and
-//! the `Vm` holds a [`Detached`] stand-in: nothing else can reach the device meanwhile,
-//! since the run holds `&mut Vm`. Between runs the vCPU stays parked in a [`KvmSession`]
-//! (its state can be saved, see [`Vm::vcpu_record`]) and the device is back in the `Vm`.
+//! The device and the PCI face are shared behind locks (`SharedDevice`, the face's mutex),
+//! so all three reach them through the same VFIO contract. Between runs the vCPU stays
+//! parked in a [`KvmSession`]; its state is the stream's vCPU record ([`Vm::vcpu_record`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdev_core::uapi::{vfio_device_info, vfio_irq_info};
-use mdev_core::{DeviceError, DmaDirtyLog, IrqSink, MigrationDevice, RegionInfo, VfioDevice};
+use mdev_core::DirtyBitmap;
 use serde::Serialize;
 use slog::{debug, info, Logger};
 
+use super::shared::SharedDevice;
 use super::{deliver, StopAt, Vm};
-use crate::bus::VmBus;
+use crate::bus::{lock_face, VmBus};
 use crate::error::{Result, VmmError};
 use crate::irq::IrqQueue;
-use crate::kvm::{ExitAction, ExitHandler, KvmMachine, VcpuHandle};
+use crate::kvm::{ExitAction, ExitHandler, KvmMachine, KvmVcpuState, VcpuHandle};
 use crate::memory::GuestMem;
 use crate::pci::PciFace;
-use crate::platform::{GuestImage, GuestSignal, NoHardware, SimHardware};
+use crate::platform::{GuestBus, GuestImage, GuestSignal, NoHardware, SimHardware};
 use crate::ratelimit::RateLimit;
 
 /// Units of hardware work the device thread does per turn.
@@ -44,9 +44,10 @@ const DEVICE_TURN: usize = 64;
 const DEVICE_IDLE: Duration = Duration::from_micros(100);
 /// How often the calling thread checks the stop point.
 const POLL: Duration = Duration::from_millis(2);
-/// A run in which neither the guest nor the device makes progress for this long has
-/// stalled (a hang guard; the emulated KVM on some hosts takes over a second per frame).
-const STALL: Duration = Duration::from_secs(60);
+/// By default, a run in which neither the guest nor the device makes progress for this
+/// long has stalled (a hang guard; the emulated KVM on some hosts takes over a second per
+/// frame). See [`Vm::set_kvm_stall_timeout`].
+pub(super) const DEFAULT_STALL: Duration = Duration::from_secs(60);
 /// How long the vCPU may take to park when kicked.
 const PAUSE_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -63,97 +64,88 @@ pub struct KvmRunReport {
     pub wall_ms: f64,
 }
 
-/// A VM's KVM vCPU between runs.
-pub(super) enum KvmSession {
-    /// Booted (long mode set up) or restored from a saved state; never run.
-    Ready(KvmMachine),
-    /// Has run; the vCPU thread is parked.
-    Parked(Parked),
-}
-
-/// A parked vCPU and what its thread shares with the VMM.
-pub(super) struct Parked {
-    machine: Arc<KvmMachine>,
-    vcpu: VcpuHandle,
-    slot: Slot,
+/// The KVM vCPU of a VM.
+pub(super) struct KvmSession {
+    /// Always `Some` outside of [`Vm::start_kvm`], which moves the machine behind an `Arc`.
+    vcpu: Option<VcpuSlot>,
     signal: Arc<Mutex<Option<GuestSignal>>>,
     mmio_exits: Arc<AtomicU64>,
     /// The guest parked itself between two driver steps (it said it is done).
     pub(super) at_boundary: bool,
+    /// While the guest runs: the device thread, and the report's starting points.
+    running: Option<Running>,
+}
+
+enum VcpuSlot {
+    /// Booted (long mode set up) or restored from a saved state; never run.
+    Ready(KvmMachine),
+    /// Has a thread (running or parked).
+    Spawned {
+        machine: Arc<KvmMachine>,
+        vcpu: VcpuHandle,
+    },
+}
+
+struct Running {
+    device: DeviceThread,
+    started: Instant,
+    exits_before: u64,
+}
+
+impl KvmSession {
+    /// Whether the guest runs now.
+    pub(super) fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
 }
 
 impl std::fmt::Debug for KvmSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Ready(m) => f.debug_tuple("Ready").field(m).finish(),
-            Self::Parked(p) => f
-                .debug_struct("Parked")
-                .field("at_boundary", &p.at_boundary)
-                .finish(),
-        }
+        f.debug_struct("KvmSession")
+            .field(
+                "spawned",
+                &matches!(self.vcpu, Some(VcpuSlot::Spawned { .. })),
+            )
+            .field("running", &self.running.is_some())
+            .field("at_boundary", &self.at_boundary)
+            .finish()
     }
-}
-
-/// Where the device lives while a run's threads use it (empty between runs).
-type Slot = Arc<Mutex<Option<Core>>>;
-
-/// The device and the VMM's view of it, shared by the vCPU and device threads.
-#[derive(Debug)]
-struct Core {
-    dev: Box<dyn VfioDevice>,
-    face: PciFace,
-    warn_limit: RateLimit,
-}
-
-fn lock(slot: &Mutex<Option<Core>>) -> MutexGuard<'_, Option<Core>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the vCPU thread needs for its exits.
 struct Exits {
-    core: Slot,
+    dev: SharedDevice,
+    face: Arc<Mutex<PciFace>>,
     mem: GuestMem,
     ecam_gpa: u64,
     image: Arc<dyn GuestImage>,
     signal: Arc<Mutex<Option<GuestSignal>>>,
     mmio_exits: Arc<AtomicU64>,
+    warn_limit: RateLimit,
     log: Logger,
 }
 
 impl Exits {
-    /// Run `f` on the bus; `None` if the device is not in the slot (cannot happen while
-    /// the vCPU runs: the slot is filled before it is resumed and emptied after it parks).
-    fn bus<R>(&self, f: impl FnOnce(&mut VmBus<'_>) -> R) -> Option<R> {
+    fn bus(&mut self) -> VmBus<'_> {
         self.mmio_exits.fetch_add(1, Ordering::Relaxed);
-        let mut c = lock(&self.core);
-        let Core {
-            dev,
-            face,
-            warn_limit,
-        } = c.as_mut()?;
-        let mut bus = VmBus {
+        VmBus {
             mem: &self.mem,
-            dev: dev.as_mut(),
-            face,
+            dev: &mut self.dev,
+            face: &self.face,
             ecam_gpa: self.ecam_gpa,
             log: &self.log,
-            warn_limit,
-        };
-        Some(f(&mut bus))
+            warn_limit: &mut self.warn_limit,
+        }
     }
 }
 
 impl ExitHandler for Exits {
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) {
-        use crate::platform::GuestBus;
-        if self.bus(|b| b.read(gpa, data)).is_none() {
-            data.fill(0xff);
-        }
+        self.bus().read(gpa, data);
     }
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
-        use crate::platform::GuestBus;
-        let _ = self.bus(|b| b.write(gpa, data));
+        self.bus().write(gpa, data);
     }
 
     fn io_out(&mut self, port: u16, data: &[u8]) -> ExitAction {
@@ -182,50 +174,52 @@ struct DeviceThread {
     join: JoinHandle<Box<dyn SimHardware>>,
 }
 
-/// Deliver the device's queued signals into the guest's local APIC.
-fn deliver_kvm(
-    core: &Mutex<Option<Core>>,
-    irqs: &IrqQueue,
-    kvm: &KvmMachine,
-    sink_base: u32,
-    log: &Logger,
-    msis: &AtomicU64,
-) {
-    let mut c = lock(core);
-    if let Some(Core {
-        face, warn_limit, ..
-    }) = c.as_mut()
-    {
-        deliver(irqs, face.routes(), sink_base, log, warn_limit, |a, d| {
-            msis.fetch_add(1, Ordering::Relaxed);
-            kvm.signal_msi(a, d).is_ok()
-        });
-    }
-}
-
-fn spawn_device(
-    mut hw: Box<dyn SimHardware>,
-    core: Slot,
+/// What the device thread needs to deliver interrupts.
+struct IrqPath {
     irqs: Arc<IrqQueue>,
+    face: Arc<Mutex<PciFace>>,
     kvm: Arc<KvmMachine>,
     sink_base: u32,
     log: Logger,
-) -> Result<DeviceThread> {
+}
+
+impl IrqPath {
+    /// Deliver the device's queued signals into the guest's local APIC.
+    fn deliver(&self, warn_limit: &mut RateLimit, msis: &AtomicU64) {
+        let face = lock_face(&self.face);
+        deliver(
+            &self.irqs,
+            face.routes(),
+            self.sink_base,
+            &self.log,
+            warn_limit,
+            |a, d| {
+                msis.fetch_add(1, Ordering::Relaxed);
+                self.kvm.signal_msi(a, d).is_ok()
+            },
+        );
+    }
+}
+
+fn spawn_device(mut hw: Box<dyn SimHardware>, path: IrqPath) -> Result<DeviceThread> {
     let stop = Arc::new(AtomicBool::new(false));
-    let work = Arc::new(AtomicU64::new(0));
+    let work = Arc::new(AtomicU64::new(hw.work_done()));
     let msis = Arc::new(AtomicU64::new(0));
     let (s, w, m) = (stop.clone(), work.clone(), msis.clone());
     let join = std::thread::Builder::new()
         .name("device".into())
         .spawn(move || {
+            let mut warn_limit = RateLimit::default();
             while !s.load(Ordering::Relaxed) {
                 let ran = hw.advance(DEVICE_TURN);
                 w.store(hw.work_done(), Ordering::Relaxed);
-                deliver_kvm(&core, &irqs, &kvm, sink_base, &log, &m);
+                path.deliver(&mut warn_limit, &m);
                 if ran == 0 {
                     std::thread::sleep(DEVICE_IDLE);
                 }
             }
+            // What the device raised last goes into the (parked) vCPU's LAPIC.
+            path.deliver(&mut warn_limit, &m);
             hw
         })
         .map_err(|e| VmmError::Kvm {
@@ -239,109 +233,143 @@ fn spawn_device(
     })
 }
 
+fn kvm_err(source: crate::kvm::KvmError) -> VmmError {
+    VmmError::Kvm { source }
+}
+
 impl Vm {
-    /// Run the guest on a KVM vCPU until `stop`, with the device's hardware on a thread of
-    /// its own. The first call boots the composer's guest image (or starts from a restored
-    /// vCPU state); later calls resume the parked vCPU. The image boots once per VM.
+    /// Run the guest on a KVM vCPU until `stop` ([`Vm::start_kvm`], wait, [`Vm::pause_kvm`]).
+    /// On KVM a stop point is the first moment at or after it that the VMM sees.
     pub fn run_kvm(&mut self, stop: StopAt) -> Result<KvmRunReport> {
-        let session = match self.kvm.take() {
-            Some(s) => s,
-            None => KvmSession::Ready(self.boot_kvm()?),
+        self.start_kvm()?;
+        let outcome = self.wait_for(stop);
+        let report = self.pause_kvm();
+        let at_boundary = outcome?;
+        let report = report?;
+        if let Some(s) = self.kvm.as_mut() {
+            s.at_boundary = at_boundary;
+        }
+        Ok(report)
+    }
+
+    /// Start (or resume) the guest on its KVM vCPU, with the device on its own thread, and
+    /// return at once: the guest runs while the caller works. The first start boots the
+    /// composer's image, unless a saved vCPU state was restored.
+    pub fn start_kvm(&mut self) -> Result<()> {
+        if self.kvm.as_ref().is_some_and(|s| s.running.is_some()) {
+            return Ok(());
+        }
+        if self.kvm.is_none() {
+            let machine = self.boot_kvm()?;
+            self.kvm = Some(KvmSession {
+                vcpu: Some(VcpuSlot::Ready(machine)),
+                signal: Arc::new(Mutex::new(None)),
+                mmio_exits: Arc::new(AtomicU64::new(0)),
+                at_boundary: false,
+                running: None,
+            });
+        }
+        let image = self.image.clone();
+        let Some(session) = self.kvm.as_mut() else {
+            return Ok(());
         };
-        let log = self.cfg.log.clone();
-        let core = Core {
-            dev: std::mem::replace(&mut self.dev, Box::new(Detached)),
-            face: self.face.clone(),
-            warn_limit: RateLimit::default(),
-        };
-        let mut parked = match session {
-            KvmSession::Parked(mut p) => {
-                *lock(&p.slot) = Some(core);
-                if let Err(e) = p.vcpu.resume() {
-                    self.take_back(&p.slot);
-                    return Err(kvm_err(e));
-                }
-                p.at_boundary = false;
-                p
+        session.vcpu = match session.vcpu.take() {
+            None => None,
+            Some(VcpuSlot::Spawned { machine, vcpu }) => {
+                let resumed = vcpu.resume();
+                session.vcpu = Some(VcpuSlot::Spawned { machine, vcpu });
+                resumed.map_err(kvm_err)?;
+                session.vcpu.take()
             }
-            KvmSession::Ready(mut machine) => {
-                let slot: Slot = Arc::new(Mutex::new(Some(core)));
-                let signal = Arc::new(Mutex::new(None));
-                let mmio_exits = Arc::new(AtomicU64::new(0));
-                let image = self.image.clone();
-                let vcpu = match image {
-                    Some(image) => machine.spawn(Box::new(Exits {
-                        core: slot.clone(),
-                        mem: self.mem.clone(),
-                        ecam_gpa: self.layout.ecam_gpa,
-                        image,
-                        signal: signal.clone(),
-                        mmio_exits: mmio_exits.clone(),
-                        log: log.clone(),
-                    })),
-                    None => Err(crate::kvm::KvmError::AlreadySpawned),
+            Some(VcpuSlot::Ready(mut machine)) => {
+                let Some(image) = image else {
+                    session.vcpu = Some(VcpuSlot::Ready(machine));
+                    return Err(VmmError::StopPoint {
+                        what: "on a KVM vCPU".into(),
+                        why: "this guest program has no x86-64 image".into(),
+                    });
                 };
-                match vcpu {
-                    Ok(vcpu) => Parked {
+                let spawned = machine.spawn(Box::new(Exits {
+                    dev: self.dev.clone(),
+                    face: self.face.clone(),
+                    mem: self.mem.clone(),
+                    ecam_gpa: self.layout.ecam_gpa,
+                    image,
+                    signal: session.signal.clone(),
+                    mmio_exits: session.mmio_exits.clone(),
+                    warn_limit: RateLimit::default(),
+                    log: self.cfg.log.clone(),
+                }));
+                match spawned {
+                    Ok(vcpu) => Some(VcpuSlot::Spawned {
                         machine: Arc::new(machine),
                         vcpu,
-                        slot,
-                        signal,
-                        mmio_exits,
-                        at_boundary: false,
-                    },
+                    }),
                     Err(e) => {
-                        self.take_back(&slot);
+                        session.vcpu = Some(VcpuSlot::Ready(machine));
                         return Err(kvm_err(e));
                     }
                 }
             }
         };
-        let started = Instant::now();
-        let exits_before = parked.mmio_exits.load(Ordering::Relaxed);
+        session.at_boundary = false;
+        let Some(VcpuSlot::Spawned { machine, vcpu }) = &session.vcpu else {
+            return Err(VmmError::DriverFailed {
+                why: "the KVM vCPU was lost".into(),
+            });
+        };
         let hw = std::mem::replace(&mut self.hw, Box::new(NoHardware));
-        let device = match spawn_device(
-            hw,
-            parked.slot.clone(),
-            self.irqs.clone(),
-            parked.machine.clone(),
-            self.cfg.irq_sink_base,
-            log.clone(),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = parked.vcpu.pause(PAUSE_DEADLINE);
-                self.take_back(&parked.slot);
-                return Err(e);
+        let path = IrqPath {
+            irqs: self.irqs.clone(),
+            face: self.face.clone(),
+            kvm: machine.clone(),
+            sink_base: self.cfg.irq_sink_base,
+            log: self.cfg.log.clone(),
+        };
+        match spawn_device(hw, path) {
+            Ok(device) => {
+                session.running = Some(Running {
+                    device,
+                    started: Instant::now(),
+                    exits_before: session.mmio_exits.load(Ordering::Relaxed),
+                });
+                Ok(())
             }
+            Err(e) => {
+                let _ = vcpu.pause(PAUSE_DEADLINE);
+                Err(e)
+            }
+        }
+    }
+
+    /// Pause a running KVM guest: kick the vCPU out of guest mode and wait until it parks,
+    /// stop the device thread (what it raised last goes into the parked vCPU's LAPIC), and
+    /// take the hardware back. What the run did is returned. Pausing a guest that is not
+    /// running does nothing.
+    pub fn pause_kvm(&mut self) -> Result<KvmRunReport> {
+        let Some(session) = self.kvm.as_mut() else {
+            return Ok(KvmRunReport::default());
         };
-        let outcome = self.wait_for(stop, &parked, &device);
-        // Park the vCPU (a real kick), stop the device thread, deliver what it raised last
-        // into the parked vCPU's LAPIC, and take the device back.
-        let paused = match parked.vcpu.ended() {
-            None => parked.vcpu.pause(PAUSE_DEADLINE).map_err(kvm_err),
-            Some(why) => Err(VmmError::DriverFailed {
-                why: format!("the vCPU stopped: {why}"),
-            }),
+        let Some(running) = session.running.take() else {
+            return Ok(KvmRunReport::default());
         };
-        device.stop.store(true, Ordering::Relaxed);
+        let paused = match &session.vcpu {
+            Some(VcpuSlot::Spawned { vcpu, .. }) => match vcpu.ended() {
+                None => vcpu.pause(PAUSE_DEADLINE).map_err(kvm_err),
+                Some(why) => Err(VmmError::DriverFailed {
+                    why: format!("the vCPU stopped: {why}"),
+                }),
+            },
+            _ => Ok(()),
+        };
+        running.device.stop.store(true, Ordering::Relaxed);
         let report = KvmRunReport {
-            mmio_exits: parked.mmio_exits.load(Ordering::Relaxed) - exits_before,
-            msis: device.msis.load(Ordering::Relaxed),
-            device_work: device.work.load(Ordering::Relaxed),
-            wall_ms: started.elapsed().as_secs_f64() * 1e3,
+            mmio_exits: session.mmio_exits.load(Ordering::Relaxed) - running.exits_before,
+            msis: running.device.msis.load(Ordering::Relaxed),
+            device_work: running.device.work.load(Ordering::Relaxed),
+            wall_ms: running.started.elapsed().as_secs_f64() * 1e3,
         };
-        let joined = device.join.join();
-        deliver_kvm(
-            &parked.slot,
-            &self.irqs,
-            &parked.machine,
-            self.cfg.irq_sink_base,
-            &log,
-            &AtomicU64::new(0),
-        );
-        self.take_back(&parked.slot);
-        match joined {
+        match running.device.join.join() {
             Ok(hw) => self.hw = hw,
             Err(_) => {
                 return Err(VmmError::DriverFailed {
@@ -349,14 +377,35 @@ impl Vm {
                 })
             }
         }
-        let at_boundary = outcome.as_ref().is_ok_and(|b| *b);
-        outcome?;
         paused?;
-        parked.at_boundary = at_boundary;
-        self.kvm = Some(KvmSession::Parked(parked));
-        debug!(log, "KVM run ended"; "mmio_exits" => report.mmio_exits, "msis" => report.msis,
-               "device_work" => report.device_work, "wall_ms" => report.wall_ms);
+        debug!(self.cfg.log, "KVM guest paused"; "mmio_exits" => report.mmio_exits,
+               "msis" => report.msis, "device_work" => report.device_work,
+               "wall_ms" => report.wall_ms);
         Ok(report)
+    }
+
+    /// How long a KVM run may see neither the guest's progress counter nor the device's
+    /// work counter move before it reports a stall (default 60 s).
+    pub fn set_kvm_stall_timeout(&mut self, d: Duration) {
+        self.kvm_stall = d;
+    }
+
+    /// Whether the guest is running on its KVM vCPU right now.
+    pub fn kvm_running(&self) -> bool {
+        self.kvm.as_ref().is_some_and(|s| s.running.is_some())
+    }
+
+    /// Pages the KVM vCPU wrote since the last harvest, merged into `into` (one bit per
+    /// guest page from 0). Nothing without a KVM vCPU. KVM's log holds only the guest's own
+    /// writes; the VMM's and the device's are in the other logs.
+    pub fn harvest_kvm_dirty(&self, into: &mut DirtyBitmap) -> Result<u64> {
+        match self.kvm.as_ref().and_then(|s| s.vcpu.as_ref()) {
+            Some(VcpuSlot::Spawned { machine, .. }) => {
+                machine.harvest_dirty_into(into).map_err(kvm_err)
+            }
+            Some(VcpuSlot::Ready(m)) => m.harvest_dirty_into(into).map_err(kvm_err),
+            None => Ok(0),
+        }
     }
 
     /// A new KVM machine on this VM's RAM with the composer's image loaded and long mode
@@ -387,57 +436,78 @@ impl Vm {
     }
 
     /// Load a saved KVM vCPU state into a new KVM machine on this VM's RAM (a restore
-    /// target); the next [`Vm::run_kvm`] runs it.
-    pub fn restore_kvm_vcpu(&mut self, state: &crate::kvm::KvmVcpuState) -> Result<()> {
+    /// target); the next [`Vm::start_kvm`] or [`Vm::run_kvm`] runs it.
+    pub fn restore_kvm_vcpu(&mut self, state: &KvmVcpuState) -> Result<()> {
         crate::kvm::available().map_err(kvm_err)?;
         let mut machine = KvmMachine::new(&self.mem, self.cfg.log.clone()).map_err(kvm_err)?;
         machine.restore_state(state).map_err(kvm_err)?;
-        self.kvm = Some(KvmSession::Ready(machine));
+        self.kvm = Some(KvmSession {
+            vcpu: Some(VcpuSlot::Ready(machine)),
+            signal: Arc::new(Mutex::new(None)),
+            mmio_exits: Arc::new(AtomicU64::new(0)),
+            at_boundary: false,
+            running: None,
+        });
         self.kvm_booted = true;
         Ok(())
     }
 
-    /// The state of this VM's KVM vCPU, if it has one (parked or never run).
-    pub fn kvm_vcpu_state(&self) -> Option<Result<crate::kvm::KvmVcpuState>> {
+    /// The state of this VM's KVM vCPU, if it has one (it must not be running).
+    pub fn kvm_vcpu_state(&self) -> Option<Result<KvmVcpuState>> {
         self.kvm.as_ref().map(|s| {
-            match s {
-                KvmSession::Ready(m) => m.save_state(),
-                KvmSession::Parked(p) => p.vcpu.save_state(),
+            if s.running.is_some() {
+                return Err(VmmError::StopPoint {
+                    what: "to save the vCPU".into(),
+                    why: "the KVM guest is running; pause it first".into(),
+                });
             }
-            .map_err(kvm_err)
+            match &s.vcpu {
+                Some(VcpuSlot::Ready(m)) => m.save_state().map_err(kvm_err),
+                Some(VcpuSlot::Spawned { vcpu, .. }) => vcpu.save_state().map_err(kvm_err),
+                None => Err(VmmError::DriverFailed {
+                    why: "the KVM vCPU was lost".into(),
+                }),
+            }
         })
-    }
-
-    /// Move the device and PCI face from the run's slot back into the VM.
-    fn take_back(&mut self, slot: &Mutex<Option<Core>>) {
-        if let Some(core) = lock(slot).take() {
-            self.dev = core.dev;
-            self.face = core.face;
-        }
     }
 
     /// Wait on the calling thread until `stop` holds, the guest signals, or nothing moves.
     /// `Ok(true)` when the guest said it is done (it parked between two driver steps).
-    fn wait_for(&mut self, stop: StopAt, run: &Parked, device: &DeviceThread) -> Result<bool> {
-        let mut last = (u64::MAX, u64::MAX);
+    fn wait_for(&mut self, stop: StopAt) -> Result<bool> {
+        let mut last = (u64::MAX, u64::MAX, u64::MAX);
         let mut last_change = Instant::now();
         loop {
-            if let Some(why) = run.vcpu.ended() {
+            let Some(KvmSession {
+                vcpu: Some(VcpuSlot::Spawned { vcpu, .. }),
+                running: Some(running),
+                signal,
+                mmio_exits,
+                ..
+            }) = self.kvm.as_ref()
+            else {
+                return Err(VmmError::DriverFailed {
+                    why: "the KVM guest is not running".into(),
+                });
+            };
+            if let Some(why) = vcpu.ended() {
                 return Err(VmmError::DriverFailed {
                     why: format!("the vCPU stopped: {why}"),
                 });
             }
-            let parked = run.vcpu.wait_paused(POLL).is_ok();
-            let work = device.work.load(Ordering::Relaxed);
-            let frames = self.progress_shared(&run.slot);
+            let parked = vcpu.wait_paused(POLL).is_ok();
+            let work = running.device.work.load(Ordering::Relaxed);
+            let exits = mmio_exits.load(Ordering::Relaxed);
+            let signal = parked
+                .then(|| signal.lock().unwrap_or_else(|p| p.into_inner()).take())
+                .flatten();
+            let frames = self.completed_frames();
             match stop {
                 StopAt::Command(c) if work >= c => return Ok(false),
                 StopAt::Frame(f) if frames >= f => return Ok(false),
                 _ => {}
             }
             if parked {
-                let s = run.signal.lock().unwrap_or_else(|p| p.into_inner()).take();
-                match s {
+                match signal {
                     Some(GuestSignal::Failed(why)) => return Err(VmmError::DriverFailed { why }),
                     Some(GuestSignal::Done) if stop == StopAt::Done => return Ok(true),
                     Some(GuestSignal::Done) => {
@@ -450,102 +520,28 @@ impl Vm {
                     }
                     _ => {}
                 }
-                run.vcpu.resume().map_err(kvm_err)?;
+                if let Some(KvmSession {
+                    vcpu: Some(VcpuSlot::Spawned { vcpu, .. }),
+                    ..
+                }) = self.kvm.as_ref()
+                {
+                    vcpu.resume().map_err(kvm_err)?;
+                }
             }
-            if (work, frames) != last {
-                last = (work, frames);
+            // Progress: the guest's own counter, its MMIO (a booting guest uploads
+            // textures for seconds on an emulated KVM), or the device's work.
+            if (work, frames, exits) != last {
+                last = (work, frames, exits);
                 last_change = Instant::now();
-            } else if last_change.elapsed() > STALL {
+            } else if last_change.elapsed() > self.kvm_stall {
                 return Err(VmmError::Stalled {
                     frame: frames,
                     why: format!(
-                        "neither the KVM guest nor the device moved for {} s",
-                        STALL.as_secs()
+                        "neither the KVM guest (progress, MMIO) nor the device moved for {:.1} s",
+                        self.kvm_stall.as_secs_f64()
                     ),
                 });
             }
         }
-    }
-
-    /// The guest's progress counter, read while the device lives in the shared core.
-    fn progress_shared(&mut self, slot: &Mutex<Option<Core>>) -> u64 {
-        let mut c = lock(slot);
-        let Some(Core {
-            dev,
-            face,
-            warn_limit,
-        }) = c.as_mut()
-        else {
-            return 0;
-        };
-        let mut bus = VmBus {
-            mem: &self.mem,
-            dev: dev.as_mut(),
-            face,
-            ecam_gpa: self.layout.ecam_gpa,
-            log: &self.cfg.log,
-            warn_limit,
-        };
-        self.guest.progress(&mut bus)
-    }
-}
-
-fn kvm_err(source: crate::kvm::KvmError) -> VmmError {
-    VmmError::Kvm { source }
-}
-
-/// The stand-in a [`Vm`] holds while its device is with a KVM run's threads.
-#[derive(Debug)]
-struct Detached;
-
-fn detached() -> DeviceError {
-    DeviceError::InvalidState {
-        what: "the device is attached to a running KVM vCPU".into(),
-    }
-}
-
-impl VfioDevice for Detached {
-    fn device_info(&self) -> vfio_device_info {
-        vfio_device_info::default()
-    }
-    fn region_info(&self, _index: u32) -> std::result::Result<RegionInfo, DeviceError> {
-        Err(detached())
-    }
-    fn region_read(
-        &mut self,
-        _index: u32,
-        _offset: u64,
-        _data: &mut [u8],
-    ) -> std::result::Result<(), DeviceError> {
-        Err(detached())
-    }
-    fn region_write(
-        &mut self,
-        _index: u32,
-        _offset: u64,
-        _data: &[u8],
-    ) -> std::result::Result<(), DeviceError> {
-        Err(detached())
-    }
-    fn irq_info(&self, _index: u32) -> std::result::Result<vfio_irq_info, DeviceError> {
-        Err(detached())
-    }
-    fn set_irqs(
-        &mut self,
-        _index: u32,
-        _start: u32,
-        _count: u32,
-        _sink: Option<Arc<dyn IrqSink>>,
-    ) -> std::result::Result<(), DeviceError> {
-        Err(detached())
-    }
-    fn reset(&mut self) -> std::result::Result<(), DeviceError> {
-        Err(detached())
-    }
-    fn migration(&mut self) -> Option<&mut dyn MigrationDevice> {
-        None
-    }
-    fn dma_dirty_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
-        None
     }
 }
