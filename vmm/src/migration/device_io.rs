@@ -5,6 +5,7 @@ use mdev_core::MigState;
 use state_region::driver as v1;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
+    VFIO_MIGRATION_PRE_COPY,
 };
 
 use super::error::{MigrationError, Result};
@@ -42,7 +43,12 @@ impl Protocol {
 #[derive(Debug)]
 pub struct DeviceIo {
     protocol: Protocol,
-    region: u32,
+    /// The v1 device-state region (only the region protocol needs one).
+    region: Option<u32>,
+    /// The device moves data while running (v1 always may; v2 with `VFIO_MIGRATION_PRE_COPY`).
+    /// Without it the source stays RUNNING through pre-copy and all device data moves in
+    /// stop-copy, as for a device whose driver offers STOP_COPY alone.
+    precopy: bool,
     buf: Vec<u8>,
 }
 
@@ -53,17 +59,37 @@ fn dev_err(doing: &'static str) -> impl Fn(String) -> MigrationError {
 impl DeviceIo {
     /// Find what the protocol needs on `vm`'s device.
     pub fn new(vm: &mut Vm, protocol: Protocol) -> Result<Self> {
-        let region = crate::snapshot::state_region_index(vm)?;
-        if protocol == Protocol::V2 && vm.device().migration().is_none() {
-            return Err(MigrationError::Device {
-                doing: "opening the v2 interface",
-                reason: "the device does not support v2 migration".into(),
-            });
-        }
+        let (region, precopy) = match protocol {
+            Protocol::Region => (Some(crate::snapshot::state_region_index(vm)?), true),
+            Protocol::V2 => {
+                let flags = vm
+                    .device()
+                    .migration()
+                    .ok_or_else(|| MigrationError::Device {
+                        doing: "opening the v2 interface",
+                        reason: "the device does not support v2 migration".into(),
+                    })?
+                    .migration_flags();
+                (None, flags & VFIO_MIGRATION_PRE_COPY != 0)
+            }
+        };
         Ok(Self {
             protocol,
             region,
+            precopy,
             buf: vec![0u8; 1 << 20],
+        })
+    }
+
+    /// Whether the device sends data during pre-copy (see the field).
+    pub fn has_precopy(&self) -> bool {
+        self.precopy
+    }
+
+    /// The v1 region's index (the region protocol found it in [`Self::new`]).
+    fn region(&self) -> Result<u32> {
+        self.region.ok_or(MigrationError::Vmm {
+            source: crate::VmmError::NoStateRegion,
         })
     }
 
@@ -73,7 +99,7 @@ impl DeviceIo {
     }
 
     fn v1_state(&self, vm: &mut Vm, bits: u32, doing: &'static str) -> Result<()> {
-        v1::set_device_state(vm.device(), self.region, bits)
+        v1::set_device_state(vm.device(), self.region()?, bits)
             .map_err(|e| dev_err(doing)(e.to_string()))
     }
 
@@ -89,6 +115,9 @@ impl DeviceIo {
 
     /// Source: start pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY).
     pub fn start_precopy(&self, vm: &mut Vm) -> Result<()> {
+        if !self.precopy {
+            return Ok(());
+        }
         match self.protocol {
             Protocol::Region => self.v1_state(
                 vm,
@@ -101,8 +130,11 @@ impl DeviceIo {
 
     /// Source: bytes the device has for now (pre-copy) or still (stop-copy).
     pub fn pending(&mut self, vm: &mut Vm, stop_copy: bool) -> Result<u64> {
+        if !stop_copy && !self.precopy {
+            return Ok(0);
+        }
         match self.protocol {
-            Protocol::Region => v1::read_pending(vm.device(), self.region)
+            Protocol::Region => v1::read_pending(vm.device(), self.region()?)
                 .map_err(|e| dev_err("reading pending_bytes")(e.to_string())),
             Protocol::V2 => {
                 let mig = vm
@@ -139,11 +171,14 @@ impl DeviceIo {
     ) -> Result<Option<u64>> {
         match self.protocol {
             Protocol::Region => {
-                let pass = v1::save_chunks_limited(vm.device(), self.region, 1, |c| sink(c))
-                    .map_err(|e| match e {
-                        v1::SaveError::Consumer { source } => MigrationError::Stream { source },
-                        v1::SaveError::Region { source } => {
-                            dev_err("reading device data")(source.to_string())
+                let region = self.region()?;
+                let pass =
+                    v1::save_chunks_limited(vm.device(), region, 1, |c| sink(c)).map_err(|e| {
+                        match e {
+                            v1::SaveError::Consumer { source } => MigrationError::Stream { source },
+                            v1::SaveError::Region { source } => {
+                                dev_err("reading device data")(source.to_string())
+                            }
                         }
                     })?;
                 Ok((pass.bytes > 0).then_some(pass.bytes))
@@ -153,6 +188,10 @@ impl DeviceIo {
                     .device()
                     .migration()
                     .ok_or_else(|| dev_err("reading device data")("no v2 interface".into()))?;
+                // A device without PRE_COPY has no data stream while it runs.
+                if !self.precopy && mig.mig_state().is_running() {
+                    return Ok(None);
+                }
                 let n = mig
                     .read_data(&mut self.buf)
                     .map_err(|e| dev_err("reading device data")(e.to_string()))?;
@@ -198,7 +237,7 @@ impl DeviceIo {
     /// Target: hand one chunk to the device.
     pub fn write_chunk(&self, vm: &mut Vm, chunk: &[u8]) -> Result<()> {
         match self.protocol {
-            Protocol::Region => v1::resume_chunk(vm.device(), self.region, chunk)
+            Protocol::Region => v1::resume_chunk(vm.device(), self.region()?, chunk)
                 .map_err(|e| dev_err("loading device data")(e.to_string())),
             Protocol::V2 => {
                 let mig = vm
@@ -225,7 +264,7 @@ impl DeviceIo {
     /// Target: the stream is complete; the device validates and commits (-> STOP).
     pub fn commit(&self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
-            Protocol::Region => v1::set_device_state(vm.device(), self.region, 0).map_err(|e| {
+            Protocol::Region => v1::set_device_state(vm.device(), self.region()?, 0).map_err(|e| {
                 MigrationError::Rejected {
                     reason: e.to_string(),
                 }

@@ -77,11 +77,18 @@ impl IommuContainer {
 }
 
 /// The source's view of device DMA dirtying over guest RAM.
+///
+/// A device without a DMA dirty log (the uAPI makes `DMA_LOGGING` optional) is tracked
+/// conservatively, as QEMU does for such devices: its rounds report nothing, and the final
+/// harvest, taken while the device is stopped, reports every page of guest RAM the host
+/// ever backed, so whatever the device wrote is re-sent inside the downtime.
 #[derive(Debug)]
 pub struct DmaTracker {
     protocol: Protocol,
     container: IommuContainer,
     ram: u64,
+    /// The device has a DMA dirty log.
+    logged: bool,
 }
 
 fn no_log() -> MigrationError {
@@ -99,8 +106,15 @@ impl DmaTracker {
             protocol,
             container: IommuContainer::new(),
             ram,
+            logged: vm.device().dma_dirty_log().is_some(),
         };
-        let log = vm.device().dma_dirty_log().ok_or_else(no_log)?;
+        let Some(log) = vm.device().dma_dirty_log() else {
+            slog::info!(
+                vm.log(),
+                "the device has no DMA dirty log: all backed guest RAM is re-sent at stop-copy"
+            );
+            return Ok(t);
+        };
         match protocol {
             Protocol::Region => {
                 t.container.dirty_pages(
@@ -127,8 +141,30 @@ impl DmaTracker {
         Ok(t)
     }
 
-    /// Pages the device wrote since the last harvest (read and clear).
+    /// Whether the device has a DMA dirty log (else see the type's doc).
+    pub fn is_logged(&self) -> bool {
+        self.logged
+    }
+
+    /// The final harvest, with the device stopped: [`Self::harvest`], or for a device
+    /// without a log every page of guest RAM the host ever backed.
+    pub fn harvest_final(&mut self, vm: &mut Vm) -> Result<DirtyBitmap> {
+        if self.logged {
+            self.harvest(vm)
+        } else {
+            Ok(crate::memory::maybe_written(vm.memory()))
+        }
+    }
+
+    /// Pages the device wrote since the last harvest (read and clear); nothing for a
+    /// device without a log.
     pub fn harvest(&mut self, vm: &mut Vm) -> Result<DirtyBitmap> {
+        if !self.logged {
+            return DirtyBitmap::new(0, self.ram, PAGE_SIZE).map_err(|e| MigrationError::Device {
+                doing: "allocating the dirty bitmap",
+                reason: e.to_string(),
+            });
+        }
         let log = vm.device().dma_dirty_log().ok_or_else(no_log)?;
         let bitmap =
             match self.protocol {

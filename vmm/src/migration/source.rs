@@ -834,7 +834,7 @@ fn run_migration(
     pending.merge(&cpu);
     dma_only.clear();
     if let Some(d) = dma.as_mut() {
-        let dd = d.harvest(vm)?;
+        let dd = d.harvest_final(vm)?;
         for a in dd.iter_dirty() {
             if !pending.is_dirty(a) {
                 dma_only.mark(a);
