@@ -1,0 +1,148 @@
+//! The stop-and-copy phase: stop the guest at the switchover point, send the device's
+//! final state, the last dirty pages, config and vCPU, and wait for the target to resume.
+
+use slog::info;
+
+use super::guest::{position, switchover_point};
+use super::options::{FailPoint, SourceOptions};
+use super::pages::send_pages;
+use super::peer;
+use super::report::{Breakdown, Progress, SourceReport};
+use super::rounds::Precopy;
+use crate::memory::PAGE_SIZE;
+use crate::migration::clock::{monotonic_ns, ms_between};
+use crate::migration::control::{Ack, FromTarget, TargetEvents};
+use crate::migration::device_io::DeviceIo;
+use crate::migration::dirty::DmaTracker;
+use crate::migration::error::{MigrationError, Result};
+use crate::migration::transport::ChannelWriter;
+use crate::migration::StopPoint;
+use crate::stream::StreamWriter;
+use crate::vm::Vm;
+
+/// Stop the guest, send what pre-copy left (`pre`) and the final state, and wait for the
+/// target's acknowledgement; fill in `report`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn stop_and_copy(
+    vm: &mut Vm,
+    mut w: StreamWriter<ChannelWriter>,
+    events: &TargetEvents,
+    opts: &SourceOptions,
+    dio: &mut DeviceIo,
+    dma: &mut Option<DmaTracker>,
+    t_start: std::time::Instant,
+    mut report: SourceReport,
+    pre: Precopy,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SourceReport> {
+    let Precopy {
+        mut pending,
+        mut dma_only,
+        round,
+        expected_downtime_ms,
+        bandwidth,
+        throttle,
+    } = pre;
+    // Switchover: the vCPU stops here (the main loop no longer steps it).
+    position(vm, opts.switchover_at)?;
+    let t_stop = monotonic_ns();
+    // A KVM vCPU is kicked out of guest mode and parked; the device thread stops.
+    vm.pause_kvm()?;
+    report.switchover = switchover_point(vm);
+    info!(vm.log(), "migration: switchover"; "rounds" => round, "expected_downtime_ms" => expected_downtime_ms);
+    events.liveness().set_phase("stop-and-copy");
+    w.switchover(t_stop)?;
+    if opts.stop_self_at == Some(StopPoint::Switchover) {
+        w.get_mut().drain_to(0).map_err(peer)?;
+        StopPoint::stop_if(opts.stop_self_at, StopPoint::Switchover, vm.log());
+    }
+    dio.stop_copy(vm)?;
+    let t_stopped = monotonic_ns();
+    let cpu = vm.harvest_cpu_dirty()?;
+    pending.merge(&cpu);
+    dma_only.clear();
+    if let Some(d) = dma.as_mut() {
+        let dd = d.harvest_final(vm)?;
+        for a in dd.iter_dirty() {
+            if !pending.is_dirty(a) {
+                dma_only.mark(a);
+            }
+        }
+        pending.merge(&dd);
+    }
+    let sent = send_pages(vm, &mut w, &pending, &dma_only, true, false)?;
+    report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
+    while let Some(n) = dio.next_chunk_to(vm, &mut |c| w.device_data(c))? {
+        report.bytes.device_stopcopy += n;
+    }
+    if opts.fail_at == Some(FailPoint::StopCopy) {
+        return Err(MigrationError::Injected {
+            point: "stop-and-copy".into(),
+        });
+    }
+    w.device_end()?;
+    let cfg = crate::snapshot::config_bytes(vm)?;
+    w.config(&cfg)?;
+    let vcpu = vm.vcpu_record()?.to_bytes();
+    w.vcpu(&vcpu)?;
+    let t_drained = monotonic_ns();
+    let (mut writer, stats) = w.finish()?;
+    writer.finish().map_err(peer)?;
+    let t_wire = monotonic_ns();
+
+    events
+        .liveness()
+        .set_phase("the switchover acknowledgement");
+    let ack = loop {
+        if let FromTarget::Ack(a) = events.next()? {
+            break a;
+        }
+    };
+    match ack {
+        Ack::Rejected { reason } => Err(MigrationError::Rejected { reason }),
+        Ack::Resumed {
+            resumed_ns,
+            residue_ms: _,
+            load_ms,
+            config_ms,
+            resume_ms,
+            switchover_seen_ns: _,
+            bytes: _,
+        } => {
+            report.downtime_ms = ms_between(t_stop, resumed_ns);
+            report.breakdown = Breakdown {
+                stop_ms: ms_between(t_stop, t_stopped),
+                drain_ms: ms_between(t_stopped, t_drained),
+                wire_ms: ms_between(t_drained, t_wire),
+                target_receive_ms: (ms_between(t_wire, resumed_ns)
+                    - load_ms
+                    - config_ms
+                    - resume_ms)
+                    .max(0.0),
+                target_load_ms: load_ms,
+                target_config_ms: config_ms,
+                target_resume_ms: resume_ms,
+            };
+            report.bytes.ram = stats.ram;
+            report.bytes.state = stats.state;
+            report.bytes.total = stats.total;
+            report.total_ms = t_start.elapsed().as_secs_f64() * 1e3;
+            report.expected_downtime_ms = expected_downtime_ms;
+            report.throttle_pct = throttle;
+            report.bandwidth = bandwidth;
+            info!(vm.log(), "migration: target resumed"; "downtime_ms" => report.downtime_ms, "total_ms" => report.total_ms);
+            progress(&Progress {
+                phase: "done",
+                round,
+                sent: stats.total,
+                remaining: 0,
+                dirty_rate: 0.0,
+                bandwidth,
+                expected_downtime_ms: report.downtime_ms,
+                expected_total_ms: report.total_ms,
+                throttle_pct: throttle,
+            });
+            Ok(report)
+        }
+    }
+}
