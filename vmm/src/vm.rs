@@ -127,6 +127,8 @@ pub struct Vm {
     kvm: Option<kvm_run::KvmSession>,
     /// The hang guard of a KVM run.
     kvm_stall: std::time::Duration,
+    /// A KVM machine made ahead of a restore ([`Vm::prepare_kvm`]).
+    kvm_spare: Option<crate::kvm::KvmMachine>,
     vcpu: Vcpu,
     irqs: Arc<IrqQueue>,
     face: Arc<Mutex<PciFace>>,
@@ -190,6 +192,7 @@ impl Vm {
             kvm_booted: false,
             kvm: None,
             kvm_stall: kvm_run::DEFAULT_STALL,
+            kvm_spare: None,
             vcpu: Vcpu::new(),
             irqs: IrqQueue::new(),
             face: Arc::new(Mutex::new(face)),

@@ -181,6 +181,9 @@ fn receive(
     cfg.irq_sink_base = opts.irq_sink_base;
     cfg.bar_region_offset = opts.bar_region_offset;
     let mut vm = Vm::new(&cfg)?;
+    // If the source's guest runs on KVM, its vCPU state comes at the end of the stream:
+    // the KVM machine it needs is made now, outside the downtime window.
+    vm.prepare_kvm();
     let dio = DeviceIo::new(&mut vm, protocol)?;
     dio.start_resume(&mut vm)?;
     let mut config = None;

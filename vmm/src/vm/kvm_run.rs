@@ -435,11 +435,31 @@ impl Vm {
         Ok(machine)
     }
 
-    /// Load a saved KVM vCPU state into a new KVM machine on this VM's RAM (a restore
-    /// target); the next [`Vm::start_kvm`] or [`Vm::run_kvm`] runs it.
+    /// Create this VM's KVM machine now (VM, irqchip, memory slots, vCPU), so that a
+    /// restore that brings a KVM vCPU state does not pay for it: a migration target calls
+    /// this before the stream starts, outside the downtime window. Without a usable
+    /// `/dev/kvm` it does nothing (the stream may well carry a simulated vCPU).
+    pub fn prepare_kvm(&mut self) {
+        if self.kvm.is_some() || self.kvm_spare.is_some() || crate::kvm::available().is_err() {
+            return;
+        }
+        match KvmMachine::new(&self.mem, self.cfg.log.clone()) {
+            Ok(m) => self.kvm_spare = Some(m),
+            Err(e) => debug!(self.cfg.log, "no KVM machine prepared"; "error" => %e),
+        }
+    }
+
+    /// Load a saved KVM vCPU state into this VM's KVM machine (the one
+    /// [`Vm::prepare_kvm`] made, or a new one); the next [`Vm::start_kvm`] or
+    /// [`Vm::run_kvm`] runs it.
     pub fn restore_kvm_vcpu(&mut self, state: &KvmVcpuState) -> Result<()> {
-        crate::kvm::available().map_err(kvm_err)?;
-        let mut machine = KvmMachine::new(&self.mem, self.cfg.log.clone()).map_err(kvm_err)?;
+        let mut machine = match self.kvm_spare.take() {
+            Some(m) => m,
+            None => {
+                crate::kvm::available().map_err(kvm_err)?;
+                KvmMachine::new(&self.mem, self.cfg.log.clone()).map_err(kvm_err)?
+            }
+        };
         machine.restore_state(state).map_err(kvm_err)?;
         self.kvm = Some(KvmSession {
             vcpu: Some(VcpuSlot::Ready(machine)),
