@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod bench;
+mod bench_kvm;
 mod bench_migration;
 mod demo;
 mod dump;

@@ -171,7 +171,23 @@ struct DeviceThread {
     stop: Arc<AtomicBool>,
     work: Arc<AtomicU64>,
     msis: Arc<AtomicU64>,
-    join: JoinHandle<Box<dyn SimHardware>>,
+    /// `None` once joined.
+    join: Option<JoinHandle<Box<dyn SimHardware>>>,
+}
+
+impl DeviceThread {
+    /// Stop the thread and take the hardware back (`None` if it panicked).
+    fn finish(&mut self) -> Option<Box<dyn SimHardware>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join.take()?.join().ok()
+    }
+}
+
+impl Drop for DeviceThread {
+    /// A VM dropped while its guest runs: the device thread ends with it.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 /// What the device thread needs to deliver interrupts.
@@ -229,7 +245,7 @@ fn spawn_device(mut hw: Box<dyn SimHardware>, path: IrqPath) -> Result<DeviceThr
         stop,
         work,
         msis,
-        join,
+        join: Some(join),
     })
 }
 
@@ -350,7 +366,7 @@ impl Vm {
         let Some(session) = self.kvm.as_mut() else {
             return Ok(KvmRunReport::default());
         };
-        let Some(running) = session.running.take() else {
+        let Some(mut running) = session.running.take() else {
             return Ok(KvmRunReport::default());
         };
         let paused = match &session.vcpu {
@@ -362,16 +378,16 @@ impl Vm {
             },
             _ => Ok(()),
         };
-        running.device.stop.store(true, Ordering::Relaxed);
+        let hw = running.device.finish();
         let report = KvmRunReport {
             mmio_exits: session.mmio_exits.load(Ordering::Relaxed) - running.exits_before,
             msis: running.device.msis.load(Ordering::Relaxed),
             device_work: running.device.work.load(Ordering::Relaxed),
             wall_ms: running.started.elapsed().as_secs_f64() * 1e3,
         };
-        match running.device.join.join() {
-            Ok(hw) => self.hw = hw,
-            Err(_) => {
+        match hw {
+            Some(hw) => self.hw = hw,
+            None => {
                 return Err(VmmError::DriverFailed {
                     why: "the device thread panicked".into(),
                 })
