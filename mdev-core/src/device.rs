@@ -85,8 +85,9 @@ pub enum DeviceError {
 /// `Result` with a [`DeviceError`].
 pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
-/// Sentinel for a region without a type capability (`type_ = subtype = 0`).
-pub const VFIO_REGION_CAP_NONE: RegionType = RegionType {
+/// A project sentinel (not a uAPI name): the type/subtype of a region that carries no
+/// `VFIO_REGION_INFO_CAP_TYPE` capability (`type_ = subtype = 0`).
+pub const NO_REGION_TYPE: RegionType = RegionType {
     type_: 0,
     subtype: 0,
 };

@@ -18,7 +18,7 @@ pub mod dirty;
 pub mod mdev;
 pub mod migration;
 
-pub use device::{DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, VFIO_REGION_CAP_NONE};
+pub use device::{DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, NO_REGION_TYPE};
 pub use dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
 pub use mdev::{MdevError, MdevRegistry, MdevType, Uuid};
 pub use migration::{

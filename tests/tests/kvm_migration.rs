@@ -191,3 +191,41 @@ fn mid_batch_switchover_is_refused_for_a_kvm_guest() {
         "{err}"
     );
 }
+
+#[test]
+fn a_kvm_guest_migrated_while_it_boots_switches_over_inside_its_mmio_stream() {
+    if !kvm_usable() {
+        return;
+    }
+    // The image's boot uploads textures through the aperture, one MMIO exit per 8 bytes,
+    // for seconds on an emulated KVM: a migration started at boot (converging quickly on
+    // an idle link) kicks the vCPU while it is in that stream of exits. Wherever the kick
+    // lands, the exit in progress completes before the vCPU parks, and the target ends as
+    // a run that never migrated.
+    let (url, target) = spawn_target(None);
+    let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
+    cfg.ram_size = 64 << 20;
+    let mut src = Vm::new(&cfg).unwrap();
+    src.boot(&small_params(OUT_OF_REACH, SEED)).unwrap();
+    src.set_kvm_stall_timeout(STALL);
+    src.start_kvm().expect("the guest boots on KVM");
+    let o = SourceOptions {
+        protocol: Protocol::V2,
+        ..SourceOptions::default()
+    };
+    let (rep, _) = migration::migrate(&mut src, &url, &o, &mut |_| {}).expect("migration");
+    println!(
+        "switched over at frame {} after {} commands",
+        rep.switchover.frames, rep.switchover.commands
+    );
+    let mut dst = target.join().unwrap().expect("target");
+    dst.set_kvm_stall_timeout(STALL);
+    dst.pause_kvm().unwrap();
+    let frames = submitted(&mut dst).max(FRAMES);
+    dst.set_frame_limit(frames).unwrap();
+    dst.run_guest(StopAt::Done).unwrap();
+    assert_eq!(
+        outcome(&mut dst, frames).checksums,
+        reference("vgpu-64", frames, SEED).checksums
+    );
+}

@@ -22,6 +22,8 @@ use crate::verify;
 pub struct MigrateReport {
     /// Whether the migration completed.
     pub migrated: bool,
+    /// The vCPU the source guest ran on: "sim" or "kvm".
+    pub vcpu: &'static str,
     /// The error, if it did not.
     pub error: Option<String>,
     /// Whether the checksum log and final digests equal a run that never migrated: the
@@ -201,6 +203,7 @@ pub fn source(
             };
             Ok((
                 MigrateReport {
+                    vcpu: m.vcpu.name(),
                     migrated: true,
                     error,
                     verified: outcome.as_ref().map(|o| o.verified),
@@ -236,6 +239,7 @@ pub fn source(
             let (ok, detail) = verify::compare(&got, &want);
             Ok((
                 MigrateReport {
+                    vcpu: m.vcpu.name(),
                     migrated: false,
                     error: Some(e.to_string()),
                     verified: Some(ok),
