@@ -193,3 +193,40 @@ pub trait VfioDevice: Send + Debug {
         })
     }
 }
+
+/// A boxed device is a device (a VMM holds `Box<dyn VfioDevice>`).
+impl<T: VfioDevice + ?Sized> VfioDevice for Box<T> {
+    fn device_info(&self) -> vfio_device_info {
+        (**self).device_info()
+    }
+    fn region_info(&self, index: u32) -> Result<RegionInfo> {
+        (**self).region_info(index)
+    }
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
+        (**self).region_read(index, offset, data)
+    }
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        (**self).region_write(index, offset, data)
+    }
+    fn irq_info(&self, index: u32) -> Result<vfio_irq_info> {
+        (**self).irq_info(index)
+    }
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        start: u32,
+        count: u32,
+        sink: Option<Arc<dyn IrqSink>>,
+    ) -> Result<()> {
+        (**self).set_irqs(index, start, count, sink)
+    }
+    fn reset(&mut self) -> Result<()> {
+        (**self).reset()
+    }
+    fn migration(&mut self) -> Option<&mut dyn MigrationDevice> {
+        (**self).migration()
+    }
+    fn dma_dirty_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        (**self).dma_dirty_log()
+    }
+}

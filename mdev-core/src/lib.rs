@@ -6,6 +6,7 @@
 //!   shortest-path walk, the mapping from v1 `device_state` bits, and the data-stream
 //!   operations a migratable device offers ([`MigrationDevice`]).
 //! * [`dirty`]: dirty tracking of device DMA into guest RAM ([`DmaDirtyLog`]).
+//! * [`shared`]: a device behind one lock, shared by a VMM's threads ([`Shared`]).
 //! * [`mdev`]: mdev types, instances by UUID, and available instances from a parent's
 //!   resources ([`MdevRegistry`]).
 //!
@@ -17,6 +18,7 @@ pub mod device;
 pub mod dirty;
 pub mod mdev;
 pub mod migration;
+pub mod shared;
 
 pub use device::{DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, NO_REGION_TYPE};
 pub use dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
@@ -25,5 +27,6 @@ pub use migration::{
     is_direct_arc, next_step, v1_to_v2, v2_to_v1, MigState, MigrationArcs, MigrationController,
     MigrationDevice, MigrationError, ALL_STATES,
 };
+pub use shared::Shared;
 /// The VFIO uAPI as the kernel headers define it (re-exported from `vfio-bindings`).
 pub use vfio_bindings::bindings::vfio as uapi;

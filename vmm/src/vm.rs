@@ -24,9 +24,10 @@ use crate::ratelimit::RateLimit;
 use crate::vcpu::Vcpu;
 
 mod kvm_run;
-mod shared;
 
-use shared::SharedDevice;
+/// The device as the VMM holds it: behind one lock, shared by the VMM's own thread and,
+/// with a KVM guest, the vCPU and device threads.
+type SharedDevice = mdev_core::Shared<Box<dyn VfioDevice>>;
 
 pub use kvm_run::KvmRunReport;
 

@@ -15,6 +15,7 @@
 
 mod migration;
 mod mmio;
+mod null_log;
 pub mod shared;
 mod vfio;
 
@@ -34,6 +35,7 @@ use crate::regs::{config_params, transform, BAR2_SIZE, INT_ALL, INT_RX, RX_DEPTH
 use crate::state::SerialState;
 
 pub use migration::{MIGRATION_FEATURES, MIGRATION_REGION_INDEX, NUM_REGIONS};
+pub use null_log::NullDmaLog;
 pub use shared::SharedSerial;
 
 /// How to build a device.
@@ -99,7 +101,8 @@ pub struct Serial {
     /// The v1 migration region; `None` when not exposed, or while lent out.
     region: Option<StateRegion>,
     has_region: bool,
-    dma_log: bool,
+    /// The DMA dirty log it offers (see [`SerialConfig::dma_log`]).
+    dma_log: Option<NullDmaLog>,
 }
 
 /// Errors building a device.
@@ -146,7 +149,7 @@ impl Serial {
             resume: None,
             has_region: region.is_some(),
             region,
-            dma_log: cfg.dma_log,
+            dma_log: cfg.dma_log.then(NullDmaLog::default),
             log,
         })
     }

@@ -82,7 +82,7 @@ impl Serial {
 
     /// Whether a DMA dirty log is offered (see [`super::SerialConfig::dma_log`]).
     pub fn offers_dma_log(&self) -> bool {
-        self.dma_log
+        self.dma_log.is_some()
     }
 }
 
@@ -200,9 +200,9 @@ impl VfioDevice for Serial {
         Some(self)
     }
 
-    /// The unshared device has no log of its own; [`super::SharedSerial`] offers one when
-    /// configured to.
+    /// A log that never reports a page (the device does no DMA), when configured to
+    /// offer one.
     fn dma_dirty_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
-        None
+        self.dma_log.as_mut().map(|l| l as &mut dyn DmaDirtyLog)
     }
 }

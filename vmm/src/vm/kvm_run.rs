@@ -14,7 +14,7 @@
 //!   ([`Vm::run_kvm`]) or migrates the VM while the guest runs, and pauses it with a real
 //!   kick ([`Vm::pause_kvm`]).
 //!
-//! The device and the PCI face are shared behind locks (`SharedDevice`, the face's mutex),
+//! The device and the PCI face are shared behind locks (`mdev_core::Shared`, the face's mutex),
 //! so all three reach them through the same VFIO contract. Between runs the vCPU stays
 //! parked in a [`KvmSession`]; its state is the stream's vCPU record ([`Vm::vcpu_record`]).
 
@@ -27,8 +27,7 @@ use mdev_core::DirtyBitmap;
 use serde::Serialize;
 use slog::{debug, info, Logger};
 
-use super::shared::SharedDevice;
-use super::{deliver, StopAt, Vm};
+use super::{deliver, SharedDevice, StopAt, Vm};
 use crate::bus::{lock_face, VmBus};
 use crate::error::{Result, VmmError};
 use crate::irq::IrqQueue;
