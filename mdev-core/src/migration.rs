@@ -277,12 +277,32 @@ pub enum MigrationError {
         /// Current state.
         state: MigState,
     },
+    /// A read of the saving data stream in PRE_COPY or PRE_COPY_P2P found nothing
+    /// available now: the uAPI's `-ENOMSG` (include/uapi/linux/vfio.h, the data_fd and
+    /// `VFIO_MIG_GET_PRECOPY_INFO` comments). More may come; only in STOP_COPY does a
+    /// 0-length read mean the end of the stream.
+    #[snafu(display("no migration data available now in {state} (ENOMSG)"))]
+    NoDataNow {
+        /// Current state.
+        state: MigState,
+    },
     /// The device rejected data written to it while resuming.
     #[snafu(display("device rejected migration data: {reason}"))]
     BadData {
         /// What is wrong with the data.
         reason: String,
     },
+}
+
+/// The uAPI's read semantics of the saving data stream, for a device's `read_data`: `n`
+/// bytes read in `state`. Nothing read in PRE_COPY or PRE_COPY_P2P is
+/// [`MigrationError::NoDataNow`] (`-ENOMSG`: nothing for now); nothing read in STOP_COPY is
+/// `Ok(0)`, the end of the stream.
+pub fn saving_read(state: MigState, n: usize) -> Result<usize, MigrationError> {
+    if n == 0 && matches!(state, MigState::PreCopy | MigState::PreCopyP2p) {
+        return Err(MigrationError::NoDataNow { state });
+    }
+    Ok(n)
 }
 
 /// What a migratable device offers the VMM: `VFIO_DEVICE_FEATURE_MIGRATION` (flags),
@@ -296,7 +316,8 @@ pub trait MigrationDevice {
     /// Walk to `target`; returns the state reached. On a failed arc the device is in ERROR.
     fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError>;
     /// Read the saving data stream (pre-copy or stop-copy). `Ok(0)` in STOP_COPY is the end
-    /// of the stream; in PRE_COPY it means "nothing more for now".
+    /// of the stream; in PRE_COPY with nothing available now the read fails with
+    /// [`MigrationError::NoDataNow`] (see [`saving_read`]).
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError>;
     /// Write the resuming data stream. The device consumes all of `buf` or fails.
     fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError>;

@@ -126,7 +126,7 @@ impl MigrationDevice for Serial {
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
         let state = self.mig.state();
         match self.save.as_mut() {
-            Some(s) if state.is_saving() => Ok(s.read(buf)),
+            Some(s) if state.is_saving() => mdev_core::saving_read(state, s.read(buf)),
             _ => Err(MigrationError::NoStream {
                 what: "saving",
                 state,

@@ -1,7 +1,7 @@
 //! The save side of the region: staging chunks of the device's saving stream.
 
 use mdev_core::device::InvalidStateSnafu;
-use mdev_core::{MigState, MigrationDevice};
+use mdev_core::{MigState, MigrationDevice, MigrationError};
 use slog::debug;
 
 use super::{Mode, Result, SaveStage, StateRegion, DATA_OFFSET};
@@ -105,12 +105,16 @@ impl StateRegion {
     /// Pull the next chunk of the saving stream into the window.
     fn stage(&mut self, dev: &mut dyn MigrationDevice) -> Result<()> {
         let window = self.window.len();
-        let n = dev.read_data(&mut self.window).map_err(|e| {
-            InvalidStateSnafu {
-                what: format!("reading the device's migration data failed: {e}"),
-            }
-            .build()
-        })?;
+        // Nothing available now in pre-copy (ENOMSG) is v1's pending_bytes = 0 for now.
+        let n = match dev.read_data(&mut self.window) {
+            Err(MigrationError::NoDataNow { .. }) => 0,
+            r => r.map_err(|e| {
+                InvalidStateSnafu {
+                    what: format!("reading the device's migration data failed: {e}"),
+                }
+                .build()
+            })?,
+        };
         if n > window {
             return InvalidStateSnafu {
                 what: format!("the device claims {n} bytes read into a {window}-byte window"),

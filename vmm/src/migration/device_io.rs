@@ -192,9 +192,12 @@ impl DeviceIo {
                 if !self.precopy && mig.mig_state().is_running() {
                     return Ok(None);
                 }
-                let n = mig
-                    .read_data(&mut self.buf)
-                    .map_err(|e| dev_err("reading device data")(e.to_string()))?;
+                // ENOMSG in pre-copy is "nothing for now", as QEMU's vfio_save_block takes it;
+                // 0 is the end of the stream (in stop-copy).
+                let n = match mig.read_data(&mut self.buf) {
+                    Err(mdev_core::MigrationError::NoDataNow { .. }) => return Ok(None),
+                    r => r.map_err(|e| dev_err("reading device data")(e.to_string()))?,
+                };
                 if n == 0 {
                     return Ok(None);
                 }

@@ -148,7 +148,8 @@ impl MigrationDevice for Vgpu {
         match self.save.as_mut() {
             Some(s) if state.is_saving() => s
                 .read(buf, &mut self.gmem)
-                .map_err(|reason| MigrationError::BadData { reason }),
+                .map_err(|reason| MigrationError::BadData { reason })
+                .and_then(|n| mdev_core::saving_read(state, n)),
             _ => Err(MigrationError::NoStream {
                 what: "saving",
                 state,

@@ -228,3 +228,28 @@ fn engine_status_reads_live() {
     d.run(10);
     assert_eq!(rd(&mut d, REG_ENGINE_STATUS) & ENGINE_BUSY, 0);
 }
+
+/// include/uapi/linux/vfio.h (data_fd, `VFIO_MIG_GET_PRECOPY_INFO`): in PRE_COPY a read
+/// with nothing available fails with ENOMSG, and more data may come later; a 0-length read
+/// is the end of the stream only in STOP_COPY.
+#[test]
+fn precopy_with_nothing_available_is_enomsg_and_only_stop_copy_ends_with_zero() {
+    let (mut d, _m, _rec) = booted();
+    d.set_mig_state(MigState::PreCopy).unwrap();
+    let _ = drain(&mut d, 1 << 20);
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        d.read_data(&mut buf),
+        Err(mdev_core::MigrationError::NoDataNow {
+            state: MigState::PreCopy
+        })
+    );
+    // New dirt makes data available again in the same session.
+    d.region_write(VFIO_PCI_BAR2_REGION_INDEX, 0, &[5; 16])
+        .unwrap();
+    assert!(d.read_data(&mut buf).unwrap() > 0);
+    let _ = drain(&mut d, 1 << 20);
+    d.set_mig_state(MigState::StopCopy).unwrap();
+    let _ = drain(&mut d, 1 << 20);
+    assert_eq!(d.read_data(&mut buf), Ok(0), "the end of the stream");
+}

@@ -249,12 +249,25 @@ pub fn save_v2(d: &mut Vgpu, chunk: usize) -> Vec<u8> {
 }
 
 /// Read the saving stream until it returns 0.
+/// Read the saving stream until nothing more is available: ENOMSG in pre-copy ("nothing
+/// for now"), a 0-length read in stop-copy (the end).
 pub fn drain(d: &mut Vgpu, chunk: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; chunk];
     loop {
-        let n = d.read_data(&mut buf).unwrap();
+        let n = match d.read_data(&mut buf) {
+            Err(mdev_core::MigrationError::NoDataNow { state }) => {
+                assert!(matches!(state, MigState::PreCopy | MigState::PreCopyP2p));
+                return out;
+            }
+            r => r.unwrap(),
+        };
         if n == 0 {
+            assert_eq!(
+                d.mig_state(),
+                MigState::StopCopy,
+                "0 ends the stream only in STOP_COPY"
+            );
             return out;
         }
         out.extend_from_slice(&buf[..n]);
