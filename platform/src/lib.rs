@@ -31,11 +31,50 @@ pub use hardware::VgpuHardware;
 pub use image::DriverImage;
 pub use workload::VgpuVm;
 
-/// Builds vGPU VMs: the device with the given DMA tracking, its engine, the driver.
-#[derive(Debug, Clone, Copy, Default)]
+/// Builds vGPU VMs: the device with the given DMA tracking and migration features, its
+/// engine, the driver.
+#[derive(Debug, Clone, Copy)]
 pub struct VgpuFactory {
     /// How the device tracks its DMA writes for migration.
     pub tracking: DirtyTracking,
+    /// The v2 migration features the device offers (`VFIO_MIGRATION_*`).
+    pub migration_features: u32,
+}
+
+impl Default for VgpuFactory {
+    fn default() -> Self {
+        Self {
+            tracking: DirtyTracking::default(),
+            migration_features: vgpu_sim::device::MIGRATION_FEATURES,
+        }
+    }
+}
+
+/// Parse a feature set as `--migration-features` takes it: a comma-separated list of
+/// `stop-copy`, `p2p`, `pre-copy` (STOP_COPY is mandatory, as in the uAPI).
+pub fn parse_migration_features(s: &str) -> Result<u32, String> {
+    use vfio_bindings::bindings::vfio::{
+        VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
+    };
+    let mut bits = 0;
+    for name in s.split(',').map(str::trim) {
+        bits |= match name {
+            "stop-copy" => VFIO_MIGRATION_STOP_COPY,
+            "p2p" => VFIO_MIGRATION_P2P,
+            "pre-copy" => VFIO_MIGRATION_PRE_COPY,
+            other => {
+                return Err(format!(
+                    "'{other}' is not a migration feature (stop-copy, p2p, pre-copy)"
+                ))
+            }
+        };
+    }
+    if bits & VFIO_MIGRATION_STOP_COPY == 0 {
+        return Err(format!(
+            "'{s}' lacks stop-copy, which every migratable device offers"
+        ));
+    }
+    Ok(bits)
 }
 
 /// The layout the vGPU's guest driver expects.
@@ -62,6 +101,7 @@ impl VmFactory for VgpuFactory {
         let ty = VgpuType::by_name(device_type)?;
         let mut cfg = VgpuConfig::new(ty, mem.clone());
         cfg.dirty_tracking = self.tracking;
+        cfg.migration_features = self.migration_features;
         cfg.logger = log.clone();
         let dev = SharedVgpu::new(Vgpu::new(cfg)?);
         let hardware = VgpuHardware::new(dev.handle());
@@ -76,7 +116,18 @@ impl VmFactory for VgpuFactory {
 
 /// A factory for vGPU VMs with `tracking`.
 pub fn factory(tracking: DirtyTracking) -> Arc<dyn VmFactory> {
-    Arc::new(VgpuFactory { tracking })
+    Arc::new(VgpuFactory {
+        tracking,
+        ..VgpuFactory::default()
+    })
+}
+
+/// A factory for vGPU VMs with `tracking` whose devices offer `migration_features`.
+pub fn factory_with(tracking: DirtyTracking, migration_features: u32) -> Arc<dyn VmFactory> {
+    Arc::new(VgpuFactory {
+        tracking,
+        migration_features,
+    })
 }
 
 /// A VM config for a vGPU of `mdev_type` with precise (shadow page table) DMA tracking and

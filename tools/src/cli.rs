@@ -63,6 +63,10 @@ pub struct WorkloadArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     pub ram_mib: u64,
+    /// The vGPU's v2 migration features: a comma-separated set of stop-copy (mandatory),
+    /// p2p, pre-copy. Without pre-copy the device's data moves in stop-copy alone.
+    #[arg(long, default_value = "stop-copy,p2p,pre-copy")]
+    pub migration_features: String,
 }
 
 /// Options of a live migration's source.
@@ -113,6 +117,9 @@ pub struct MigrateArgs {
 /// Options of a live migration's target about its link to the source.
 #[derive(Debug, Clone, Args)]
 pub struct IncomingArgs {
+    /// This target's vGPU's v2 migration features (see `run --migration-features`).
+    #[arg(long, default_value = "stop-copy,p2p,pre-copy")]
+    pub migration_features: String,
     /// Give up on a source that shows no sign of life (no byte, no keep-alive) for this
     /// many seconds, at any phase; what was received is then discarded. At least 1.
     #[arg(long, value_name = "SECONDS", default_value_t = 5.0)]

@@ -98,6 +98,7 @@ pub fn run(
         .arg(&after)
         .args(["--frames", &frames.to_string()])
         .args(["--peer-timeout", &m.peer_timeout.to_string()])
+        .args(["--migration-features", &w.migration_features])
         .arg("--ready-file")
         .arg(&ready)
         .stdout(Stdio::piped())
@@ -224,6 +225,14 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
             m.downtime_ms, m.expected_downtime_ms, d.stop_ms, d.drain_ms, d.wire_ms, d.target_receive_ms,
             d.target_load_ms, d.target_config_ms, d.target_resume_ms
         );
+        if !m.device_precopy {
+            println!("  the device offers no PRE_COPY: all its data moved in stop-copy, inside the downtime (it grows with graphics memory)");
+        }
+        if !m.device_dma_log {
+            println!(
+                "  the device has no DMA dirty log: all backed guest RAM was re-sent at stop-copy"
+            );
+        }
         println!(
             "  total {:.1} ms, link {:.0} MB/s",
             m.total_ms,

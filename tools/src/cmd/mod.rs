@@ -185,6 +185,13 @@ pub fn boot(w: &WorkloadArgs, frames: u64, log: &Logger) -> Result<vmm::Vm> {
 }
 
 /// Boot a VM with the workload and a DMA tracking mode.
+/// `--migration-features` as `VFIO_MIGRATION_*` bits.
+pub fn parse_features(s: &str) -> Result<u32> {
+    vgpu_platform::parse_migration_features(s).map_err(|msg| CliError::Usage {
+        msg: format!("--migration-features: {msg}"),
+    })
+}
+
 pub fn boot_with(
     w: &WorkloadArgs,
     frames: u64,
@@ -198,7 +205,7 @@ pub fn boot_with(
         .ok_or_else(|| CliError::Usage {
             msg: format!("--ram-mib {} is too large", w.ram_mib),
         })?;
-    cfg.factory = vgpu_platform::factory(tracking);
+    cfg.factory = vgpu_platform::factory_with(tracking, parse_features(&w.migration_features)?);
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&vgpu_sim::workload::Params {
         seed: w.seed,

@@ -6,6 +6,14 @@ use snafu::Snafu;
 #[derive(Debug, Snafu, Clone, PartialEq, Eq)]
 #[snafu(visibility(pub(crate)))]
 pub enum VgpuError {
+    /// A migration feature set without STOP_COPY, or with bits the vGPU does not know.
+    #[snafu(display(
+        "migration features {features:#x} are not a valid set (STOP_COPY is mandatory; P2P and PRE_COPY optional)"
+    ))]
+    MigrationFeatures {
+        /// The `VFIO_MIGRATION_*` bits asked for.
+        features: u32,
+    },
     /// The type's configuration-space parameters were refused.
     #[snafu(display("configuration space parameters refused: {reason}"))]
     ConfigParams {

@@ -36,7 +36,7 @@ mod tests;
 
 use std::sync::Arc;
 
-use mdev_core::uapi::VFIO_PCI_NUM_IRQS;
+use mdev_core::uapi::{VFIO_MIGRATION_STOP_COPY, VFIO_PCI_NUM_IRQS};
 use mdev_core::{IrqSink, MigState, MigrationController};
 use pci_config_replay::ConfigSpace;
 use shadow_pt::{DirtyTracking, ShadowGtt};
@@ -78,6 +78,9 @@ pub struct VgpuConfig {
     pub state_window: usize,
     /// The clock the engine throttle measures busy and wall time with.
     pub clock: Arc<dyn EngineClock>,
+    /// The v2 migration features offered (`VFIO_MIGRATION_*`): STOP_COPY is mandatory,
+    /// P2P and PRE_COPY optional (the uAPI lets a driver offer any such set).
+    pub migration_features: u32,
 }
 
 impl VgpuConfig {
@@ -91,6 +94,7 @@ impl VgpuConfig {
             logger: Logger::root(Discard, o!()),
             state_window: DEFAULT_WINDOW,
             clock: Arc::new(MonotonicClock::default()),
+            migration_features: MIGRATION_FEATURES,
         }
     }
 }
@@ -131,6 +135,10 @@ impl Vgpu {
     /// A device fresh out of reset, in migration state RUNNING.
     pub fn new(cfg: VgpuConfig) -> Result<Self> {
         let ty = cfg.mdev_type;
+        let features = cfg.migration_features;
+        if features & VFIO_MIGRATION_STOP_COPY == 0 || features & !MIGRATION_FEATURES != 0 {
+            return Err(VgpuError::MigrationFeatures { features });
+        }
         let log = cfg.logger.new(o!("vgpu" => ty.name));
         let config = ConfigSpace::new(ty.config_params())
             .map_err(|e| VgpuError::ConfigParams {
@@ -158,7 +166,7 @@ impl Vgpu {
             engine: Engine::new(),
             config,
             irq: IrqOut::default(),
-            mig: MigrationController::new(MIGRATION_FEATURES),
+            mig: MigrationController::new(features),
             save: None,
             resume: None,
             region: Some(region),

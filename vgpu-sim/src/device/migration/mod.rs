@@ -65,7 +65,8 @@ pub use sections::{
     decode as decode_sections, Decoded, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR,
 };
 
-/// The migration features the vGPU offers.
+/// The migration features the vGPU offers by default (all three; see
+/// [`crate::VgpuConfig::migration_features`] for fewer).
 pub const MIGRATION_FEATURES: u32 =
     VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
 /// Region index of the v1 migration region (the first device-specific index).
@@ -83,13 +84,16 @@ impl MigrationArcs for Vgpu {
             (Running, RunningP2p) | (RunningP2p, Stop) | (PreCopy, PreCopyP2p) => {}
             (RunningP2p, Running) | (PreCopyP2p, PreCopy) => {}
             (Stop, RunningP2p) => {}
+            // Without P2P (vfio_main.c: RUNNING <-> STOP and PRE_COPY -> STOP_COPY are
+            // direct arcs for a device that lacks VFIO_MIGRATION_P2P).
+            (Running, Stop) | (Stop, Running) => {}
             (Running, PreCopy) | (RunningP2p, PreCopyP2p) => {
                 self.save = Some(SaveStream::precopy(self.ty.name, &mut self.gmem)?);
                 info!(self.log, "pre-copy started";
                     "initial_pages" => self.save.as_ref().map_or(0, |s| s.first_pass_pages()));
             }
             (PreCopy, Running) | (PreCopyP2p, RunningP2p) => self.save = None,
-            (PreCopyP2p, StopCopy) => {
+            (PreCopyP2p, StopCopy) | (PreCopy, StopCopy) => {
                 let state = self.state();
                 let save = self.save.as_mut().ok_or("no pre-copy stream to continue")?;
                 save.plan_stop_copy(&mut self.gmem, &state);

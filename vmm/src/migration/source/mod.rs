@@ -207,6 +207,8 @@ fn run_migration(
     let mut w = StreamWriter::new(writer, &crate::snapshot::header(vm))?;
     let mut report = SourceReport {
         protocol: opts.protocol.name(),
+        device_precopy: dio.has_precopy(),
+        device_dma_log: vm.device().dma_dirty_log().is_some(),
         ..Default::default()
     };
     let pre = rounds::precopy(

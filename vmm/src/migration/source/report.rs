@@ -119,4 +119,10 @@ pub struct SourceReport {
     pub bandwidth: f64,
     /// Where the guest and device were at switchover.
     pub switchover: SwitchoverPoint,
+    /// The device moves data during pre-copy (v2 without `VFIO_MIGRATION_PRE_COPY`: no,
+    /// and all its data moves in stop-copy, inside the downtime).
+    pub device_precopy: bool,
+    /// The device has a DMA dirty log (without one, all backed guest RAM is re-sent at
+    /// stop-copy).
+    pub device_dma_log: bool,
 }
