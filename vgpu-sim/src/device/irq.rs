@@ -106,8 +106,27 @@ impl Vgpu {
     }
 
     /// Signal what configuration changes ask to fire now (a pending MSI or MSI-X vector
-    /// unmasked, INTx line asserting). The VMM passes replay results here too.
+    /// unmasked, INTx line asserting). A device that is not running (STOP, RESUMING, the
+    /// saving states after the stop) raises no interrupt, as the uAPI requires
+    /// (include/uapi/linux/vfio.h, `VFIO_DEVICE_STATE_STOP`: "the device does not ...
+    /// generate interrupts"): what would fire is owed instead and delivered once the
+    /// device runs again (a VMM replaying config on a target unmasks vectors in STOP).
     pub fn apply_config_changes(&mut self, changes: &[ConfigChange]) {
+        if !self.mig.state().is_running() {
+            if changes.iter().any(|c| {
+                matches!(
+                    c,
+                    ConfigChange::MsiFire { .. }
+                        | ConfigChange::MsixFire { .. }
+                        | ConfigChange::IntxLevel { asserted: true }
+                )
+            }) {
+                debug!(self.log, "fire while not running: owed until RUNNING";
+                       "state" => %self.mig.state());
+                self.irq.owed = true;
+            }
+            return;
+        }
         for c in changes {
             let (index, vector) = match *c {
                 ConfigChange::MsiFire { .. } => (VFIO_PCI_MSI_IRQ_INDEX, 0),
