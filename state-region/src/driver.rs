@@ -14,6 +14,7 @@
 //! in order, then stop or run.
 
 use mdev_core::device::InvalidStateSnafu;
+use mdev_core::uapi::VFIO_DEVICE_STATE_MASK;
 use mdev_core::{DeviceError, VfioDevice};
 use snafu::{ResultExt, Snafu};
 
@@ -80,15 +81,20 @@ pub fn read_device_state<D: VfioDevice + ?Sized>(
 }
 
 /// Write `device_state` with the v1 bits `v1_bits`, then read it back, as QEMU does; a
-/// device that reads back anything else failed the transition.
+/// device that reads back anything else failed the transition. The reserved bits outside
+/// `VFIO_DEVICE_STATE_MASK` are preserved by read-modify-write (vfio.h), and only the
+/// bits the VMM owns are compared.
 pub fn set_device_state<D: VfioDevice + ?Sized>(
     dev: &mut D,
     index: u32,
     v1_bits: u32,
 ) -> Result<(), DeviceError> {
-    dev.region_write(index, Field::DeviceState.offset(), &v1_bits.to_ne_bytes())?;
-    let now = read_device_state(dev, index)?;
-    if now != v1_bits {
+    let mask = VFIO_DEVICE_STATE_MASK;
+    let cur = read_device_state(dev, index)?;
+    let value = (cur & !mask) | (v1_bits & mask);
+    dev.region_write(index, Field::DeviceState.offset(), &value.to_ne_bytes())?;
+    let now = read_device_state(dev, index)? & mask;
+    if now != v1_bits & mask {
         return InvalidStateSnafu {
             what: format!("device_state reads {now:#05b} after {v1_bits:#05b} was written"),
         }

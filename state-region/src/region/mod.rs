@@ -67,9 +67,10 @@ use std::mem::size_of;
 
 use mdev_core::device::{BadAccessSnafu, InvalidStateSnafu, NotPermittedSnafu, OutOfRangeSnafu};
 use mdev_core::uapi::{
-    vfio_info_cap_header, vfio_region_info, vfio_region_info_cap_type, VFIO_REGION_INFO_CAP_TYPE,
-    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
-    VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
+    vfio_info_cap_header, vfio_region_info, vfio_region_info_cap_type, VFIO_DEVICE_STATE_MASK,
+    VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
+    VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
 };
 use mdev_core::{
     v1_to_v2, v2_to_v1, DeviceError, MigState, MigrationDevice, RegionInfo, RegionType,
@@ -274,11 +275,12 @@ impl StateRegion {
             // A 4-byte field: the value fits.
             Field::DeviceState => self.write_device_state(dev, value as u32),
             Field::DataSize => self.write_data_size(dev, value),
-            Field::Reserved => NotPermittedSnafu {
-                index: self.index,
-                what: "writes to the reserved field",
+            // vfio.h, struct vfio_device_migration_info: `reserved` reads 0; a write to it
+            // is ignored.
+            Field::Reserved => {
+                debug!(self.log, "write to the reserved field ignored"; "value" => value);
+                Ok(())
             }
-            .fail(),
             Field::PendingBytes | Field::DataOffset => NotPermittedSnafu {
                 index: self.index,
                 what: if field == Field::PendingBytes {
@@ -327,11 +329,16 @@ impl StateRegion {
     }
 
     fn write_device_state(&mut self, dev: &mut dyn MigrationDevice, v1: u32) -> Result<()> {
+        // vfio.h: bits of device_state outside VFIO_DEVICE_STATE_MASK are reserved; the
+        // VMM preserves them by read-modify-write and the device does not reject them.
+        let reserved = v1 & !VFIO_DEVICE_STATE_MASK;
+        if reserved != 0 {
+            debug!(self.log, "reserved device_state bits ignored"; "bits" => reserved);
+        }
+        let v1 = v1 & VFIO_DEVICE_STATE_MASK;
         let target = v1_to_v2(v1).ok_or_else(|| {
             InvalidStateSnafu {
-                what: format!(
-                    "device_state {v1:#05b} is not a v1 state (101, 111 and bits above 111 are invalid)"
-                ),
+                what: format!("device_state {v1:#05b} is not a v1 state (101 and 111 are invalid)"),
             }
             .build()
         })?;
