@@ -1,0 +1,162 @@
+//! The server's DMA map table: the client memory the device may reach, checked before it
+//! is mapped, and turned into the guest memory the device is built on.
+//!
+//! A map is accepted only if the device could never fault on it: page-aligned, inside the
+//! file the descriptor names (a mapping past the end of a file raises SIGBUS on access),
+//! sealed against shrinking (`F_SEAL_SHRINK`, so the client cannot truncate it later),
+//! readable and writeable, not overlapping another map, within `max_dma_maps`.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+use crate::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
+
+/// DMA page size.
+pub(crate) const DMA_PAGE: u64 = 4096;
+
+/// One accepted map.
+#[derive(Debug)]
+struct DmaMap {
+    iova: u64,
+    size: u64,
+    offset: u64,
+    file: File,
+}
+
+/// The DMA maps of one client.
+#[derive(Debug)]
+pub(crate) struct DmaTable {
+    maps: Vec<DmaMap>,
+    max: usize,
+}
+
+impl DmaTable {
+    /// An empty table allowing `max` maps.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            maps: Vec::new(),
+            max,
+        }
+    }
+
+    /// Number of maps.
+    pub(crate) fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Accept a map of `size` bytes at `iova` from `fd` at `offset`, or say (errno, why) not.
+    pub(crate) fn map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        offset: u64,
+        flags: u32,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), (i32, String)> {
+        let Some(fd) = fd else {
+            return Err((
+                libc::ENOTSUP,
+                "a map without a file descriptor (DMA through messages) is not supported".into(),
+            ));
+        };
+        if flags & (DMA_FLAG_READ | DMA_FLAG_WRITE) != DMA_FLAG_READ | DMA_FLAG_WRITE
+            || flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0
+        {
+            return Err((
+                libc::EINVAL,
+                format!("flags {flags:#x}: a map must be readable and writeable"),
+            ));
+        }
+        let aligned = |v: u64| v % DMA_PAGE == 0;
+        if size == 0 || !aligned(iova) || !aligned(size) || !aligned(offset) {
+            return Err((libc::EINVAL, format!("map {iova:#x}+{size:#x} at file offset {offset:#x} is empty or not page-aligned")));
+        }
+        let (Some(end), Some(file_end)) = (iova.checked_add(size), offset.checked_add(size)) else {
+            return Err((libc::EINVAL, "map overflows".into()));
+        };
+        if usize::try_from(size).is_err() || i64::try_from(file_end).is_err() {
+            return Err((libc::EINVAL, "map is larger than this host can map".into()));
+        }
+        if self
+            .maps
+            .iter()
+            .any(|m| iova < m.iova + m.size && m.iova < end)
+        {
+            return Err((
+                libc::EEXIST,
+                format!("map {iova:#x}+{size:#x} overlaps an existing map"),
+            ));
+        }
+        if self.maps.len() >= self.max {
+            return Err((
+                libc::ENOSPC,
+                format!("already {} maps (max_dma_maps)", self.max),
+            ));
+        }
+        let file = File::from(fd);
+        let len = file
+            .metadata()
+            .map_err(|e| (libc::EINVAL, format!("cannot stat the map's file: {e}")))?
+            .len();
+        if len < file_end {
+            return Err((
+                libc::EINVAL,
+                format!("the map's file has {len:#x} bytes, the map needs {file_end:#x}"),
+            ));
+        }
+        // SAFETY: F_GET_SEALS only reads the file's seal set.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+            return Err((libc::EPERM, "the map's file is not sealed against shrinking (F_SEAL_SHRINK): a truncation would fault the device".into()));
+        }
+        self.maps.push(DmaMap {
+            iova,
+            size,
+            offset,
+            file,
+        });
+        Ok(())
+    }
+
+    /// Remove the map that is exactly `iova`+`size`.
+    pub(crate) fn unmap(&mut self, iova: u64, size: u64) -> Result<(), (i32, String)> {
+        match self
+            .maps
+            .iter()
+            .position(|m| m.iova == iova && m.size == size)
+        {
+            Some(i) => {
+                self.maps.remove(i);
+                Ok(())
+            }
+            None => Err((
+                libc::ENOENT,
+                format!("no map is exactly {iova:#x}+{size:#x}"),
+            )),
+        }
+    }
+
+    /// Map every accepted region into this process as guest memory at its iova.
+    pub(crate) fn guest_mem(&self) -> Result<GuestMemoryMmap<AtomicBitmap>, String> {
+        if self.maps.is_empty() {
+            return Ok(GuestMemoryMmap::new());
+        }
+        let mut ranges = Vec::with_capacity(self.maps.len());
+        for m in &self.maps {
+            let f = m
+                .file
+                .try_clone()
+                .map_err(|e| format!("cannot duplicate a map's file: {e}"))?;
+            ranges.push((
+                GuestAddress(m.iova),
+                m.size as usize,
+                Some(FileOffset::new(f, m.offset)),
+            ));
+        }
+        GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files(ranges)
+            .map_err(|e| format!("cannot map the client's memory: {e}"))
+    }
+}
