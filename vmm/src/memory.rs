@@ -35,6 +35,14 @@ pub enum MemoryError {
         /// vm-memory's error.
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The shared-memory file could not be made.
+    #[snafu(display("cannot create {size:#x} bytes of shared guest RAM (memfd): {source}"))]
+    Shared {
+        /// Size asked for.
+        size: u64,
+        /// The system error.
+        source: std::io::Error,
+    },
     /// A guest-physical access outside guest RAM.
     #[snafu(display(
         "guest RAM access of {len} bytes at {gpa:#x} is outside guest RAM (size {size:#x})"
@@ -62,6 +70,58 @@ pub fn create(size: u64, limit: u64) -> Result<GuestMem> {
         .context(MapSnafu { size })?;
     advise_huge_pages(&mem);
     Ok(mem)
+}
+
+/// Map `size` bytes of guest RAM at guest-physical 0 as shared memory: a memfd, sealed
+/// against shrinking and growing, mapped `MAP_SHARED`, so another process (a vfio-user
+/// device process, through `DMA_MAP` with the fd) can map the same pages. The dirty bitmap
+/// still logs the VMM's own writes; a device in another process logs its DMA itself.
+pub fn create_shared(size: u64, limit: u64) -> Result<GuestMem> {
+    ensure!(
+        size > 0 && size % PAGE_SIZE == 0 && size <= limit,
+        BadSizeSnafu { size, limit }
+    );
+    let file = memfd(size).context(SharedSnafu { size })?;
+    let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files([(
+        GuestAddress(0),
+        size as usize,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .context(MapSnafu { size })?;
+    advise_huge_pages(&mem);
+    Ok(mem)
+}
+
+fn memfd(size: u64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let name = c"guest-ram";
+    // SAFETY: memfd_create reads a NUL-terminated name that outlives the call.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_ADD_SEALS only changes the seal set of a file this function owns.
+    if unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Whether guest RAM is shared memory (file-backed, mappable by another process).
+pub fn is_shared(mem: &GuestMem) -> bool {
+    mem.iter().any(|r| r.file_offset().is_some())
 }
 
 /// Ask for transparent huge pages over guest RAM: one fault per 2 MiB instead of 512, which
@@ -111,9 +171,13 @@ pub fn harvest_dirty(mem: &GuestMem) -> DirtyBitmap {
 /// `/proc/self/pagemap` (bits 63 and 62). Guest RAM is a fresh anonymous mapping, so such a
 /// page has never been written and reads as zero; a first pre-copy pass can skip it without
 /// reading it (reading would fault in 4 KiB of the zero page per page). `None` when the
-/// pagemap cannot be read (then every page must be read).
+/// pagemap cannot be read (then every page must be read), and for shared guest RAM: a page
+/// another process (a device's DMA) wrote is not present in this process's page tables.
 pub fn never_backed(mem: &GuestMem) -> Option<DirtyBitmap> {
     use std::io::{Read, Seek, SeekFrom};
+    if is_shared(mem) {
+        return None;
+    }
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
     let total = size(mem);
@@ -261,6 +325,28 @@ mod tests {
         assert!(!nb.is_dirty(0x5000), "a read page maps the zero page");
         assert!(nb.is_dirty(0x7000), "an untouched page is not backed");
         assert_eq!(nb.count(), 256 - 2);
+    }
+
+    #[test]
+    fn shared_ram_is_a_sealed_memfd_and_never_skipped() {
+        let mem = create_shared(1 << 20, 1 << 30).unwrap();
+        assert!(is_shared(&mem));
+        assert!(!is_shared(&create(1 << 20, 1 << 30).unwrap()));
+        write(&mem, 0x3000, &[7]).unwrap();
+        assert_eq!(
+            harvest_dirty(&mem).iter_dirty().collect::<Vec<_>>(),
+            vec![0x3000]
+        );
+        // Another mapping of the same file sees the write, as a device process would.
+        let region = mem.iter().next().unwrap();
+        let file = region.file_offset().unwrap().file();
+        let mut b = [0u8; 1];
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut b, 0x3000).unwrap();
+        assert_eq!(b, [7]);
+        assert!(file.set_len(4096).is_err(), "sealed against shrinking");
+        assert!(never_backed(&mem).is_none());
+        assert_eq!(maybe_written(&mem).count(), 256);
     }
 
     #[test]

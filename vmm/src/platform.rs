@@ -164,4 +164,9 @@ pub trait VmFactory: Send + Sync + Debug {
         mem: &GuestMem,
         log: &Logger,
     ) -> Result<MachineParts, Box<dyn std::error::Error + Send + Sync>>;
+    /// Whether guest RAM must be shared memory (a memfd another process can map), as a
+    /// device served by another process (vfio-user) needs. Default: private memory.
+    fn shared_memory(&self) -> bool {
+        false
+    }
 }

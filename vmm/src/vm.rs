@@ -161,7 +161,12 @@ impl Vm {
                 },
             });
         }
-        let mem = memory::create(cfg.ram_size, layout.mmio_hole_start).context(MemorySnafu)?;
+        let mem = if cfg.factory.shared_memory() {
+            memory::create_shared(cfg.ram_size, layout.mmio_hole_start)
+        } else {
+            memory::create(cfg.ram_size, layout.mmio_hole_start)
+        }
+        .context(MemorySnafu)?;
         let parts = cfg
             .factory
             .parts(&cfg.mdev_type, &mem, &cfg.log)
