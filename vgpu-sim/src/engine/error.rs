@@ -100,6 +100,82 @@ pub enum EngineError {
         /// The graphics memory size.
         gmem_size: u64,
     },
+    /// `SET_VIEWPORT` with an origin or size beyond [`crate::cmd::MAX_VIEWPORT`].
+    #[snafu(display("viewport {origin:#x} / {size:#x} exceeds the largest viewport"))]
+    BadViewport {
+        /// The `x | y << 16` dword.
+        origin: u32,
+        /// The `width | height << 16` dword.
+        size: u32,
+    },
+    /// `LOAD_MATRIX` to a slot that does not exist.
+    #[snafu(display("matrix slot {slot} does not exist"))]
+    MatrixSlot {
+        /// The slot asked for.
+        slot: u32,
+    },
+    /// `SET_DEPTH_STATE` with undefined bits.
+    #[snafu(display("unknown depth state bits {flags:#x}"))]
+    DepthFlags {
+        /// The flags dword.
+        flags: u32,
+    },
+    /// `SET_CULL_MODE` with an undefined mode.
+    #[snafu(display("unknown cull mode {mode}"))]
+    CullMode {
+        /// The mode asked for.
+        mode: u32,
+    },
+    /// `SET_LIGHT` with an ambient or diffuse intensity outside 0..=1.0.
+    #[snafu(display("light intensities {ambient:#x}, {diffuse:#x} are outside 0..=1.0"))]
+    LightRange {
+        /// Ambient, 16.16.
+        ambient: i32,
+        /// Diffuse, 16.16.
+        diffuse: i32,
+    },
+    /// A `DRAW_INDEXED` index count that is not a whole number of triangles.
+    #[snafu(display("index count {count} is not a multiple of 3"))]
+    IndexCount {
+        /// The index count.
+        count: u32,
+    },
+    /// A `DRAW_INDEXED` that references more vertices than one draw may.
+    #[snafu(display("vertex count {count} exceeds {max}"))]
+    DrawVertices {
+        /// The vertex count.
+        count: u32,
+        /// The most allowed.
+        max: u32,
+    },
+    /// `DRAW_INDEXED` flags outside `DRAW3D_TEXTURED | DRAW3D_LIT`.
+    #[snafu(display("unknown DRAW_INDEXED flags {flags:#x}"))]
+    DrawIndexedFlags {
+        /// The flags dword.
+        flags: u32,
+    },
+    /// A depth-tested or depth-writing draw whose depth buffer does not cover the target.
+    #[snafu(display(
+        "depth buffer of {width}x{height} does not cover the {target_width}x{target_height} render target"
+    ))]
+    DepthBufferSize {
+        /// Depth buffer width.
+        width: u16,
+        /// Depth buffer height.
+        height: u16,
+        /// Render target width.
+        target_width: u16,
+        /// Render target height.
+        target_height: u16,
+    },
+    /// An index at or beyond the draw's vertex count.
+    #[snafu(display("index {index} is not below the draw's vertex count {count}"))]
+    IndexRange {
+        /// The index.
+        index: u32,
+        /// The draw's vertex count.
+        count: u32,
+    },
     /// A DMA to an address outside the GTT range, or one the GTT could not translate.
     #[snafu(display("DMA to unmapped graphics address {addr:#x}"))]
     Dma {

@@ -12,6 +12,7 @@ use crate::regs::{
 };
 
 use super::error::{BadLengthSnafu, EngineError, PastTailSnafu, RingPointerSnafu, RingStartSnafu};
+use super::pipeline3d::{Pipeline3dState, Pipeline3dStateError, Scratch3d};
 use super::state::{self, EngineState, EngineStateError};
 use super::surface::DirtySpans;
 use super::EngineBus;
@@ -19,7 +20,8 @@ use super::EngineBus;
 /// First graphics address past the GTT range (`SYS_BASE` + what the GTT can map).
 pub const GTT_END: u64 = SYS_BASE + GTT_ENTRIES * PAGE_SIZE;
 
-/// Most payload dwords of any command (`BLIT`, `CHECKSUM`).
+/// Most payload dwords of any command (`BLIT`, `CHECKSUM`, `SET_LIGHT`, `DRAW_INDEXED`,
+/// `UPLOAD`).
 pub(crate) const MAX_PAYLOAD: usize = 5;
 
 /// Bytes in a dword.
@@ -99,12 +101,15 @@ pub(crate) struct Scratch {
     pub(crate) row: Vec<u32>,
     /// Graphics memory written by the current command.
     pub(crate) spans: DirtySpans,
+    /// The 3D commands' buffers.
+    pub(crate) p3d: Scratch3d,
 }
 
 /// The render engine. Behaviour over an [`EngineState`]; everything else it needs is reached
 /// through the [`EngineBus`] passed to [`Engine::run`].
 pub struct Engine {
     pub(crate) state: EngineState,
+    pub(crate) p3d: Pipeline3dState,
     pub(crate) scratch: Scratch,
     last_error: Option<EngineError>,
 }
@@ -113,6 +118,7 @@ impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
             .field("state", &self.state)
+            .field("p3d", &self.p3d)
             .field("last_error", &self.last_error)
             .finish_non_exhaustive()
     }
@@ -129,6 +135,7 @@ impl Engine {
     pub fn new() -> Self {
         Self {
             state: EngineState::default(),
+            p3d: Pipeline3dState::default(),
             scratch: Scratch::default(),
             last_error: None,
         }
@@ -138,6 +145,7 @@ impl Engine {
     /// [`Engine::sync_regs`] after resetting them.
     pub fn reset(&mut self) {
         self.state = EngineState::default();
+        self.p3d = Pipeline3dState::default();
         self.last_error = None;
     }
 
@@ -146,15 +154,37 @@ impl Engine {
         self.state.clone()
     }
 
+    /// The 3D pipeline's state to save.
+    pub fn pipeline3d_state(&self) -> Pipeline3dState {
+        self.p3d.clone()
+    }
+
     /// An engine resuming from `state`, validated against a graphics memory of `gmem_size`
-    /// bytes. The registers (ring head and tail included) come back with the MMIO section.
+    /// bytes, with the 3D pipeline as after reset. The registers (ring head and tail
+    /// included) come back with the MMIO section.
     pub fn from_state(gmem_size: u64, state: &EngineState) -> Result<Self, EngineStateError> {
         state.validate(gmem_size)?;
         Ok(Self {
             state: state.clone(),
+            p3d: Pipeline3dState::default(),
             scratch: Scratch::default(),
             last_error: None,
         })
+    }
+
+    /// An engine resuming from `state` and the 3D pipeline state `p3d`, both validated
+    /// against a graphics memory of `gmem_size` bytes.
+    pub fn from_states(
+        gmem_size: u64,
+        state: &EngineState,
+        p3d: &Pipeline3dState,
+    ) -> Result<Self, FromStatesError> {
+        p3d.validate(gmem_size)
+            .map_err(|source| FromStatesError::Pipeline3d { source })?;
+        let mut e = Self::from_state(gmem_size, state)
+            .map_err(|source| FromStatesError::Engine { source })?;
+        e.p3d = p3d.clone();
+        Ok(e)
     }
 
     /// Halted by an error until [`Engine::reset`].
@@ -305,6 +335,23 @@ impl Engine {
             next: Next::Ring(ring.advance(ring.head, bytes)),
         })
     }
+}
+
+/// Why [`Engine::from_states`] refused a state.
+#[derive(Debug, Clone, PartialEq, Eq, snafu::Snafu)]
+pub enum FromStatesError {
+    /// The engine state.
+    #[snafu(display("engine state: {source}"))]
+    Engine {
+        /// What is wrong with it.
+        source: EngineStateError,
+    },
+    /// The 3D pipeline state.
+    #[snafu(display("3D pipeline state: {source}"))]
+    Pipeline3d {
+        /// What is wrong with it.
+        source: Pipeline3dStateError,
+    },
 }
 
 /// Split a header into opcode and payload length, checking both.

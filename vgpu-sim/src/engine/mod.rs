@@ -50,6 +50,7 @@
 mod error;
 mod exec;
 mod ops;
+pub mod pipeline3d;
 mod raster;
 mod state;
 mod surface;
@@ -59,7 +60,7 @@ mod testbus;
 mod tests;
 
 pub use error::EngineError;
-pub use exec::{Engine, GTT_END};
+pub use exec::{Engine, FromStatesError, GTT_END};
 pub use state::{EngineState, EngineStateError};
 pub use surface::{Surface, SurfaceError, BYTES_PER_PIXEL};
 

@@ -100,6 +100,7 @@ impl Engine {
                 bus.set_reg(REG_FLIP_COUNT, flips);
                 bus.raise(INT_FLIP_DONE);
             }
+            _ if self.execute_3d(bus, c)? => {}
             opcode => {
                 // `fetch` lets only known opcodes through; refuse rather than panic anyway.
                 return Err(EngineError::UnknownOpcode {

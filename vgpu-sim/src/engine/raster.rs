@@ -20,25 +20,25 @@ use crate::cmd::Vertex;
 use super::surface::{DirtySpans, Surface, BYTES_PER_PIXEL};
 
 /// Sub-pixel bits kept from the 16.16 vertex coordinates.
-const SUBPIXEL_BITS: u32 = 8;
+pub(super) const SUBPIXEL_BITS: u32 = 8;
 /// Shift from 16.16 to the sub-pixel grid.
 const SNAP_SHIFT: u32 = 16 - SUBPIXEL_BITS;
 /// One pixel on the sub-pixel grid.
-const PIXEL: i64 = 1 << SUBPIXEL_BITS;
+pub(super) const PIXEL: i64 = 1 << SUBPIXEL_BITS;
 /// Half a pixel on the sub-pixel grid (pixel centres).
-const HALF_PIXEL: i64 = PIXEL / 2;
+pub(super) const HALF_PIXEL: i64 = PIXEL / 2;
 /// Fractional bits of interpolated attributes.
-const ATTR_FRAC: u32 = 24;
+pub(super) const ATTR_FRAC: u32 = 24;
 /// Half an attribute unit, for rounding.
-const ATTR_ROUND: i64 = 1 << (ATTR_FRAC - 1);
+pub(super) const ATTR_ROUND: i64 = 1 << (ATTR_FRAC - 1);
 /// Bytes per pixel as a `usize`.
-const BPP: usize = BYTES_PER_PIXEL as usize;
+pub(super) const BPP: usize = BYTES_PER_PIXEL as usize;
 
 /// A vertex position on the sub-pixel grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Point {
-    x: i64,
-    y: i64,
+pub(super) struct Point {
+    pub(super) x: i64,
+    pub(super) y: i64,
 }
 
 impl Point {
@@ -52,7 +52,7 @@ impl Point {
 
 /// Twice the signed area of `a, b, c`: positive when the triangle is clockwise on the screen
 /// (y grows downwards), and then positive for points inside, on the right of `a -> b`.
-fn orient(a: Point, b: Point, c: Point) -> i64 {
+pub(super) fn orient(a: Point, b: Point, c: Point) -> i64 {
     (b.x - a.x) * (c.y - a.y) - (b.y - a.y) * (c.x - a.x)
 }
 
@@ -64,30 +64,30 @@ fn is_top_left(a: Point, b: Point) -> bool {
 }
 
 /// First pixel whose centre is at or after `c` (sub-pixel units).
-fn ceil_pixel(c: i64) -> i64 {
+pub(super) fn ceil_pixel(c: i64) -> i64 {
     (c - HALF_PIXEL + PIXEL - 1) >> SUBPIXEL_BITS
 }
 
 /// Last pixel whose centre is at or before `c` (sub-pixel units).
-fn floor_pixel(c: i64) -> i64 {
+pub(super) fn floor_pixel(c: i64) -> i64 {
     (c - HALF_PIXEL) >> SUBPIXEL_BITS
 }
 
 /// One edge function over the clipped bounding box.
 #[derive(Debug, Clone, Copy)]
-struct Edge {
+pub(super) struct Edge {
     /// Value at the box's first pixel centre (the weight of the opposite vertex).
-    origin: i64,
+    pub(super) origin: i64,
     /// 0 for top and left edges, -1 for the others (their centres on the edge are outside).
-    bias: i64,
+    pub(super) bias: i64,
     /// Change per pixel to the right.
-    step_x: i64,
+    pub(super) step_x: i64,
     /// Change per pixel down.
-    step_y: i64,
+    pub(super) step_y: i64,
 }
 
 impl Edge {
-    fn new(a: Point, b: Point, origin: Point) -> Self {
+    pub(super) fn new(a: Point, b: Point, origin: Point) -> Self {
         Self {
             origin: orient(a, b, origin),
             bias: if is_top_left(a, b) { 0 } else { -1 },
@@ -99,7 +99,7 @@ impl Edge {
 
 /// The covered pixels `lo..=hi` (relative to the box's left column, which is `last` pixels
 /// wide minus one) of a row whose biased edge values at the left column are `e`.
-fn span(e: &[i64; 3], step_x: &[i64; 3], last: i64) -> Option<(i64, i64)> {
+pub(super) fn span(e: &[i64; 3], step_x: &[i64; 3], last: i64) -> Option<(i64, i64)> {
     let (mut lo, mut hi) = (0, last);
     for (&e, &s) in e.iter().zip(step_x) {
         if s > 0 {
@@ -119,14 +119,14 @@ fn span(e: &[i64; 3], step_x: &[i64; 3], last: i64) -> Option<(i64, i64)> {
 
 /// An attribute as a plane in fixed point (`ATTR_FRAC` fractional bits) over the box.
 #[derive(Debug, Clone, Copy)]
-struct Plane {
+pub(super) struct Plane {
     origin: i64,
-    dx: i64,
+    pub(super) dx: i64,
     dy: i64,
 }
 
 impl Plane {
-    fn new(edges: &[Edge; 3], area: i64, values: [i64; 3]) -> Self {
+    pub(super) fn new(edges: &[Edge; 3], area: i64, values: [i64; 3]) -> Self {
         let weigh = |w: [i64; 3]| {
             let sum: i128 = w
                 .iter()
@@ -144,7 +144,7 @@ impl Plane {
     }
 
     /// Value at (`x`, `y`) pixels from the box's first pixel.
-    fn at(&self, x: i64, y: i64) -> i64 {
+    pub(super) fn at(&self, x: i64, y: i64) -> i64 {
         self.origin
             .wrapping_add(self.dx.wrapping_mul(x))
             .wrapping_add(self.dy.wrapping_mul(y))
@@ -157,12 +157,12 @@ fn channels(c: u32) -> [i64; 4] {
 }
 
 /// One interpolated channel, rounded and clamped to 0..=255.
-fn channel(v: i64) -> u32 {
+pub(super) fn channel(v: i64) -> u32 {
     (v.wrapping_add(ATTR_ROUND) >> ATTR_FRAC).clamp(0, 255) as u32
 }
 
 /// Texel times colour, per channel: `round(t * c / 255)`, exactly.
-fn modulate(t: u32, c: u32) -> u32 {
+pub(super) fn modulate(t: u32, c: u32) -> u32 {
     let mut out = 0;
     for s in [0, 8, 16, 24] {
         let m = ((t >> s) & 0xff) * ((c >> s) & 0xff) + 128;
@@ -173,14 +173,14 @@ fn modulate(t: u32, c: u32) -> u32 {
 
 /// Texel coordinates along one axis of `n` texels (`n > 0`): `u = 1.0` (16.16) spans them.
 #[derive(Debug, Clone, Copy)]
-struct Axis {
+pub(super) struct Axis {
     n: i64,
     /// `n - 1` when `n` is a power of two: wrapping is then a mask, not a division.
     mask: Option<i64>,
 }
 
 impl Axis {
-    fn new(n: u16) -> Self {
+    pub(super) fn new(n: u16) -> Self {
         Self {
             n: i64::from(n),
             mask: n.is_power_of_two().then(|| i64::from(n) - 1),
@@ -201,16 +201,16 @@ impl Axis {
 
 /// Nearest, wrapping texture lookups in graphics memory.
 #[derive(Debug, Clone, Copy)]
-struct Sampler {
-    offset: usize,
-    stride: usize,
-    u: Axis,
-    v: Axis,
+pub(super) struct Sampler {
+    pub(super) offset: usize,
+    pub(super) stride: usize,
+    pub(super) u: Axis,
+    pub(super) v: Axis,
 }
 
 impl Sampler {
     /// The texel at 16.16 coordinates `u`, `v` (0 if it somehow lies outside `gmem`).
-    fn texel(&self, gmem: &[u8], u: i64, v: i64) -> u32 {
+    pub(super) fn texel(&self, gmem: &[u8], u: i64, v: i64) -> u32 {
         let (tx, ty) = (self.u.texel(u), self.v.texel(v));
         let i = self.offset + ty * self.stride + tx * BPP;
         gmem.get(i..i + BPP)
@@ -356,12 +356,12 @@ impl Rasterizer<'_> {
 }
 
 /// Pack interpolated A, R, G, B into ARGB.
-fn pack(c: &[i64; 4]) -> u32 {
+pub(super) fn pack(c: &[i64; 4]) -> u32 {
     (channel(c[0]) << 24) | (channel(c[1]) << 16) | (channel(c[2]) << 8) | channel(c[3])
 }
 
 /// Step every value by its per-pixel delta.
-fn advance<const N: usize>(values: &mut [i64; N], deltas: &[i64; N]) {
+pub(super) fn advance<const N: usize>(values: &mut [i64; N], deltas: &[i64; N]) {
     for (v, d) in values.iter_mut().zip(deltas) {
         *v = v.wrapping_add(*d);
     }

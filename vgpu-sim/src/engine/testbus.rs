@@ -183,7 +183,7 @@ impl EngineBus for TestBus {
 pub(crate) struct Cmds(pub(crate) Vec<u32>);
 
 impl Cmds {
-    fn op(mut self, opcode: u32, payload: &[u32]) -> Self {
+    pub(crate) fn op(mut self, opcode: u32, payload: &[u32]) -> Self {
         self.0.push(cmd::header(opcode));
         self.0.extend_from_slice(payload);
         self

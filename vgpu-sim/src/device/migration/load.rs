@@ -88,13 +88,17 @@ impl Staging {
 impl SectionSink for Staging {
     fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String> {
         let id = Self::id(hdr)?;
-        if hdr.major != SECTION_MAJOR {
+        let major = id.version().0;
+        if hdr.major != major {
             return Err(format!(
-                "section {id}: version {}.{} is not supported (this device reads {SECTION_MAJOR}.x)",
+                "section {id}: version {}.{} is not supported (this device reads {major}.x)",
                 hdr.major, hdr.minor
             ));
         }
-        self.oldest_minor = self.oldest_minor.min(hdr.minor);
+        if id != SectionId::Pipeline3d {
+            // PIPELINE3D has its own version: only the others say which build wrote them.
+            self.oldest_minor = self.oldest_minor.min(hdr.minor);
+        }
         let s = slot(id);
         let exact = match id {
             SectionId::Gmem => Some(self.ty.gmem_size),

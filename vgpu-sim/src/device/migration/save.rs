@@ -13,9 +13,7 @@ use state_region::format::{
     END_SECTION_SIZE, SECTION_HEADER_SIZE,
 };
 
-use super::sections::{
-    encode, SectionId, VgpuState, PAGE_RECORD_LEN, REQUIRED, SECTION_MAJOR, SECTION_MINOR,
-};
+use super::sections::{encode, SectionId, VgpuState, PAGE_RECORD_LEN, REQUIRED};
 use crate::device::gmem::{GraphicsMemory, PageBitmap};
 
 /// Pages per `GMEM_PAGES` section (1 MiB of page data).
@@ -293,8 +291,9 @@ impl SaveStream {
     fn begin(&mut self, p: Planned, gmem_size: u64) -> Result<Emitting, String> {
         let enc = self.enc.as_mut().ok_or("the stream has ended")?;
         let len = p.body.len(gmem_size);
+        let (major, minor) = p.id.version();
         let (sec, header) = enc
-            .begin_section(p.id as u32, SECTION_MAJOR, SECTION_MINOR, len)
+            .begin_section(p.id as u32, major, minor, len)
             .map_err(|e| e.to_string())?;
         Ok(Emitting {
             sec: Some(sec),

@@ -8,6 +8,7 @@ use state_region::format::section_encoded_len;
 
 use crate::device::regfile::{self, section_regs, Registers, Section};
 use crate::device::Vgpu;
+use crate::engine::pipeline3d::{self, Pipeline3dState};
 use crate::engine::{Engine, EngineState};
 use crate::regs::*;
 use crate::types::VgpuType;
@@ -17,6 +18,9 @@ pub const SECTION_MAJOR: u16 = 1;
 /// Minor version of every section this build writes. 1.1 added the `CONFIG` section and
 /// made it required; see [`REQUIRED`] for why a 1.0 context is refused.
 pub const SECTION_MINOR: u16 = 1;
+/// Version (major, minor) of the `PIPELINE3D` section, its own: the 3D pipeline's state
+/// format evolves apart from the other sections.
+pub const PIPELINE3D_VERSION: (u16, u16) = pipeline3d::STATE_VERSION;
 /// Bytes of one `GMEM_PAGES` record: page index u32 and the page.
 pub const PAGE_RECORD_LEN: u64 = 4 + PAGE_SIZE;
 /// Cap on the engine section's `EngineState` bytes.
@@ -42,10 +46,12 @@ pub enum SectionId {
     Display = 7,
     /// The PCI configuration space (pci-config-replay's state bytes).
     Config = 8,
+    /// The 3D pipeline's state (viewport, matrices, depth, cull, light, index buffer).
+    Pipeline3d = 9,
 }
 
 /// Every section id.
-pub const ALL_SECTIONS: [SectionId; 8] = [
+pub const ALL_SECTIONS: [SectionId; 9] = [
     SectionId::Gmem,
     SectionId::GmemPages,
     SectionId::Mmio,
@@ -54,6 +60,7 @@ pub const ALL_SECTIONS: [SectionId; 8] = [
     SectionId::Irq,
     SectionId::Display,
     SectionId::Config,
+    SectionId::Pipeline3d,
 ];
 
 /// Sections every context carries exactly once, in stream order.
@@ -63,10 +70,14 @@ pub const ALL_SECTIONS: [SectionId; 8] = [
 /// (an MSI-X PBA bit, the MSI pending bit) would be lost: the VMM replays configuration
 /// only through the config region, where those bits are read-only, so nothing else could
 /// bring them back, and a pending interrupt lost hangs the guest driver.
-pub const REQUIRED: [SectionId; 6] = [
+///
+/// `PIPELINE3D` is required too: a context without it would resume the 3D pipeline with
+/// other matrices and depth state than the guest set, and draw different frames.
+pub const REQUIRED: [SectionId; 7] = [
     SectionId::Mmio,
     SectionId::Gtt,
     SectionId::Engine,
+    SectionId::Pipeline3d,
     SectionId::Irq,
     SectionId::Display,
     SectionId::Config,
@@ -89,6 +100,16 @@ impl SectionId {
             SectionId::Irq => "IRQ",
             SectionId::Display => "DISPLAY",
             SectionId::Config => "CONFIG",
+            SectionId::Pipeline3d => "PIPELINE3D",
+        }
+    }
+
+    /// The version (major, minor) this build writes for the section, and whose major it
+    /// reads.
+    pub fn version(self) -> (u16, u16) {
+        match self {
+            SectionId::Pipeline3d => PIPELINE3D_VERSION,
+            _ => (SECTION_MAJOR, SECTION_MINOR),
         }
     }
 
@@ -115,6 +136,7 @@ impl SectionId {
             SectionId::Mmio => regs_len(Section::Mmio),
             SectionId::Display => regs_len(Section::Display),
             SectionId::Config => config_len(&ty.config_params()),
+            SectionId::Pipeline3d => pipeline3d::STATE_LEN as u64,
         }
     }
 }
@@ -148,6 +170,8 @@ pub struct VgpuState {
     pub gtt: Vec<u64>,
     /// The engine's state beyond the registers.
     pub engine: EngineState,
+    /// The 3D pipeline's state.
+    pub pipeline3d: Pipeline3dState,
     /// The configuration space, device-owned bits (pending bits) included.
     pub config: ConfigSpaceState,
 }
@@ -160,6 +184,7 @@ impl Vgpu {
             irq_owed: self.irq.owed,
             gtt: self.gtt.guest_entries().to_vec(),
             engine: self.engine.state(),
+            pipeline3d: self.engine.pipeline3d_state(),
             config: self.config.state(),
         }
     }
@@ -190,6 +215,7 @@ pub fn encode(id: SectionId, st: &VgpuState) -> Vec<u8> {
             out.extend_from_slice(&u32::from(st.irq_owed).to_le_bytes());
         }
         SectionId::Config => out = st.config.to_bytes(),
+        SectionId::Pipeline3d => out = st.pipeline3d.to_bytes(),
         id => {
             if let Some(s) = id.regs() {
                 put_regs(&mut out, &st.regs, s);
@@ -211,6 +237,7 @@ pub fn fixed_sections_len(engine_len: usize, config: &ConfigParams) -> u64 {
                 SectionId::Irq => regs_len(Section::Irq) + 4,
                 SectionId::Mmio => regs_len(Section::Mmio),
                 SectionId::Config => config_len(config),
+                SectionId::Pipeline3d => pipeline3d::STATE_LEN as u64,
                 _ => regs_len(Section::Display),
             };
             section_encoded_len(payload)
@@ -225,6 +252,7 @@ pub fn expected_len(id: SectionId) -> Option<u64> {
         SectionId::Irq => Some(regs_len(Section::Irq) + 4),
         SectionId::Mmio => Some(regs_len(Section::Mmio)),
         SectionId::Display => Some(regs_len(Section::Display)),
+        SectionId::Pipeline3d => Some(pipeline3d::STATE_LEN as u64),
         _ => None,
     }
 }
@@ -343,8 +371,12 @@ pub fn decode<'a>(
     )?;
     let engine_state = EngineState::from_bytes(&engine_payload[n..])
         .map_err(|e| format!("section ENGINE: engine state: {e}"))?;
-    let engine = Engine::from_state(ty.gmem_size, &engine_state)
+    let p3d = Pipeline3dState::from_bytes(payload(SectionId::Pipeline3d))
+        .map_err(|e| format!("section PIPELINE3D: {e}"))?;
+    Engine::from_state(ty.gmem_size, &engine_state)
         .map_err(|e| format!("section ENGINE: engine state: {e}"))?;
+    let engine = Engine::from_states(ty.gmem_size, &engine_state, &p3d)
+        .map_err(|e| format!("section PIPELINE3D: {e}"))?;
     let gtt = payload(SectionId::Gtt)
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -355,6 +387,7 @@ pub fn decode<'a>(
         irq_owed,
         gtt,
         engine: engine_state,
+        pipeline3d: p3d,
         config: saved_config,
     };
     check_invariants(ty, &state)?;
