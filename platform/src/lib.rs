@@ -15,6 +15,7 @@
 mod guest;
 mod hardware;
 mod image;
+pub mod remote;
 mod workload;
 
 use std::io::Read;
@@ -29,6 +30,7 @@ use vmm::{MachineParts, PlatformLayout, SimHardware, Vm, VmConfig, VmFactory};
 pub use guest::DriverProgram;
 pub use hardware::VgpuHardware;
 pub use image::DriverImage;
+pub use remote::{device_factory, RemoteFactory, RemoteHardware};
 pub use workload::VgpuVm;
 
 /// Builds vGPU VMs: the device with the given DMA tracking and migration features, its
