@@ -259,7 +259,8 @@ pub enum MigrationError {
         /// Requested state.
         to: MigState,
     },
-    /// A direct arc failed; the device is now in ERROR.
+    /// A direct arc failed; the device is now in ERROR (or, for a device that keeps its
+    /// last state on failure as mtty does, still in `from`).
     #[snafu(display("arc {from} -> {to} failed: {reason}"))]
     ArcFailed {
         /// Arc start.
@@ -286,6 +287,16 @@ pub enum MigrationError {
         /// Current state.
         state: MigState,
     },
+    /// A data-stream access through a handle that is closed or belongs to a session that
+    /// has ended (the state left the stream's states, or the device was reset): the
+    /// kernel's data_fd then fails with `-ENODEV` (include/uapi/linux/vfio.h,
+    /// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`: leaving the saving or resuming states ends
+    /// the data transfer session).
+    #[snafu(display("data stream #{stream} is closed or from an ended session (ENODEV)"))]
+    StaleStream {
+        /// The handle's session number.
+        stream: u64,
+    },
     /// The device rejected data written to it while resuming.
     #[snafu(display("device rejected migration data: {reason}"))]
     BadData {
@@ -305,6 +316,50 @@ pub fn saving_read(state: MigState, n: usize) -> Result<usize, MigrationError> {
     Ok(n)
 }
 
+/// A handle on one data-transfer session: the kernel's `data_fd`.
+///
+/// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` hands one back when the arc it ends on starts a
+/// session: into PRE_COPY or PRE_COPY_P2P from a running state, into STOP_COPY from STOP,
+/// into RESUMING from STOP. Arcs between saving states (PRE_COPY -> STOP_COPY, PRE_COPY
+/// <-> PRE_COPY_P2P) continue the same session and return none; any arc out of the
+/// session's states, a failed arc (ERROR) and a reset end it. Reads and writes through a
+/// handle whose session ended, or that was closed, fail with
+/// [`MigrationError::StaleStream`] (`-ENODEV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DataStream(u64);
+
+impl DataStream {
+    /// The session number (unique per device for the device's lifetime).
+    pub fn id(self) -> u64 {
+        self.0
+    }
+
+    /// The handle for session `id`, for transports that carry it (a handle made up by a
+    /// caller is refused by the device like any stale one).
+    pub fn from_id(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+/// What `set_mig_state` reached: the state, and the data stream the walk opened, if its
+/// last arc started a session (see [`DataStream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigTransition {
+    /// The state reached (the requested one).
+    pub state: MigState,
+    /// The new session's handle, if the walk started one.
+    pub stream: Option<DataStream>,
+}
+
+/// The direction of a state's data session, if it has one.
+fn session_kind(s: MigState) -> Option<bool> {
+    match s {
+        MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => Some(true),
+        MigState::Resuming => Some(false),
+        _ => None,
+    }
+}
+
 /// What a migratable device offers the VMM: `VFIO_DEVICE_FEATURE_MIGRATION` (flags),
 /// `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` (get/set state), the data fd (read/write),
 /// `VFIO_MIG_GET_PRECOPY_INFO` and `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
@@ -313,14 +368,20 @@ pub trait MigrationDevice {
     fn migration_flags(&self) -> u32;
     /// The current state.
     fn mig_state(&self) -> MigState;
-    /// Walk to `target`; returns the state reached. On a failed arc the device is in ERROR.
-    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError>;
-    /// Read the saving data stream (pre-copy or stop-copy). `Ok(0)` in STOP_COPY is the end
-    /// of the stream; in PRE_COPY with nothing available now the read fails with
-    /// [`MigrationError::NoDataNow`] (see [`saving_read`]).
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError>;
-    /// Write the resuming data stream. The device consumes all of `buf` or fails.
-    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError>;
+    /// Walk to `target`; returns the state reached and the data stream the walk opened
+    /// (see [`DataStream`]). On a failed arc the device is in ERROR.
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigTransition, MigrationError>;
+    /// Read the saving data stream (pre-copy or stop-copy) through `stream`. `Ok(0)` in
+    /// STOP_COPY is the end of the stream; in PRE_COPY with nothing available now the read
+    /// fails with [`MigrationError::NoDataNow`] (see [`saving_read`]); a stale handle fails
+    /// with [`MigrationError::StaleStream`].
+    fn read_data(&mut self, stream: DataStream, buf: &mut [u8]) -> Result<usize, MigrationError>;
+    /// Write the resuming data stream through `stream`. The device consumes all of `buf`
+    /// or fails.
+    fn write_data(&mut self, stream: DataStream, buf: &[u8]) -> Result<usize, MigrationError>;
+    /// Close `stream` (the kernel's `close(data_fd)`): the session ends; the state does not
+    /// change. Closing a stale handle does nothing.
+    fn close_data(&mut self, stream: DataStream);
     /// `VFIO_MIG_GET_PRECOPY_INFO`: `initial_bytes` and `dirty_bytes` (PRE_COPY* only).
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError>;
     /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`: estimated length of the stop-copy stream.
@@ -338,6 +399,13 @@ pub trait MigrationArcs {
 pub struct MigrationController {
     state: MigState,
     features: u32,
+    /// Sessions started so far (the next handle's number).
+    sessions: u64,
+    /// The open session, if any.
+    open: Option<DataStream>,
+    /// What a failed arc leaves: ERROR (vfio.h's rule, mlx5 and most drivers) or the last
+    /// state reached (samples/vfio-mdev/mtty.c keeps it).
+    keep_last_on_failure: bool,
 }
 
 impl MigrationController {
@@ -346,7 +414,18 @@ impl MigrationController {
         Self {
             state: MigState::Running,
             features,
+            sessions: 0,
+            open: None,
+            keep_last_on_failure: false,
         }
+    }
+
+    /// A failed arc leaves the last state reached instead of ERROR, as
+    /// samples/vfio-mdev/mtty.c does (`mtty_set_state` stops the walk and keeps its
+    /// state); the data session of that state, if any, stays open.
+    pub fn keeping_last_state_on_failure(mut self) -> Self {
+        self.keep_last_on_failure = true;
+        self
     }
 
     /// Current state.
@@ -359,9 +438,50 @@ impl MigrationController {
         self.features
     }
 
-    /// Reset: back to RUNNING, whatever the state was.
+    /// Reset: back to RUNNING, whatever the state was; any open data session ends.
     pub fn reset(&mut self) {
         self.state = MigState::Running;
+        self.open = None;
+    }
+
+    /// The open data session, if any.
+    pub fn open_stream(&self) -> Option<DataStream> {
+        self.open
+    }
+
+    /// Check that `stream` is the open session (else [`MigrationError::StaleStream`]).
+    pub fn check_stream(&self, stream: DataStream) -> Result<(), MigrationError> {
+        if self.open == Some(stream) {
+            Ok(())
+        } else {
+            Err(MigrationError::StaleStream { stream: stream.0 })
+        }
+    }
+
+    /// Close `stream`: if it is the open session, the session ends.
+    pub fn close_stream(&mut self, stream: DataStream) {
+        if self.open == Some(stream) {
+            self.open = None;
+        }
+    }
+
+    /// Follow one arc's effect on the data session; the new session's handle if it opened
+    /// one.
+    fn track_session(&mut self, from: MigState, to: MigState) -> Option<DataStream> {
+        match (session_kind(from), session_kind(to)) {
+            (_, None) => {
+                self.open = None;
+                None
+            }
+            // Between saving states the session (and its handle, if still open) goes on.
+            (Some(a), Some(b)) if a == b => None,
+            (_, Some(_)) => {
+                self.sessions += 1;
+                let s = DataStream(self.sessions);
+                self.open = Some(s);
+                Some(s)
+            }
+        }
     }
 
     /// Walk from the current state to `target`, one direct arc at a time.
@@ -371,7 +491,7 @@ impl MigrationController {
         &mut self,
         arcs: &mut A,
         target: MigState,
-    ) -> Result<MigState, MigrationError> {
+    ) -> Result<MigTransition, MigrationError> {
         let from = self.state;
         // Check the whole walk before the first arc, so a refused request changes nothing.
         let mut cur = from;
@@ -379,6 +499,7 @@ impl MigrationController {
             cur = next_step(cur, target, self.features)
                 .ok_or(MigrationError::InvalidTransition { from, to: target })?;
         }
+        let mut opened = None;
         while self.state != target {
             let next = next_step(self.state, target, self.features)
                 .ok_or(MigrationError::InvalidTransition { from, to: target })?;
@@ -388,12 +509,19 @@ impl MigrationController {
                     to: next,
                     reason,
                 };
-                self.state = MigState::Error;
+                if !self.keep_last_on_failure {
+                    self.state = MigState::Error;
+                    self.open = None;
+                }
                 return Err(err);
             }
+            opened = self.track_session(self.state, next).or(opened);
             self.state = next;
         }
-        Ok(self.state)
+        Ok(MigTransition {
+            state: self.state,
+            stream: opened.filter(|s| self.open == Some(*s)),
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
-use crate::migration::{MigState, MigrationDevice, MigrationError};
+use crate::migration::{DataStream, MigState, MigTransition, MigrationDevice, MigrationError};
 use crate::uapi::{vfio_device_info, vfio_irq_info, vfio_precopy_info};
 use crate::{DeviceError, IrqSink, RegionInfo, VfioDevice};
 
@@ -124,17 +124,28 @@ impl<D: VfioDevice> MigrationDevice for SharedMigration<D> {
             .migration()
             .map_or(MigState::Error, |m| m.mig_state())
     }
-    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError> {
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigTransition, MigrationError> {
         lock(&self.0)
             .migration()
             .ok_or_else(gone)?
             .set_mig_state(target)
     }
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
-        lock(&self.0).migration().ok_or_else(gone)?.read_data(buf)
+    fn read_data(&mut self, stream: DataStream, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        lock(&self.0)
+            .migration()
+            .ok_or_else(gone)?
+            .read_data(stream, buf)
     }
-    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError> {
-        lock(&self.0).migration().ok_or_else(gone)?.write_data(buf)
+    fn write_data(&mut self, stream: DataStream, buf: &[u8]) -> Result<usize, MigrationError> {
+        lock(&self.0)
+            .migration()
+            .ok_or_else(gone)?
+            .write_data(stream, buf)
+    }
+    fn close_data(&mut self, stream: DataStream) {
+        if let Some(m) = lock(&self.0).migration() {
+            m.close_data(stream);
+        }
     }
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError> {
         lock(&self.0).migration().ok_or_else(gone)?.precopy_info()

@@ -8,8 +8,8 @@ use mdev_core::uapi::{
     VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
 };
 use mdev_core::{
-    DeviceError, DmaDirtyLog, IrqSink, MigState, MigrationArcs, MigrationController,
-    MigrationDevice, MigrationError, RegionInfo, VfioDevice,
+    DataStream, DeviceError, DmaDirtyLog, IrqSink, MigState, MigTransition, MigrationArcs,
+    MigrationController, MigrationDevice, MigrationError, RegionInfo, VfioDevice,
 };
 
 use crate::region::StateRegion;
@@ -117,12 +117,13 @@ impl MigrationDevice for FakeMigration {
         self.ctl.state()
     }
 
-    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError> {
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigTransition, MigrationError> {
         self.calls.push(Call::SetState(target));
         self.ctl.set_state(&mut self.streams, target)
     }
 
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn read_data(&mut self, stream: DataStream, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        self.ctl.check_stream(stream)?;
         let state = self.ctl.state();
         if !state.is_saving() {
             return Err(MigrationError::NoStream {
@@ -144,7 +145,8 @@ impl MigrationDevice for FakeMigration {
         Ok(n)
     }
 
-    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError> {
+    fn write_data(&mut self, stream: DataStream, buf: &[u8]) -> Result<usize, MigrationError> {
+        self.ctl.check_stream(stream)?;
         let state = self.ctl.state();
         if state != MigState::Resuming {
             return Err(MigrationError::NoStream {
@@ -160,6 +162,10 @@ impl MigrationDevice for FakeMigration {
         }
         self.streams.received.extend_from_slice(buf);
         Ok(buf.len())
+    }
+
+    fn close_data(&mut self, stream: DataStream) {
+        self.ctl.close_stream(stream);
     }
 
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError> {

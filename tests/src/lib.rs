@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests in `tests/`.
 
+pub mod doubles;
 pub mod process;
 
 use slog::{o, Discard, Logger};

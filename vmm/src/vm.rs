@@ -282,6 +282,26 @@ impl Vm {
         (lock_face(&self.face), &mut self.dev)
     }
 
+    /// `VFIO_DEVICE_RESET` with the configuration space kept: the VMM reads the config
+    /// through the config region, resets the device, and replays the config (BARs,
+    /// COMMAND, MSI/MSI-X routing), as vfio-pci saves and restores config around a function
+    /// reset. This is how a device in the migration ERROR state comes back (QEMU's
+    /// fallback); the device's own context is back at power-on.
+    pub fn reset_device(&mut self) -> Result<()> {
+        let (mut face, dev) = self.pci_and_device();
+        let saved = face.read_state(dev).context(PciSnafu)?;
+        dev.reset().context(DeviceSnafu {
+            doing: "resetting the device",
+        })?;
+        face.replay(dev, &saved).context(PciSnafu)?;
+        drop(face);
+        warn!(
+            self.log(),
+            "device reset; its configuration space was replayed"
+        );
+        Ok(())
+    }
+
     /// A guest CPU read: `buf.len()` bytes at guest-physical `gpa`, through the same bus
     /// the vCPU uses (guest RAM, a BAR where the current BAR map places it, or the ECAM
     /// config window). Unbacked addresses and failed accesses read as all ones.

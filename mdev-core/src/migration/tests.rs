@@ -126,7 +126,7 @@ fn all_64_requests_match_the_uapi() {
         for to in ALL_STATES {
             let mut c = controller_in(from);
             let mut r = Recorder::default();
-            let got = c.set_state(&mut r, to);
+            let got = c.set_state(&mut r, to).map(|t| t.state);
             match expected_walk(from, to) {
                 Some(walk) => {
                     assert_eq!(got, Ok(to), "{from} -> {to}");
@@ -193,7 +193,7 @@ fn failed_arc_leaves_error_and_reset_recovers() {
 fn without_p2p_the_walk_skips_p2p_states() {
     let mut c = MigrationController::new(VFIO_MIGRATION_STOP_COPY);
     let mut r = RecorderNoArcCheck::default();
-    assert_eq!(c.set_state(&mut r, StopCopy), Ok(StopCopy));
+    assert_eq!(c.set_state(&mut r, StopCopy).map(|t| t.state), Ok(StopCopy));
     assert_eq!(r.0, vec![(Running, Stop), (Stop, StopCopy)]);
     assert!(c.set_state(&mut r, RunningP2p).is_err());
     assert!(c.set_state(&mut r, PreCopy).is_err());
@@ -230,4 +230,93 @@ fn state_values_round_trip() {
         assert_eq!(MigState::try_from(u32::from(s)), Ok(s));
     }
     assert!(MigState::try_from(8).is_err());
+}
+
+/// A controller in `from` reached by a real walk from RUNNING (so its session is real).
+fn walked_to(features: u32, to: MigState) -> (MigrationController, Option<DataStream>) {
+    let mut c = MigrationController::new(features);
+    let mut r = RecorderNoArcCheck::default();
+    let stream = if to == Resuming {
+        c.set_state(&mut r, Stop).unwrap();
+        c.set_state(&mut r, Resuming).unwrap().stream
+    } else {
+        c.set_state(&mut r, to).unwrap().stream
+    };
+    (c, stream)
+}
+
+// vfio.h, VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE: data_fd is returned by the arcs that start
+// a data transfer session (RUNNING -> PRE_COPY, RUNNING_P2P -> PRE_COPY_P2P, STOP ->
+// STOP_COPY, STOP -> RESUMING) and by no other arc; PRE_COPY -> STOP_COPY goes on in the
+// same session (data_fd == -1, as the kernel returns it).
+#[test]
+fn only_session_starting_arcs_return_a_data_stream() {
+    let all = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
+    for to in [PreCopy, PreCopyP2p, StopCopy, Resuming] {
+        let (c, s) = walked_to(all, to);
+        assert!(s.is_some(), "walk to {to} opens a session");
+        assert_eq!(c.open_stream(), s);
+    }
+    for to in [Running, RunningP2p, Stop] {
+        let (_, s) = walked_to(all, to);
+        assert_eq!(s, None, "walk to {to}");
+    }
+    // PRE_COPY -> PRE_COPY_P2P -> STOP_COPY: one session throughout, no new handle.
+    let (mut c, first) = walked_to(all, PreCopy);
+    let first = first.unwrap();
+    let mut r = RecorderNoArcCheck::default();
+    assert_eq!(c.set_state(&mut r, PreCopyP2p).unwrap().stream, None);
+    assert_eq!(c.set_state(&mut r, StopCopy).unwrap().stream, None);
+    assert_eq!(c.check_stream(first), Ok(()));
+}
+
+// Leaving the session's states ends the session; the old handle is refused (ENODEV),
+// whether or not the VMM closed it; a new session gets a new handle.
+#[test]
+fn an_ended_or_closed_session_refuses_its_handle() {
+    let all = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
+    let (mut c, s) = walked_to(all, StopCopy);
+    let s = s.unwrap();
+    let mut r = RecorderNoArcCheck::default();
+    c.set_state(&mut r, Stop).unwrap();
+    assert_eq!(
+        c.check_stream(s),
+        Err(MigrationError::StaleStream { stream: s.id() })
+    );
+    let again = c.set_state(&mut r, StopCopy).unwrap().stream.unwrap();
+    assert_ne!(again, s);
+    assert_eq!(c.check_stream(again), Ok(()));
+    c.close_stream(again);
+    assert!(c.check_stream(again).is_err(), "a closed handle is stale");
+    assert_eq!(c.state(), StopCopy, "closing does not change the state");
+    // A handle made up by the caller is refused.
+    let (c, _) = walked_to(all, Resuming);
+    assert!(c.check_stream(DataStream::from_id(999)).is_err());
+}
+
+// A failed arc (ERROR) and a reset end the session.
+#[test]
+fn error_and_reset_end_the_session() {
+    let all = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
+    let (mut c, s) = walked_to(all, PreCopy);
+    let s = s.unwrap();
+    let mut fail = FailingArc(StopCopy);
+    assert!(c.set_state(&mut fail, StopCopy).is_err());
+    assert_eq!(c.state(), Error);
+    assert!(c.check_stream(s).is_err());
+    let (mut c, s) = walked_to(all, Resuming);
+    c.reset();
+    assert!(c.check_stream(s.unwrap()).is_err());
+}
+
+/// Fails every arc into the given state.
+struct FailingArc(MigState);
+impl MigrationArcs for FailingArc {
+    fn arc(&mut self, _from: MigState, to: MigState) -> Result<(), String> {
+        if to == self.0 {
+            Err("injected".into())
+        } else {
+            Ok(())
+        }
+    }
 }

@@ -11,7 +11,9 @@ use mdev_core::uapi::{
     vfio_precopy_info, VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
     VFIO_PCI_NUM_REGIONS,
 };
-use mdev_core::{MigState, MigrationArcs, MigrationDevice, MigrationError};
+use mdev_core::{
+    DataStream, MigState, MigTransition, MigrationArcs, MigrationDevice, MigrationError,
+};
 use slog::{info, warn};
 
 use super::Serial;
@@ -108,7 +110,7 @@ impl MigrationDevice for Serial {
         self.mig.state()
     }
 
-    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError> {
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigTransition, MigrationError> {
         let mut ctl = self.mig.clone();
         let r = ctl.set_state(self, target);
         self.mig = ctl;
@@ -123,7 +125,8 @@ impl MigrationDevice for Serial {
         r
     }
 
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn read_data(&mut self, stream: DataStream, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        self.mig.check_stream(stream)?;
         let state = self.mig.state();
         match self.save.as_mut() {
             Some(s) if state.is_saving() => mdev_core::saving_read(state, s.read(buf)),
@@ -134,7 +137,8 @@ impl MigrationDevice for Serial {
         }
     }
 
-    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError> {
+    fn write_data(&mut self, stream: DataStream, buf: &[u8]) -> Result<usize, MigrationError> {
+        self.mig.check_stream(stream)?;
         let state = self.mig.state();
         match self.resume.as_mut() {
             Some(r) if state == MigState::Resuming => {
@@ -154,6 +158,10 @@ impl MigrationDevice for Serial {
                 state,
             }),
         }
+    }
+
+    fn close_data(&mut self, stream: DataStream) {
+        self.mig.close_stream(stream);
     }
 
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError> {

@@ -144,7 +144,7 @@ impl Serial {
             sinks: Default::default(),
             owed: false,
             rearm: false,
-            mig: MigrationController::new(MIGRATION_FEATURES),
+            mig: MigrationController::new(MIGRATION_FEATURES).keeping_last_state_on_failure(),
             save: None,
             resume: None,
             has_region: region.is_some(),

@@ -68,12 +68,12 @@ use std::mem::size_of;
 use mdev_core::device::{BadAccessSnafu, InvalidStateSnafu, NotPermittedSnafu, OutOfRangeSnafu};
 use mdev_core::uapi::{
     vfio_info_cap_header, vfio_region_info, vfio_region_info_cap_type, VFIO_DEVICE_STATE_MASK,
-    VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE, VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED,
-    VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
+    VFIO_MIGRATION_PRE_COPY, VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED, VFIO_REGION_TYPE_MIGRATION_DEPRECATED,
 };
 use mdev_core::{
-    v1_to_v2, v2_to_v1, DeviceError, MigState, MigrationDevice, RegionInfo, RegionType,
+    v1_to_v2, v2_to_v1, DataStream, DeviceError, MigState, MigrationDevice, RegionInfo, RegionType,
 };
 use slog::{debug, info, o, warn, Discard, Logger};
 
@@ -151,6 +151,13 @@ pub struct StateRegion {
     mode: Mode,
     save: SaveStage,
     resume: ResumeStage,
+    /// The device's data session, as its last `set_mig_state` handed it back.
+    stream: Option<DataStream>,
+    /// 011 was written to a device without `VFIO_MIGRATION_PRE_COPY`: the device stays
+    /// RUNNING and the region shows RUNNING|SAVING with no data ("vendor drivers must
+    /// support the pre-copy state even for implementations where no data is provided",
+    /// vfio.h, `struct vfio_device_migration_info`).
+    empty_precopy: bool,
     log: Logger,
 }
 
@@ -184,6 +191,8 @@ impl StateRegion {
             mode: Mode::Idle,
             save: SaveStage::default(),
             resume: ResumeStage::default(),
+            stream: None,
+            empty_precopy: false,
             log: Logger::root(Discard, o!()),
         }
     }
@@ -246,13 +255,14 @@ impl StateRegion {
         data: &mut [u8],
     ) -> Result<()> {
         let target = self.decode(offset, data.len())?;
-        self.sync(dev.mig_state());
+        let state = self.effective_state(dev);
+        self.sync(state);
         let field = match target {
             Target::Window { offset } => return self.read_window(dev, offset, data),
             Target::Field(field) => field,
         };
         let value = match field {
-            Field::DeviceState => u64::from(v2_to_v1(dev.mig_state())),
+            Field::DeviceState => u64::from(v2_to_v1(state)),
             Field::Reserved => 0,
             Field::PendingBytes => self.read_pending(dev)?,
             Field::DataOffset => self.read_data_offset(dev)?,
@@ -265,7 +275,8 @@ impl StateRegion {
     /// Write `data` at `offset` (a `pwrite` of the region).
     pub fn write(&mut self, dev: &mut dyn MigrationDevice, offset: u64, data: &[u8]) -> Result<()> {
         let target = self.decode(offset, data.len())?;
-        self.sync(dev.mig_state());
+        let state = self.effective_state(dev);
+        self.sync(state);
         let field = match target {
             Target::Window { offset } => return self.write_window(dev, offset, data),
             Target::Field(field) => field,
@@ -311,6 +322,17 @@ impl StateRegion {
         })
     }
 
+    /// The state the region shows: the device's, or PRE_COPY while an empty pre-copy of a
+    /// device without `VFIO_MIGRATION_PRE_COPY` lasts (the device is RUNNING meanwhile).
+    fn effective_state(&mut self, dev: &dyn MigrationDevice) -> MigState {
+        let state = dev.mig_state();
+        if self.empty_precopy && state == MigState::Running {
+            return MigState::PreCopy;
+        }
+        self.empty_precopy = false;
+        state
+    }
+
     /// Follow the device's state: drop the staging when the stream direction changed.
     fn sync(&mut self, state: MigState) {
         let mode = Mode::of(state);
@@ -342,12 +364,24 @@ impl StateRegion {
             }
             .build()
         })?;
-        let from = dev.mig_state();
+        let from = self.effective_state(dev);
+        let no_precopy = dev.migration_flags() & VFIO_MIGRATION_PRE_COPY == 0;
+        if target == MigState::PreCopy && no_precopy && dev.mig_state() == MigState::Running {
+            // Pre-copy with no data: the device goes on RUNNING (see `empty_precopy`).
+            self.empty_precopy = true;
+            self.sync(MigState::PreCopy);
+            info!(self.log, "device_state written: pre-copy with no data (the device has no PRE_COPY)";
+                "region" => self.index);
+            return Ok(());
+        }
+        self.empty_precopy = false;
         let result = dev.set_mig_state(target);
-        self.sync(dev.mig_state());
+        let state = dev.mig_state();
+        self.sync(state);
+        self.follow_stream(dev, result.as_ref().ok().and_then(|t| t.stream), state);
         match result {
             Ok(reached) => {
-                info!(self.log, "device_state written"; "region" => self.index, "v1" => v1, "from" => %from, "to" => %reached);
+                info!(self.log, "device_state written"; "region" => self.index, "v1" => v1, "from" => %from, "to" => %reached.state);
                 Ok(())
             }
             Err(e) => InvalidStateSnafu {
@@ -355,6 +389,39 @@ impl StateRegion {
             }
             .fail(),
         }
+    }
+}
+
+impl StateRegion {
+    /// Keep the data session the device handed back; close it when the state has none.
+    fn follow_stream(
+        &mut self,
+        dev: &mut dyn MigrationDevice,
+        opened: Option<DataStream>,
+        state: MigState,
+    ) {
+        if let Some(s) = opened {
+            if let Some(old) = self.stream.replace(s) {
+                dev.close_data(old);
+            }
+        } else if Mode::of(state) == Mode::Idle {
+            if let Some(old) = self.stream.take() {
+                dev.close_data(old);
+            }
+        }
+    }
+
+    /// The open data session, or the error naming why there is none.
+    fn data_stream(&self, dev: &dyn MigrationDevice) -> Result<DataStream> {
+        self.stream.ok_or_else(|| {
+            InvalidStateSnafu {
+                what: format!(
+                    "the device handed back no data stream for this session (device is in {})",
+                    dev.mig_state()
+                ),
+            }
+            .build()
+        })
     }
 }
 

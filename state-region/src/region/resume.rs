@@ -64,7 +64,8 @@ impl StateRegion {
         }
         self.resume.filled = 0;
         if size > 0 {
-            let n = dev.write_data(&self.window[..size]).map_err(|e| {
+            let stream = self.data_stream(dev)?;
+            let n = dev.write_data(stream, &self.window[..size]).map_err(|e| {
                 InvalidStateSnafu {
                     what: format!("the device rejected a {size}-byte chunk: {e}"),
                 }

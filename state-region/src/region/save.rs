@@ -105,8 +105,14 @@ impl StateRegion {
     /// Pull the next chunk of the saving stream into the window.
     fn stage(&mut self, dev: &mut dyn MigrationDevice) -> Result<()> {
         let window = self.window.len();
+        if self.empty_precopy {
+            // A device without PRE_COPY has no data while running.
+            self.save = SaveStage::default();
+            return Ok(());
+        }
+        let stream = self.data_stream(dev)?;
         // Nothing available now in pre-copy (ENOMSG) is v1's pending_bytes = 0 for now.
-        let n = match dev.read_data(&mut self.window) {
+        let n = match dev.read_data(stream, &mut self.window) {
             Err(MigrationError::NoDataNow { .. }) => 0,
             r => r.map_err(|e| {
                 InvalidStateSnafu {

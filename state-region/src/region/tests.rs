@@ -602,3 +602,61 @@ fn data_size_over_what_was_written_is_refused() {
     // The window must be refilled for the next chunk.
     invalid_state(rig.wr(Field::DataSize, 10));
 }
+
+// vfio.h, struct vfio_device_migration_info: "vendor drivers must support the pre-copy
+// state even for implementations where no data is provided" -- a device without
+// VFIO_MIGRATION_PRE_COPY accepts 011, stays RUNNING, reports no data, then saves it all in
+// STOP_COPY.
+#[test]
+fn a_device_without_precopy_accepts_011_with_no_data() {
+    let mut rig = Rig::new(4096, 10_000, 0);
+    rig.dev.ctl = mdev_core::MigrationController::new(
+        mdev_core::uapi::VFIO_MIGRATION_STOP_COPY | mdev_core::uapi::VFIO_MIGRATION_P2P,
+    );
+    rig.set(PRE_COPY).unwrap();
+    assert_eq!(rig.rd(Field::DeviceState).unwrap(), u64::from(PRE_COPY));
+    assert_eq!(rig.dev.mig_state(), MigState::Running, "the device runs on");
+    assert_eq!(rig.rd(Field::PendingBytes).unwrap(), 0, "no pre-copy data");
+    assert!(rig.dev.take_calls().is_empty(), "the device was not asked");
+    rig.set(STOP_COPY).unwrap();
+    assert_eq!(rig.dev.mig_state(), MigState::StopCopy);
+    let mut out = Vec::new();
+    rig.save_pass(&mut out);
+    assert_eq!(out, pattern(10_000));
+    // And 011 -> 001 is a plain return to running.
+    let mut rig = Rig::new(4096, 10, 0);
+    rig.dev.ctl = mdev_core::MigrationController::new(mdev_core::uapi::VFIO_MIGRATION_STOP_COPY);
+    rig.set(PRE_COPY).unwrap();
+    rig.set(RUNNING).unwrap();
+    assert_eq!(rig.rd(Field::DeviceState).unwrap(), u64::from(RUNNING));
+    assert_eq!(
+        rig.dev.take_calls(),
+        [Call::SetState(MigState::Running)],
+        "a no-op walk"
+    );
+}
+
+// The v1 region holds the v2 data session the device handed back and closes it when the
+// state leaves the session; a session the device ended under it (reset) is refused.
+#[test]
+fn the_region_closes_the_session_and_a_reset_makes_it_stale() {
+    let mut rig = Rig::new(4096, 8192, 0);
+    rig.set(STOP_COPY).unwrap();
+    let open = rig.dev.ctl.open_stream();
+    assert!(open.is_some());
+    rig.set(STOP).unwrap();
+    assert_eq!(rig.dev.ctl.open_stream(), None);
+    rig.set(STOP_COPY).unwrap();
+    assert_ne!(
+        rig.dev.ctl.open_stream(),
+        open,
+        "a new session, a new handle"
+    );
+    rig.dev.ctl.reset();
+    rig.dev
+        .ctl
+        .set_state(&mut rig.dev.streams, MigState::StopCopy)
+        .unwrap();
+    let what = invalid_state(rig.rd(Field::PendingBytes));
+    assert!(what.contains("ENODEV"), "{what}");
+}

@@ -109,10 +109,14 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             .ok_or_else(|| err("no v2 migration"))?;
         let mut buf = vec![0u8; 1 << 20];
         let t = Instant::now();
-        mig.set_mig_state(MigState::StopCopy).map_err(err)?;
+        let stream = mig
+            .set_mig_state(MigState::StopCopy)
+            .map_err(err)?
+            .stream
+            .ok_or_else(|| err("STOP_COPY opened no data stream"))?;
         let mut n2 = 0u64;
         loop {
-            let n = mig.read_data(&mut buf).map_err(err)?;
+            let n = mig.read_data(stream, &mut buf).map_err(err)?;
             if n == 0 {
                 break;
             }
@@ -157,10 +161,14 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
                     .device()
                     .migration()
                     .ok_or_else(|| err("no v2 migration"))?;
-                mig.set_mig_state(MigState::Resuming).map_err(err)?;
+                let stream = mig
+                    .set_mig_state(MigState::Resuming)
+                    .map_err(err)?
+                    .stream
+                    .ok_or_else(|| err("RESUMING opened no data stream"))?;
                 let t = Instant::now();
                 for c in context.chunks(1 << 20) {
-                    mig.write_data(c).map_err(err)?;
+                    mig.write_data(stream, c).map_err(err)?;
                 }
                 mig.set_mig_state(MigState::Stop).map_err(err)?;
                 load_v2.push(gbps(total, t.elapsed().as_secs_f64()));

@@ -1,11 +1,11 @@
 //! The two ways the VMM drives the device's state: the v1 device-state region (reads and
 //! writes of its header and data window only) or the v2 state machine with its data stream.
 
-use mdev_core::MigState;
+use mdev_core::{DataStream, MigState};
 use state_region::driver as v1;
 use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
-    VFIO_MIGRATION_PRE_COPY,
+    VFIO_DEVICE_STATE_MASK, VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING,
+    VFIO_DEVICE_STATE_V1_SAVING, VFIO_MIGRATION_PRE_COPY,
 };
 
 use super::error::{MigrationError, Result};
@@ -39,6 +39,15 @@ impl Protocol {
     }
 }
 
+/// How the source's device came back after a failed migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// It walked back to RUNNING with its context intact.
+    Resumed,
+    /// It was in ERROR and was reset (config space replayed; device context at power-on).
+    Reset,
+}
+
 /// The device end of a migration, over either protocol.
 #[derive(Debug)]
 pub struct DeviceIo {
@@ -49,6 +58,9 @@ pub struct DeviceIo {
     /// Without it the source stays RUNNING through pre-copy and all device data moves in
     /// stop-copy, as for a device whose driver offers STOP_COPY alone.
     precopy: bool,
+    /// The v2 data session the device handed back (the kernel's data_fd), closed when the
+    /// session's part of the migration is over.
+    stream: Option<DataStream>,
     buf: Vec<u8>,
 }
 
@@ -77,6 +89,7 @@ impl DeviceIo {
             protocol,
             region,
             precopy,
+            stream: None,
             buf: vec![0u8; 1 << 20],
         })
     }
@@ -103,18 +116,51 @@ impl DeviceIo {
             .map_err(|e| dev_err(doing)(e.to_string()))
     }
 
-    fn v2_state(&self, vm: &mut Vm, s: MigState, doing: &'static str) -> Result<()> {
+    fn v2_state(&mut self, vm: &mut Vm, s: MigState, doing: &'static str) -> Result<()> {
         let mig = vm
             .device()
             .migration()
             .ok_or_else(|| dev_err(doing)("no v2 interface".into()))?;
-        mig.set_mig_state(s)
-            .map(|_| ())
-            .map_err(|e| dev_err(doing)(e.to_string()))
+        let t = mig
+            .set_mig_state(s)
+            .map_err(|e| dev_err(doing)(e.to_string()));
+        Self::follow_stream(
+            &mut self.stream,
+            mig,
+            t.as_ref().ok().and_then(|t| t.stream),
+        );
+        t.map(|_| ())
+    }
+
+    /// Keep the data session a walk opened; close ours once the state has no session (as
+    /// QEMU closes the data_fd when it leaves the saving or resuming states).
+    fn follow_stream(
+        held: &mut Option<DataStream>,
+        mig: &mut dyn mdev_core::MigrationDevice,
+        opened: Option<DataStream>,
+    ) {
+        let keep = matches!(
+            mig.mig_state(),
+            MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy | MigState::Resuming
+        );
+        if opened.is_some() || !keep {
+            if let Some(old) = held.take() {
+                mig.close_data(old);
+            }
+        }
+        if opened.is_some() {
+            *held = opened;
+        }
+    }
+
+    /// The open v2 data session.
+    fn data_stream(&self, doing: &'static str) -> Result<DataStream> {
+        self.stream
+            .ok_or_else(|| dev_err(doing)("the device handed back no data stream".into()))
     }
 
     /// Source: start pre-copy (v1 RUNNING|SAVING, v2 PRE_COPY).
-    pub fn start_precopy(&self, vm: &mut Vm) -> Result<()> {
+    pub fn start_precopy(&mut self, vm: &mut Vm) -> Result<()> {
         if !self.precopy {
             return Ok(());
         }
@@ -192,9 +238,10 @@ impl DeviceIo {
                 if !self.precopy && mig.mig_state().is_running() {
                     return Ok(None);
                 }
+                let stream = self.data_stream("reading device data")?;
                 // ENOMSG in pre-copy is "nothing for now", as QEMU's vfio_save_block takes it;
                 // 0 is the end of the stream (in stop-copy).
-                let n = match mig.read_data(&mut self.buf) {
+                let n = match mig.read_data(stream, &mut self.buf) {
                     Err(mdev_core::MigrationError::NoDataNow { .. }) => return Ok(None),
                     r => r.map_err(|e| dev_err("reading device data")(e.to_string()))?,
                 };
@@ -208,7 +255,7 @@ impl DeviceIo {
     }
 
     /// Source: stop the device for the final copy (v1 SAVING, v2 STOP_COPY).
-    pub fn stop_copy(&self, vm: &mut Vm) -> Result<()> {
+    pub fn stop_copy(&mut self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
             Protocol::Region => {
                 self.v1_state(vm, VFIO_DEVICE_STATE_V1_SAVING, "entering stop-and-copy")
@@ -218,7 +265,7 @@ impl DeviceIo {
     }
 
     /// Source after a failure, or target at the end: the device runs again.
-    pub fn run(&self, vm: &mut Vm) -> Result<()> {
+    pub fn run(&mut self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
             Protocol::Region => {
                 self.v1_state(vm, VFIO_DEVICE_STATE_V1_RUNNING, "resuming the device")
@@ -227,8 +274,40 @@ impl DeviceIo {
         }
     }
 
+    /// Source after a failed migration: bring the device back to running, as QEMU does.
+    /// Walk back to RUNNING; if that fails, read the state, and if it is ERROR (a failed
+    /// arc leaves it, vfio.h) reset the device through the reset path with its config space
+    /// replayed ([`Vm::reset_device`], QEMU's fallback to `VFIO_DEVICE_RESET`). A device
+    /// that keeps its last state on failure (mtty) walks back from where it stopped.
+    pub fn recover(&mut self, vm: &mut Vm) -> Result<Recovery> {
+        let first = match self.run(vm) {
+            Ok(()) => return Ok(Recovery::Resumed),
+            Err(e) => e,
+        };
+        let in_error = match self.protocol {
+            Protocol::Region => v1::read_device_state(vm.device(), self.region()?)
+                .map(|v1| {
+                    v1 & VFIO_DEVICE_STATE_MASK
+                        == VFIO_DEVICE_STATE_V1_SAVING | VFIO_DEVICE_STATE_V1_RESUMING
+                })
+                .unwrap_or(true),
+            Protocol::V2 => vm
+                .device()
+                .migration()
+                .is_none_or(|m| m.mig_state() == MigState::Error),
+        };
+        if !in_error {
+            return Err(first);
+        }
+        // ERROR: the data session is gone with it.
+        self.stream = None;
+        vm.reset_device()
+            .map_err(|source| MigrationError::Vmm { source })?;
+        Ok(Recovery::Reset)
+    }
+
     /// Target: open the resume stream (v1 RESUMING, v2 RESUMING).
-    pub fn start_resume(&self, vm: &mut Vm) -> Result<()> {
+    pub fn start_resume(&mut self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
             Protocol::Region => {
                 self.v1_state(vm, VFIO_DEVICE_STATE_V1_RESUMING, "entering resuming")
@@ -243,6 +322,7 @@ impl DeviceIo {
             Protocol::Region => v1::resume_chunk(vm.device(), self.region()?, chunk)
                 .map_err(|e| dev_err("loading device data")(e.to_string())),
             Protocol::V2 => {
+                let stream = self.data_stream("loading device data")?;
                 let mig = vm
                     .device()
                     .migration()
@@ -250,7 +330,7 @@ impl DeviceIo {
                 let mut rest = chunk;
                 while !rest.is_empty() {
                     let n = mig
-                        .write_data(rest)
+                        .write_data(stream, rest)
                         .map_err(|e| dev_err("loading device data")(e.to_string()))?;
                     if n == 0 {
                         return Err(dev_err("loading device data")(
@@ -265,7 +345,7 @@ impl DeviceIo {
     }
 
     /// Target: the stream is complete; the device validates and commits (-> STOP).
-    pub fn commit(&self, vm: &mut Vm) -> Result<()> {
+    pub fn commit(&mut self, vm: &mut Vm) -> Result<()> {
         match self.protocol {
             Protocol::Region => v1::set_device_state(vm.device(), self.region()?, 0).map_err(|e| {
                 MigrationError::Rejected {
@@ -277,10 +357,10 @@ impl DeviceIo {
                     .device()
                     .migration()
                     .ok_or_else(|| dev_err("committing")("no v2 interface".into()))?;
-                mig.set_mig_state(MigState::Stop).map(|_| ()).map_err(|e| {
-                    MigrationError::Rejected {
-                        reason: e.to_string(),
-                    }
+                let t = mig.set_mig_state(MigState::Stop);
+                Self::follow_stream(&mut self.stream, mig, None);
+                t.map(|_| ()).map_err(|e| MigrationError::Rejected {
+                    reason: e.to_string(),
                 })
             }
         }

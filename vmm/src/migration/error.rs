@@ -77,6 +77,13 @@ pub enum MigrationError {
         /// The point asked for.
         what: String,
     },
+    /// The migration failed and left the source device in ERROR; the VMM reset it (its
+    /// context is back at power-on; the config space was replayed).
+    #[snafu(display("{source}; the source device was left in ERROR and was reset (its context is back at power-on)"))]
+    SourceDeviceReset {
+        /// Why the migration failed.
+        source: Box<MigrationError>,
+    },
     /// The VMM failed.
     #[snafu(display("{source}"))]
     Vmm {

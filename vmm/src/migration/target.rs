@@ -184,7 +184,7 @@ fn receive(
     // If the source's guest runs on KVM, its vCPU state comes at the end of the stream:
     // the KVM machine it needs is made now, outside the downtime window.
     vm.prepare_kvm();
-    let dio = DeviceIo::new(&mut vm, protocol)?;
+    let mut dio = DeviceIo::new(&mut vm, protocol)?;
     dio.start_resume(&mut vm)?;
     let mut config = None;
     let mut vcpu = None;

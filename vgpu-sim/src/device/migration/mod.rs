@@ -54,7 +54,9 @@ use mdev_core::uapi::{
     vfio_precopy_info, VFIO_MIGRATION_P2P, VFIO_MIGRATION_PRE_COPY, VFIO_MIGRATION_STOP_COPY,
     VFIO_PCI_NUM_REGIONS,
 };
-use mdev_core::{MigState, MigrationArcs, MigrationDevice, MigrationError};
+use mdev_core::{
+    DataStream, MigState, MigTransition, MigrationArcs, MigrationDevice, MigrationError,
+};
 use slog::{debug, info, warn};
 
 use super::Vgpu;
@@ -130,7 +132,7 @@ impl MigrationDevice for Vgpu {
         self.mig.state()
     }
 
-    fn set_mig_state(&mut self, target: MigState) -> Result<MigState, MigrationError> {
+    fn set_mig_state(&mut self, target: MigState) -> Result<MigTransition, MigrationError> {
         // The controller walks the arcs on the device; lend it a copy and keep the result.
         let mut ctl = self.mig.clone();
         let r = ctl.set_state(self, target);
@@ -147,7 +149,8 @@ impl MigrationDevice for Vgpu {
         r
     }
 
-    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+    fn read_data(&mut self, stream: DataStream, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        self.mig.check_stream(stream)?;
         let state = self.mig.state();
         match self.save.as_mut() {
             Some(s) if state.is_saving() => s
@@ -161,7 +164,8 @@ impl MigrationDevice for Vgpu {
         }
     }
 
-    fn write_data(&mut self, buf: &[u8]) -> Result<usize, MigrationError> {
+    fn write_data(&mut self, stream: DataStream, buf: &[u8]) -> Result<usize, MigrationError> {
+        self.mig.check_stream(stream)?;
         let state = self.mig.state();
         match self.resume.as_mut() {
             Some(r) if state == MigState::Resuming => r
@@ -173,6 +177,10 @@ impl MigrationDevice for Vgpu {
                 state,
             }),
         }
+    }
+
+    fn close_data(&mut self, stream: DataStream) {
+        self.mig.close_stream(stream);
     }
 
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError> {

@@ -165,10 +165,15 @@ fn precopy_can_be_cancelled_and_restarted() {
     let (mut d, _m, _rec) = booted();
     d.region_write(VFIO_PCI_BAR2_REGION_INDEX, 0, &[1; 10])
         .unwrap();
-    d.set_mig_state(MigState::PreCopy).unwrap();
+    let first = d.set_mig_state(MigState::PreCopy).unwrap().stream.unwrap();
     let _ = drain(&mut d, 100);
     d.set_mig_state(MigState::Running).unwrap();
-    assert!(d.read_data(&mut [0; 4]).is_err());
+    // vfio.h: leaving PRE_COPY ends the session; its data_fd then fails (ENODEV).
+    assert_eq!(
+        d.read_data(first, &mut [0; 4]),
+        Err(mdev_core::MigrationError::StaleStream { stream: first.id() })
+    );
+    assert!(d.read_data(stale_stream(), &mut [0; 4]).is_err());
     assert!(d.precopy_info().is_err());
     d.set_mig_state(MigState::PreCopy).unwrap();
     let s = drain(&mut d, 1 << 20);
@@ -239,7 +244,7 @@ fn precopy_with_nothing_available_is_enomsg_and_only_stop_copy_ends_with_zero() 
     let _ = drain(&mut d, 1 << 20);
     let mut buf = [0u8; 64];
     assert_eq!(
-        d.read_data(&mut buf),
+        d.read_data(open_stream(&d), &mut buf),
         Err(mdev_core::MigrationError::NoDataNow {
             state: MigState::PreCopy
         })
@@ -247,9 +252,13 @@ fn precopy_with_nothing_available_is_enomsg_and_only_stop_copy_ends_with_zero() 
     // New dirt makes data available again in the same session.
     d.region_write(VFIO_PCI_BAR2_REGION_INDEX, 0, &[5; 16])
         .unwrap();
-    assert!(d.read_data(&mut buf).unwrap() > 0);
+    assert!(d.read_data(open_stream(&d), &mut buf).unwrap() > 0);
     let _ = drain(&mut d, 1 << 20);
     d.set_mig_state(MigState::StopCopy).unwrap();
     let _ = drain(&mut d, 1 << 20);
-    assert_eq!(d.read_data(&mut buf), Ok(0), "the end of the stream");
+    assert_eq!(
+        d.read_data(open_stream(&d), &mut buf),
+        Ok(0),
+        "the end of the stream"
+    );
 }

@@ -255,7 +255,7 @@ pub fn drain(d: &mut Vgpu, chunk: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; chunk];
     loop {
-        let n = match d.read_data(&mut buf) {
+        let n = match d.read_data(open_stream(d), &mut buf) {
             Err(mdev_core::MigrationError::NoDataNow { state }) => {
                 assert!(matches!(state, MigState::PreCopy | MigState::PreCopyP2p));
                 return out;
@@ -280,9 +280,22 @@ pub fn load_v2(
     stream: &[u8],
     chunk: usize,
 ) -> Result<MigState, mdev_core::MigrationError> {
-    d.set_mig_state(MigState::Resuming)?;
+    let s = d
+        .set_mig_state(MigState::Resuming)?
+        .stream
+        .expect("RESUMING opens a stream");
     for c in stream.chunks(chunk) {
-        d.write_data(c)?;
+        d.write_data(s, c)?;
     }
-    d.set_mig_state(MigState::Stop)
+    d.set_mig_state(MigState::Stop).map(|t| t.state)
+}
+
+/// The device's open data session (the handle the arc that opened it returned).
+pub fn open_stream(d: &Vgpu) -> mdev_core::DataStream {
+    d.mig.open_stream().expect("a data session is open")
+}
+
+/// A handle no session of `d` ever had.
+pub fn stale_stream() -> mdev_core::DataStream {
+    mdev_core::DataStream::from_id(u64::MAX)
 }

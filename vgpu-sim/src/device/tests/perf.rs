@@ -36,27 +36,31 @@ fn vgpu_512_save_and_load_throughput() {
     drop(src);
     drop(dst);
 
-    d.set_mig_state(MigState::StopCopy).unwrap();
+    let s = d.set_mig_state(MigState::StopCopy).unwrap().stream.unwrap();
     let total = d.stop_copy_size().unwrap() as usize;
     let mut stream = vec![1u8; total];
     let t = Instant::now();
     let mut n = 0;
     while n < total {
         let k = d
-            .read_data(&mut stream[n..(n + (1 << 20)).min(total)])
+            .read_data(s, &mut stream[n..(n + (1 << 20)).min(total)])
             .unwrap();
         n += k;
     }
     let save = t.elapsed().as_secs_f64();
-    assert_eq!(d.read_data(&mut [0; 16]).unwrap(), 0);
+    assert_eq!(d.read_data(s, &mut [0; 16]).unwrap(), 0);
     d.set_mig_state(MigState::Stop).unwrap();
     drop(d);
 
     let mut t_dev = device_on(VGPU_512, mem());
-    t_dev.set_mig_state(MigState::Resuming).unwrap();
+    let r = t_dev
+        .set_mig_state(MigState::Resuming)
+        .unwrap()
+        .stream
+        .unwrap();
     let t = Instant::now();
     for c in stream.chunks(1 << 20) {
-        t_dev.write_data(c).unwrap();
+        t_dev.write_data(r, c).unwrap();
     }
     t_dev.set_mig_state(MigState::Stop).unwrap();
     let load = t.elapsed().as_secs_f64();

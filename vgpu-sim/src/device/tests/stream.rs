@@ -94,10 +94,10 @@ pub(super) fn refused(stream: &[u8], ty: VgpuType) -> String {
         device_on(ty, mem())
     };
     let before = t.state();
-    t.set_mig_state(MigState::Resuming).unwrap();
+    let s = t.set_mig_state(MigState::Resuming).unwrap().stream.unwrap();
     let mut first = None;
     for c in stream.chunks(1 << 20) {
-        if let Err(e) = t.write_data(c) {
+        if let Err(e) = t.write_data(s, c) {
             first = Some(e.to_string());
             break;
         }
@@ -262,12 +262,12 @@ fn streams_are_read_in_any_chunk_sizes() {
 #[test]
 fn data_calls_outside_their_states_are_refused() {
     let mut d = device();
-    assert!(d.read_data(&mut [0; 8]).is_err());
-    assert!(d.write_data(&[0; 8]).is_err());
+    assert!(d.read_data(stale_stream(), &mut [0; 8]).is_err());
+    assert!(d.write_data(stale_stream(), &[0; 8]).is_err());
     assert!(d.precopy_info().is_err());
     assert!(d.stop_copy_size().unwrap() > 64 << 20);
-    d.set_mig_state(MigState::StopCopy).unwrap();
-    assert!(d.write_data(&[0; 8]).is_err());
+    let s = d.set_mig_state(MigState::StopCopy).unwrap().stream.unwrap();
+    assert!(d.write_data(s, &[0; 8]).is_err());
     assert!(d.set_mig_state(MigState::PreCopy).is_err());
     assert_eq!(d.mig_state(), MigState::StopCopy);
 }

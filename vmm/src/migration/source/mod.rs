@@ -20,7 +20,7 @@ pub use report::{Breakdown, Bytes, Progress, RoundStats, SourceReport, Switchove
 
 use super::clock::{set_slices, DeadlineReader, DeadlineWriter, Liveness};
 use super::control::{self, features, FromTarget, Hello, Start};
-use super::device_io::{DeviceIo, Protocol};
+use super::device_io::{DeviceIo, Protocol, Recovery};
 use super::dirty::DmaTracker;
 use super::error::{MigrationError, Result};
 use super::transport::ChannelWriter;
@@ -170,15 +170,25 @@ pub fn migrate(
             ctrl.shutdown();
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
             vm.hardware().set_throttle(0);
-            // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy).
-            if let Err(e2) = dio.run(vm) {
-                warn!(vm.log(), "could not resume the source device"; "error" => %e2);
-            }
+            // Back to RUNNING, whatever state the device reached (pre-copy or stop-copy);
+            // a device left in ERROR is reset.
+            let reset = match dio.recover(vm) {
+                Ok(r) => r == Recovery::Reset,
+                Err(e2) => {
+                    warn!(vm.log(), "could not resume the source device"; "error" => %e2);
+                    false
+                }
+            };
             // A KVM guest paused for the switchover runs on.
             if vm.on_kvm() {
                 if let Err(e2) = vm.start_kvm() {
                     warn!(vm.log(), "could not resume the source vCPU"; "error" => %e2);
                 }
+            }
+            if reset {
+                return Err(MigrationError::SourceDeviceReset {
+                    source: Box::new(e),
+                });
             }
             Err(e)
         }
