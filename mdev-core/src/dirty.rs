@@ -34,6 +34,26 @@ pub enum DirtyError {
     /// Logging is already started.
     #[snafu(display("DMA dirty logging is already started"))]
     AlreadyStarted,
+    /// Two ranges overlap (vfio_main.c refuses them: `-EINVAL`).
+    #[snafu(display("ranges {a_iova:#x}+{a_length:#x} and {b_iova:#x}+{b_length:#x} overlap"))]
+    Overlapping {
+        /// First range start.
+        a_iova: u64,
+        /// First range length.
+        a_length: u64,
+        /// Second range start.
+        b_iova: u64,
+        /// Second range length.
+        b_length: u64,
+    },
+    /// More ranges than the kernel takes (vfio_main.c's `LOG_MAX_RANGES`: `-E2BIG`).
+    #[snafu(display("{count} ranges are more than the {max} allowed"))]
+    TooManyRanges {
+        /// Ranges asked for.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A range is empty, unaligned or overflows.
     #[snafu(display(
         "range {iova:#x}+{length:#x} is empty, unaligned to the page size, or overflows"
@@ -164,15 +184,62 @@ impl DirtyBitmap {
     }
 }
 
-/// A device's log of the guest pages its DMA wrote.
+/// Most ranges one `DMA_LOGGING_START` takes (drivers/vfio/vfio_main.c, `LOG_MAX_RANGES`).
+pub const LOG_MAX_RANGES: usize = 256;
+
+/// Smallest page size of a `DMA_LOGGING_REPORT` (vfio_main.c refuses less than 4 KiB).
+pub const MIN_REPORT_PAGE_SIZE: u64 = 4096;
+
+/// The checks vfio_main.c makes on `DMA_LOGGING_START` before a driver sees it: at least
+/// one range, at most [`LOG_MAX_RANGES`], none empty or overflowing, none overlapping.
+pub fn check_logging_ranges(ranges: &[DmaRange]) -> Result<(), DirtyError> {
+    if ranges.len() > LOG_MAX_RANGES {
+        return Err(DirtyError::TooManyRanges {
+            count: ranges.len(),
+            max: LOG_MAX_RANGES,
+        });
+    }
+    if ranges.is_empty() {
+        return Err(DirtyError::BadRange { iova: 0, length: 0 });
+    }
+    let mut sorted: Vec<DmaRange> = ranges.to_vec();
+    for r in &sorted {
+        if r.length == 0 || r.iova.checked_add(r.length).is_none() {
+            return Err(DirtyError::BadRange {
+                iova: r.iova,
+                length: r.length,
+            });
+        }
+    }
+    sorted.sort_by_key(|r| r.iova);
+    for w in sorted.windows(2) {
+        if w[0].iova + w[0].length > w[1].iova {
+            return Err(DirtyError::Overlapping {
+                a_iova: w[0].iova,
+                a_length: w[0].length,
+                b_iova: w[1].iova,
+                b_length: w[1].length,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A device's log of the guest pages its DMA wrote, with the semantics of the v2
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_*` features (include/uapi/linux/vfio.h).
 pub trait DmaDirtyLog {
-    /// `DMA_LOGGING_START`: begin logging writes to `ranges` at `page_size` granularity.
-    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<(), DirtyError>;
+    /// `DMA_LOGGING_START`: begin logging writes to `ranges`. `page_size` is a hint: the
+    /// device picks the granularity it tracks and returns it. Ranges that overlap, or more
+    /// than [`LOG_MAX_RANGES`], are refused ([`check_logging_ranges`]).
+    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<u64, DirtyError>;
     /// `DMA_LOGGING_REPORT`: the pages written in `iova..iova+length` since the last report,
-    /// and clear them.
+    /// and clear them. `page_size` is any power of two of at least
+    /// [`MIN_REPORT_PAGE_SIZE`], whatever the device tracks at: the device converts (a
+    /// report page is dirty if any byte of it may have been written).
     fn report(&mut self, iova: u64, length: u64, page_size: u64)
         -> Result<DirtyBitmap, DirtyError>;
-    /// `DMA_LOGGING_STOP`.
+    /// `DMA_LOGGING_STOP`. Stopping a log that is not started succeeds (vfio_main.c
+    /// passes it to the driver, which has nothing to stop).
     fn stop(&mut self) -> Result<(), DirtyError>;
     /// Whether logging is started.
     fn is_logging(&self) -> bool;
@@ -202,6 +269,29 @@ mod tests {
         assert!(!c.merge(&DirtyBitmap::new(0, 0x1000, 0x1000).unwrap()));
         c.clear();
         assert_eq!(c.count(), 0);
+    }
+
+    #[test]
+    fn logging_ranges_are_checked_as_vfio_main_checks_them() {
+        let r = |iova, length| DmaRange { iova, length };
+        assert_eq!(check_logging_ranges(&[r(0, 4096), r(4096, 4096)]), Ok(()));
+        assert!(matches!(
+            check_logging_ranges(&[r(8192, 4096), r(0, 8193)]),
+            Err(DirtyError::Overlapping { .. })
+        ));
+        let many: Vec<_> = (0..=LOG_MAX_RANGES as u64)
+            .map(|i| r(i * 4096, 4096))
+            .collect();
+        assert_eq!(
+            check_logging_ranges(&many),
+            Err(DirtyError::TooManyRanges {
+                count: LOG_MAX_RANGES + 1,
+                max: LOG_MAX_RANGES
+            })
+        );
+        assert_eq!(check_logging_ranges(&many[..LOG_MAX_RANGES]), Ok(()));
+        assert!(check_logging_ranges(&[]).is_err());
+        assert!(check_logging_ranges(&[r(u64::MAX - 10, 4096)]).is_err());
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub mod migration;
 pub mod shared;
 
 pub use device::{DeviceError, IrqSink, RegionInfo, RegionType, VfioDevice, NO_REGION_TYPE};
-pub use dirty::{DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange};
+pub use dirty::{
+    check_logging_ranges, DirtyBitmap, DirtyError, DmaDirtyLog, DmaRange, LOG_MAX_RANGES,
+    MIN_REPORT_PAGE_SIZE,
+};
 pub use mdev::{MdevError, MdevRegistry, MdevType, Uuid};
 pub use migration::{
     is_direct_arc, next_step, saving_read, v1_to_v2, v2_to_v1, DataStream, MigState, MigTransition,

@@ -156,7 +156,7 @@ impl<D: VfioDevice> MigrationDevice for SharedMigration<D> {
 }
 
 impl<D: VfioDevice> DmaDirtyLog for SharedDmaLog<D> {
-    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<(), DirtyError> {
+    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<u64, DirtyError> {
         match lock(&self.0).dma_dirty_log() {
             Some(l) => l.start(ranges, page_size),
             None => Err(DirtyError::NotStarted),

@@ -116,23 +116,59 @@ fn contains(b: &DirtyBitmap, addr: u64) -> bool {
     addr >= b.iova() && addr - b.iova() < b.pages() * b.page_size()
 }
 
+/// Most pages the device's DMA log tracks at once (1 TiB of iova space at 4 KiB: 32 MiB
+/// of bitmap).
+pub const MAX_TRACKED_PAGES: u64 = 1 << 28;
+
+/// The granularity the device tracks for a `page_size` hint: the hint if it is a power of
+/// two from 4 KiB (the GTT page) to 1 GiB, else the nearest of those.
+pub fn tracking_page_size(hint: u64) -> u64 {
+    const MAX: u64 = 1 << 30;
+    if hint <= PAGE_SIZE {
+        PAGE_SIZE
+    } else if hint >= MAX {
+        MAX
+    } else if hint.is_power_of_two() {
+        hint
+    } else {
+        // Not a power of two: the next one down, so no write is tracked more coarsely than
+        // asked.
+        1 << (63 - hint.leading_zeros())
+    }
+}
+
 impl DmaDirtyLog for ShadowGtt {
-    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<(), DirtyError> {
+    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<u64, DirtyError> {
         let log = self.dirty_log_mut();
         if log.ranges.is_some() {
             return Err(DirtyError::AlreadyStarted);
         }
-        check_page_size(page_size, PAGE_SIZE)?;
-        if ranges.is_empty() {
-            return Err(DirtyError::BadRange { iova: 0, length: 0 });
+        mdev_core::check_logging_ranges(ranges)?;
+        // vfio.h: page_size is a hint; the device picks what it tracks and returns it.
+        let tracked = tracking_page_size(page_size);
+        // The bitmaps are the device's memory: at most MAX_TRACKED_PAGES bits in all (a
+        // request over more iova space than that is refused, as a device with a bounded
+        // tracker refuses it).
+        let pages: u64 = ranges
+            .iter()
+            .map(|r| r.length.div_ceil(tracked) + 1)
+            .fold(0u64, u64::saturating_add);
+        if pages > MAX_TRACKED_PAGES {
+            let r = ranges[0];
+            return Err(DirtyError::BadRange {
+                iova: r.iova,
+                length: r.length,
+            });
         }
         let mut bitmaps = Vec::with_capacity(ranges.len());
         for r in ranges {
-            check_range(r.iova, r.length, page_size)?;
-            bitmaps.push(DirtyBitmap::new(r.iova, r.length, page_size)?);
+            // Widen each range to whole tracked pages.
+            let start = r.iova - r.iova % tracked;
+            let end = r.iova.saturating_add(r.length).div_ceil(tracked) * tracked;
+            bitmaps.push(DirtyBitmap::new(start, end - start, tracked)?);
         }
         log.ranges = Some(bitmaps);
-        Ok(())
+        Ok(tracked)
     }
 
     fn report(
@@ -141,19 +177,24 @@ impl DmaDirtyLog for ShadowGtt {
         length: u64,
         page_size: u64,
     ) -> Result<DirtyBitmap, DirtyError> {
-        let tracked = self.dirty_log().page_size().ok_or(DirtyError::NotStarted)?;
-        check_page_size(page_size, tracked)?;
+        if self.dirty_log().page_size().is_none() {
+            return Err(DirtyError::NotStarted);
+        }
+        // vfio_main.c: any power of two of at least 4 KiB; the device converts.
+        check_page_size(page_size, mdev_core::MIN_REPORT_PAGE_SIZE)?;
         check_range(iova, length, page_size)?;
         let mut out = DirtyBitmap::new(iova, length, page_size)?;
         let end = iova + length;
-        let in_report = |a: u64| a >= iova && a < end;
         match self.tracking() {
             DirtyTracking::Off => {}
             DirtyTracking::Pinned => {
                 let ranges = self.dirty_log().ranges.as_deref().unwrap_or(&[]);
                 for gpa in self.pinned_pages() {
-                    if in_report(gpa) && ranges.iter().any(|b| contains(b, gpa)) {
-                        out.mark(gpa);
+                    if gpa < end
+                        && gpa + PAGE_SIZE > iova
+                        && ranges.iter().any(|b| contains(b, gpa))
+                    {
+                        out.mark_range(gpa.max(iova), (gpa + PAGE_SIZE).min(end) - gpa.max(iova));
                     }
                 }
             }
@@ -164,23 +205,21 @@ impl DmaDirtyLog for ShadowGtt {
                     .as_mut()
                     .ok_or(DirtyError::NotStarted)?;
                 for b in ranges.iter_mut() {
-                    let covered = iova <= b.iova() && b.iova() + b.pages() * b.page_size() <= end;
-                    let mut keep = (!covered)
-                        .then(|| {
-                            DirtyBitmap::new(b.iova(), b.pages() * b.page_size(), b.page_size())
-                        })
-                        .transpose()?;
+                    let t = b.page_size();
+                    let mut keep = DirtyBitmap::new(b.iova(), b.pages() * t, t)?;
                     for a in b.iter_dirty() {
-                        if in_report(a) {
-                            out.mark(a);
-                        } else if let Some(k) = &mut keep {
-                            k.mark(a);
+                        let (lo, hi) = (a.max(iova), (a + t).min(end));
+                        if lo < hi {
+                            // The part of the tracked page inside the report, at the report's
+                            // page size.
+                            out.mark_range(lo, hi - lo);
+                        }
+                        // A tracked page is cleared only when the report covered all of it.
+                        if !(iova <= a && a + t <= end) {
+                            keep.mark(a);
                         }
                     }
-                    match keep {
-                        Some(k) => *b = k,
-                        None => b.clear(),
-                    }
+                    *b = keep;
                 }
             }
         }
@@ -188,11 +227,9 @@ impl DmaDirtyLog for ShadowGtt {
     }
 
     fn stop(&mut self) -> Result<(), DirtyError> {
-        self.dirty_log_mut()
-            .ranges
-            .take()
-            .map(|_| ())
-            .ok_or(DirtyError::NotStarted)
+        // Stopping a log that is not started succeeds, as the kernel's drivers do.
+        self.dirty_log_mut().ranges = None;
+        Ok(())
     }
 
     fn is_logging(&self) -> bool {

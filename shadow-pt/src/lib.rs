@@ -28,7 +28,7 @@ pub mod entry;
 mod error;
 mod gtt;
 
-pub use dirty::DirtyTracking;
+pub use dirty::{tracking_page_size, DirtyTracking};
 pub use entry::{
     EntryStatus, ScratchReason, PAGE_SIZE, PTE_ADDR_MASK, PTE_PRESENT, PTE_RESERVED_MASK,
     PTE_WRITABLE,

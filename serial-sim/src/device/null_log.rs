@@ -10,24 +10,19 @@ pub struct NullDmaLog {
 }
 
 impl DmaDirtyLog for NullDmaLog {
-    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<(), DirtyError> {
+    fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<u64, DirtyError> {
         if self.page_size.is_some() {
             return Err(DirtyError::AlreadyStarted);
         }
-        if page_size < 4096 || !page_size.is_power_of_two() {
-            return Err(DirtyError::BadPageSize { page_size });
-        }
-        for r in ranges {
-            let aligned = r.iova % page_size == 0 && r.length % page_size == 0;
-            if r.length == 0 || !aligned || r.iova.checked_add(r.length).is_none() {
-                return Err(DirtyError::BadRange {
-                    iova: r.iova,
-                    length: r.length,
-                });
-            }
-        }
-        self.page_size = Some(page_size);
-        Ok(())
+        mdev_core::check_logging_ranges(ranges)?;
+        // page_size is a hint (vfio.h): this device "tracks" at 4 KiB or the hint above it.
+        let tracked = if page_size.is_power_of_two() {
+            page_size.max(mdev_core::MIN_REPORT_PAGE_SIZE)
+        } else {
+            mdev_core::MIN_REPORT_PAGE_SIZE
+        };
+        self.page_size = Some(tracked);
+        Ok(tracked)
     }
     fn report(
         &mut self,
@@ -38,13 +33,17 @@ impl DmaDirtyLog for NullDmaLog {
         if self.page_size.is_none() {
             return Err(DirtyError::NotStarted);
         }
+        if page_size < mdev_core::MIN_REPORT_PAGE_SIZE || !page_size.is_power_of_two() {
+            return Err(DirtyError::BadPageSize { page_size });
+        }
+        if iova % page_size != 0 || length % page_size != 0 || length == 0 {
+            return Err(DirtyError::BadRange { iova, length });
+        }
         DirtyBitmap::new(iova, length, page_size)
     }
     fn stop(&mut self) -> Result<(), DirtyError> {
-        self.page_size
-            .take()
-            .map(|_| ())
-            .ok_or(DirtyError::NotStarted)
+        self.page_size = None;
+        Ok(())
     }
     fn is_logging(&self) -> bool {
         self.page_size.is_some()

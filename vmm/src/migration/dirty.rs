@@ -21,56 +21,86 @@ use super::error::{MigrationError, Result};
 use crate::memory::PAGE_SIZE;
 use crate::vm::Vm;
 
-/// A VFIO container with one device, answering `VFIO_IOMMU_DIRTY_PAGES` requests.
-#[derive(Debug, Default)]
+/// A VFIO container with one device, answering `VFIO_IOMMU_DIRTY_PAGES` requests as
+/// drivers/vfio/vfio_iommu_type1.c does: START and STOP carry no range (tracking covers every
+/// DMA mapping of the container), a second START succeeds, STOP without START succeeds,
+/// GET_BITMAP needs START, takes only the container's smallest page size, and an iova range
+/// aligned to it inside the mappings.
+#[derive(Debug)]
 pub struct IommuContainer {
+    /// The container's DMA mappings (guest RAM, mapped for the device).
+    mappings: Vec<DmaRange>,
     started: bool,
 }
 
 impl IommuContainer {
-    /// A container with dirty tracking off.
-    pub fn new() -> Self {
-        Self::default()
+    /// The smallest page size of the container's IOMMU (`1 << __ffs(pgsize_bitmap)`).
+    pub const PGSIZE: u64 = PAGE_SIZE;
+
+    /// A container holding `mappings`, with dirty tracking off.
+    pub fn new(mappings: Vec<DmaRange>) -> Self {
+        Self {
+            mappings,
+            started: false,
+        }
     }
 
-    /// `VFIO_IOMMU_DIRTY_PAGES` with `flags` (exactly one of START, STOP, GET_BITMAP) over
-    /// `iova..iova+size` at `pgsize`. GET_BITMAP returns the bitmap (and clears it).
+    /// `VFIO_IOMMU_DIRTY_PAGES` with `flags` (exactly one of START, STOP, GET_BITMAP).
+    /// `range` (`iova`, `size`, `pgsize`) is GET_BITMAP's `struct vfio_iommu_type1_dirty_bitmap_get`
+    /// and must be `None` for START and STOP. GET_BITMAP returns the bitmap (and clears it).
     pub fn dirty_pages(
         &mut self,
         log: &mut dyn DmaDirtyLog,
         flags: u32,
-        iova: u64,
-        size: u64,
-        pgsize: u64,
+        range: Option<(u64, u64, u64)>,
     ) -> Result<Option<DirtyBitmap>> {
         let err = |what: String| MigrationError::Device {
             doing: "VFIO_IOMMU_DIRTY_PAGES",
             reason: what,
         };
-        match flags {
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
-                log.start(&[DmaRange { iova, length: size }], pgsize)
-                    .map_err(|e| err(e.to_string()))?;
-                self.started = true;
+        match (flags, range) {
+            (VFIO_IOMMU_DIRTY_PAGES_FLAG_START, None) => {
+                if !self.started {
+                    log.start(&self.mappings, Self::PGSIZE)
+                        .map_err(|e| err(e.to_string()))?;
+                    self.started = true;
+                }
                 Ok(None)
             }
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
+            (VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, None) => {
                 if self.started {
                     log.stop().map_err(|e| err(e.to_string()))?;
                 }
                 self.started = false;
                 Ok(None)
             }
-            VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP => {
+            (VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, Some((iova, size, pgsize))) => {
                 if !self.started {
                     return Err(err("GET_BITMAP without START".into()));
+                }
+                if pgsize != Self::PGSIZE {
+                    return Err(err(format!(
+                        "GET_BITMAP page size {pgsize:#x} is not the IOMMU's smallest ({:#x})",
+                        Self::PGSIZE
+                    )));
+                }
+                let inside = self.mappings.iter().any(|m| {
+                    iova >= m.iova && iova.checked_add(size).is_some_and(|e| e <= m.iova + m.length)
+                });
+                if size == 0 || iova % pgsize != 0 || size % pgsize != 0 || !inside {
+                    return Err(err(format!(
+                        "GET_BITMAP range {iova:#x}+{size:#x} is not aligned to {pgsize:#x} inside a mapping"
+                    )));
                 }
                 log.report(iova, size, pgsize)
                     .map(Some)
                     .map_err(|e| err(e.to_string()))
             }
-            f => Err(err(format!(
-                "flags {f:#x} must be exactly one of START, STOP, GET_BITMAP"
+            (f @ (VFIO_IOMMU_DIRTY_PAGES_FLAG_START | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), Some(_)) => {
+                Err(err(format!("flags {f:#x} carry no range")))
+            }
+            (f, _) => Err(err(format!(
+                "flags {f:#x} must be exactly one of START, STOP, GET_BITMAP (GET_BITMAP with a range)"
             ))),
         }
     }
@@ -104,7 +134,10 @@ impl DmaTracker {
         let ram = crate::memory::size(vm.memory());
         let mut t = Self {
             protocol,
-            container: IommuContainer::new(),
+            container: IommuContainer::new(vec![DmaRange {
+                iova: 0,
+                length: ram,
+            }]),
             ram,
             logged: vm.device().dma_dirty_log().is_some(),
         };
@@ -117,26 +150,25 @@ impl DmaTracker {
         };
         match protocol {
             Protocol::Region => {
-                t.container.dirty_pages(
-                    log,
-                    VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
-                    0,
-                    ram,
-                    PAGE_SIZE,
-                )?;
+                t.container
+                    .dirty_pages(log, VFIO_IOMMU_DIRTY_PAGES_FLAG_START, None)?;
             }
-            Protocol::V2 => log
-                .start(
-                    &[DmaRange {
-                        iova: 0,
-                        length: ram,
-                    }],
-                    PAGE_SIZE,
-                )
-                .map_err(|e| MigrationError::Device {
-                    doing: "DMA_LOGGING_START",
-                    reason: e.to_string(),
-                })?,
+            Protocol::V2 => {
+                // page_size is a hint; reports ask for 4 KiB whatever the device tracks.
+                let tracked = log
+                    .start(
+                        &[DmaRange {
+                            iova: 0,
+                            length: ram,
+                        }],
+                        PAGE_SIZE,
+                    )
+                    .map_err(|e| MigrationError::Device {
+                        doing: "DMA_LOGGING_START",
+                        reason: e.to_string(),
+                    })?;
+                slog::debug!(vm.log(), "DMA logging started"; "device_page_size" => tracked);
+            }
         }
         Ok(t)
     }
@@ -171,9 +203,7 @@ impl DmaTracker {
                 Protocol::Region => self.container.dirty_pages(
                     log,
                     VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
-                    0,
-                    self.ram,
-                    PAGE_SIZE,
+                    Some((0, self.ram, PAGE_SIZE)),
                 )?,
                 Protocol::V2 => Some(log.report(0, self.ram, PAGE_SIZE).map_err(|e| {
                     MigrationError::Device {
@@ -193,18 +223,105 @@ impl DmaTracker {
         if let Some(log) = vm.device().dma_dirty_log() {
             match self.protocol {
                 Protocol::Region => {
-                    let _ = self.container.dirty_pages(
-                        log,
-                        VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
-                        0,
-                        self.ram,
-                        PAGE_SIZE,
-                    );
+                    let _ = self
+                        .container
+                        .dirty_pages(log, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP, None);
                 }
                 Protocol::V2 => {
                     let _ = log.stop();
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mdev_core::DirtyError;
+
+    use super::*;
+
+    /// A log that records START/STOP and reports what it was told to.
+    #[derive(Default)]
+    struct Recorded {
+        starts: Vec<(Vec<DmaRange>, u64)>,
+        stops: u32,
+        started: bool,
+    }
+
+    impl DmaDirtyLog for Recorded {
+        fn start(&mut self, ranges: &[DmaRange], page_size: u64) -> Result<u64, DirtyError> {
+            if self.started {
+                return Err(DirtyError::AlreadyStarted);
+            }
+            self.started = true;
+            self.starts.push((ranges.to_vec(), page_size));
+            Ok(page_size)
+        }
+        fn report(&mut self, iova: u64, length: u64, ps: u64) -> Result<DirtyBitmap, DirtyError> {
+            let mut b = DirtyBitmap::new(iova, length, ps)?;
+            b.mark(iova);
+            Ok(b)
+        }
+        fn stop(&mut self) -> Result<(), DirtyError> {
+            self.started = false;
+            self.stops += 1;
+            Ok(())
+        }
+        fn is_logging(&self) -> bool {
+            self.started
+        }
+    }
+
+    // vfio_iommu_type1.c, vfio_iommu_type1_dirty_pages: START and STOP carry no range and
+    // cover every mapping; a second START and a STOP without START succeed; GET_BITMAP needs
+    // START, the smallest IOMMU page size, and an aligned range inside a mapping.
+    #[test]
+    fn the_container_follows_type1() {
+        use VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP as GET;
+        use VFIO_IOMMU_DIRTY_PAGES_FLAG_START as START;
+        use VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP as STOP;
+        let map = DmaRange {
+            iova: 0,
+            length: 1 << 20,
+        };
+        let mut c = IommuContainer::new(vec![map]);
+        let mut log = Recorded::default();
+        assert!(
+            c.dirty_pages(&mut log, STOP, None).is_ok(),
+            "STOP before START"
+        );
+        assert!(c
+            .dirty_pages(&mut log, GET, Some((0, 1 << 20, 4096)))
+            .is_err());
+        assert!(c
+            .dirty_pages(&mut log, START, Some((0, 4096, 4096)))
+            .is_err());
+        c.dirty_pages(&mut log, START, None).unwrap();
+        c.dirty_pages(&mut log, START, None).unwrap();
+        assert_eq!(
+            log.starts,
+            vec![(vec![map], 4096)],
+            "one START reaches the log"
+        );
+        let b = c
+            .dirty_pages(&mut log, GET, Some((8192, 8192, 4096)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((b.iova(), b.pages()), (8192, 2));
+        for bad in [
+            (0, 1 << 20, 8192),
+            (100, 4096, 4096),
+            (0, 4097, 4096),
+            (0, 0, 4096),
+            (1 << 20, 4096, 4096),
+            (u64::MAX - 4095, 4096, 4096),
+        ] {
+            assert!(c.dirty_pages(&mut log, GET, Some(bad)).is_err(), "{bad:?}");
+        }
+        assert!(c.dirty_pages(&mut log, START | STOP, None).is_err());
+        c.dirty_pages(&mut log, STOP, None).unwrap();
+        c.dirty_pages(&mut log, STOP, None).unwrap();
+        assert_eq!(log.stops, 1);
     }
 }
