@@ -21,11 +21,14 @@ pub fn small_params(frames: u64, seed: u64) -> Params {
         height: 200,
         triangles: 600,
         frame_limit: frames,
+        profile: vgpu_sim::workload::Profile::Light,
     }
 }
 
 /// The command-line flags of [`small_params`] and [`booted`]'s 64 MiB of RAM.
-pub const SMALL_ARGS: [&str; 8] = [
+pub const SMALL_ARGS: [&str; 10] = [
+    "--profile",
+    "light",
     "--width",
     "320",
     "--height",

@@ -20,7 +20,7 @@ use vmm::migration::clock::{monotonic_ns, set_slices, DeadlineReader, Liveness};
 use vmm::migration::control::{ControlWriter, KeepAliveThread, TargetEvents};
 use vmm::migration::transport::{ChannelWriter, PrefetchReader};
 
-const SMALL: [&str; 8] = vgpu_migrate_tests::SMALL_ARGS;
+const SMALL: [&str; 10] = vgpu_migrate_tests::SMALL_ARGS;
 const FRAMES: &str = "6";
 /// The default `--peer-timeout`, in seconds.
 const PEER_TIMEOUT_S: f64 = 5.0;

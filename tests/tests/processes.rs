@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use vgpu_migrate_tests::process::{self, Out, Proc};
 
-const SMALL: [&str; 8] = vgpu_migrate_tests::SMALL_ARGS;
+const SMALL: [&str; 10] = vgpu_migrate_tests::SMALL_ARGS;
 const FRAMES: &str = "6";
 const MIGRATE_AT: &str = "2";
 

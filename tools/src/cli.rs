@@ -51,15 +51,19 @@ pub struct WorkloadArgs {
     /// Scene seed: the same seed gives the same frames.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Render width in pixels.
-    #[arg(long, default_value_t = 1280)]
-    pub width: u32,
-    /// Render height in pixels.
-    #[arg(long, default_value_t = 720)]
-    pub height: u32,
-    /// Triangles per frame.
-    #[arg(long, default_value_t = 3000)]
-    pub triangles: u32,
+    /// Workload profile: light, medium or heavy (resolution, triangles, texture uploads
+    /// and render-to-texture passes per frame; see README).
+    #[arg(long, default_value = "medium", value_parser = parse_profile)]
+    pub profile: vgpu_sim::workload::Profile,
+    /// Render width in pixels (default: the profile's).
+    #[arg(long)]
+    pub width: Option<u32>,
+    /// Render height in pixels (default: the profile's).
+    #[arg(long)]
+    pub height: Option<u32>,
+    /// Triangles per pass (default: the profile's).
+    #[arg(long)]
+    pub triangles: Option<u32>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 256)]
     pub ram_mib: u64,
@@ -67,6 +71,26 @@ pub struct WorkloadArgs {
     /// p2p, pre-copy. Without pre-copy the device's data moves in stop-copy alone.
     #[arg(long, default_value = "stop-copy,p2p,pre-copy")]
     pub migration_features: String,
+}
+
+fn parse_profile(s: &str) -> Result<vgpu_sim::workload::Profile, String> {
+    vgpu_sim::workload::Profile::by_name(s)
+        .ok_or_else(|| format!("'{s}' is not a profile (light, medium, heavy)"))
+}
+
+impl WorkloadArgs {
+    /// The workload parameters: the profile's, with the size and triangles given.
+    pub fn params(&self, frames: u64) -> vgpu_sim::workload::Params {
+        let p = vgpu_sim::workload::Params::for_profile(self.profile);
+        vgpu_sim::workload::Params {
+            seed: self.seed,
+            width: self.width.unwrap_or(p.width),
+            height: self.height.unwrap_or(p.height),
+            triangles: self.triangles.unwrap_or(p.triangles),
+            frame_limit: frames,
+            ..p
+        }
+    }
 }
 
 /// Options of a live migration's source.

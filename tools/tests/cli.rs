@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use vmm::stream::{Header, Record, StreamReader, StreamWriter, TrailerCheck};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vgpu-migrate");
-const SMALL: [&str; 8] = vgpu_migrate_tests::SMALL_ARGS;
+const SMALL: [&str; 10] = vgpu_migrate_tests::SMALL_ARGS;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ fn params() -> Params {
         triangles: 600,
         frame_limit: 100_000,
         seed: 7,
+        profile: vgpu_sim::workload::Profile::Light,
     }
 }
 

@@ -22,7 +22,7 @@ use super::{CliError, Result};
 /// would have (the published figures move all of RAM and graphics memory). Returns bytes.
 fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
     use vfio_bindings::bindings::vfio::VFIO_PCI_BAR2_REGION_INDEX;
-    use vgpu_sim::workload::layout::{GmemPlan, MIN_GUEST_RAM};
+    use vgpu_sim::workload::layout::MIN_GUEST_RAM;
     let mut x = seed | 1;
     let mut chunk = vec![0u8; 1 << 20];
     let mut refill = |chunk: &mut [u8]| {
@@ -44,9 +44,7 @@ fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
         n += 1 << 20;
     }
     let gsize = vm.gmem_size();
-    let mut o = GmemPlan::new(params.width, params.height)
-        .end
-        .next_multiple_of(1 << 20);
+    let mut o = params.plan().end.next_multiple_of(1 << 20);
     while o + (1 << 20) <= gsize {
         refill(&mut chunk);
         vm.device()

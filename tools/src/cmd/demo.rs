@@ -189,9 +189,10 @@ fn mib(b: u64) -> f64 {
 }
 
 fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Option<String>) {
+    let wp = w.params(frames);
     println!(
-        "vgpu-migrate demo: {} | {}x{} | {} triangles | seed {} | {} frames, migration at frame {} | vCPU {}",
-        w.mdev_type, w.width, w.height, w.triangles, w.seed, frames, k, r.vcpu
+        "vgpu-migrate demo: {} | {} | {}x{} | {} triangles | seed {} | {} frames, migration at frame {} | vCPU {}",
+        w.mdev_type, w.profile.name(), wp.width, wp.height, wp.triangles, w.seed, frames, k, r.vcpu
     );
     if let Some(e) = err {
         println!("  migration FAILED: {e}");

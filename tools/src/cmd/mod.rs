@@ -207,12 +207,6 @@ pub fn boot_with(
         })?;
     cfg.factory = vgpu_platform::factory_with(tracking, parse_features(&w.migration_features)?);
     let mut vm = vmm::Vm::new(&cfg)?;
-    vm.boot(&vgpu_sim::workload::Params {
-        seed: w.seed,
-        width: w.width,
-        height: w.height,
-        triangles: w.triangles,
-        frame_limit: frames,
-    })?;
+    vm.boot(&w.params(frames))?;
     Ok(vm)
 }

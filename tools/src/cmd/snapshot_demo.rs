@@ -130,9 +130,10 @@ pub fn run(
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
+        let wp = w.params(frames);
         println!(
             "vgpu-migrate demo: {} on {} frames, {}x{}, {} triangles, seed {}",
-            w.mdev_type, frames, w.width, w.height, w.triangles, w.seed
+            w.mdev_type, frames, wp.width, wp.height, wp.triangles, w.seed
         );
         println!(
             "  saved after frame {} at command {} ({}, batch offset {:#x}): {} bytes in {:.1} ms",

@@ -4,16 +4,16 @@
 //! the driver's own block at [`STATE_GPA`]. Every call loads what it needs from there and
 //! stores what it changes back; the functions themselves are stateless.
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::cmd::{self, Vertex, DRAW_TEXTURED, VERTEX_SIZE};
 use crate::regs::*;
 
 use super::layout::*;
-use super::scene;
-use super::GuestBus;
+use super::mesh::MeshRange;
+use super::profile::Profile;
+use super::scene::{self, SceneMeshes};
+use super::{frame, GuestBus};
 
 const PARAMS_MAGIC: u32 = 0x5041_524d; // 'PARM'
 const STATE_MAGIC: u32 = 0x4452_5631; // 'DRV1'
@@ -74,21 +74,55 @@ pub struct Params {
     pub triangles: u32,
     /// Frames to render before the driver goes idle.
     pub frame_limit: u64,
+    /// The workload profile: objects, uploads, render-to-texture passes.
+    pub profile: Profile,
 }
 
 impl Default for Params {
+    /// The `medium` profile at its own size, seed 1, 60 frames.
     fn default() -> Self {
-        Self {
-            seed: 1,
-            width: 1280,
-            height: 720,
-            triangles: 3000,
-            frame_limit: 60,
-        }
+        Self::for_profile(Profile::Medium)
     }
 }
 
+/// Most triangles per pass.
+pub const MAX_TRIANGLES: u32 = 200_000;
+/// Fewest triangles per pass.
+pub const MIN_TRIANGLES: u32 = 100;
+
 impl Params {
+    /// `profile` at its own size and triangle count, seed 1, 60 frames.
+    pub fn for_profile(profile: Profile) -> Self {
+        let spec = profile.spec();
+        Self {
+            seed: 1,
+            width: spec.width,
+            height: spec.height,
+            triangles: spec.triangles,
+            frame_limit: 60,
+            profile,
+        }
+    }
+
+    /// The graphics-memory plan of these parameters.
+    pub fn plan(&self) -> GmemPlan {
+        GmemPlan::new(self.width, self.height, &self.profile.spec())
+    }
+
+    /// Bytes of graphics memory each frame rewrites (page granular; the first frame also
+    /// fills every texture slot).
+    pub fn gmem_dirty_per_frame(&self) -> u64 {
+        self.plan().dirty_per_frame(&self.profile.spec())
+    }
+
+    /// Triangles each frame submits (every pass).
+    pub fn triangles_per_frame(&self) -> u64 {
+        let spec = self.profile.spec();
+        let (_, meshes) = scene::build_meshes(self.triangles, spec.objects);
+        let objs = scene::objects(self.seed, spec.objects, spec.slots);
+        scene::triangles_per_frame(&meshes, &objs, spec.passes)
+    }
+
     /// Check the parameters against what the layout can hold and `gmem_size`.
     pub fn validate(&self, gmem_size: u64) -> Result<(), DriverError> {
         let bad = |what, value: u64, range| Err(DriverError::BadParam { what, value, range });
@@ -98,19 +132,18 @@ impl Params {
         if !(16..=4096).contains(&self.height) {
             return bad("height", self.height.into(), "16..=4096");
         }
-        let max_tris = (VB_SIZE / (3 * VERTEX_SIZE as u64)) as u32;
-        if self.triangles < scene::MESHES || self.triangles > max_tris {
-            return bad("triangles", self.triangles.into(), "6..=69905");
+        if !(MIN_TRIANGLES..=MAX_TRIANGLES).contains(&self.triangles) {
+            return bad("triangles", self.triangles.into(), "100..=200000");
         }
         if self.frame_limit > MAX_FRAMES {
             return bad("frames", self.frame_limit, "0..=262144");
         }
-        let plan = GmemPlan::new(self.width, self.height);
+        let plan = self.plan();
         if plan.end > gmem_size {
             return bad(
                 "width x height",
                 u64::from(self.width) * u64::from(self.height),
-                "framebuffers and textures must fit graphics memory",
+                "the profile's framebuffers, depth buffers, render targets and textures must fit graphics memory (a bigger --type, or a smaller size)",
             );
         }
         Ok(())
@@ -125,23 +158,29 @@ impl Params {
         bus.write_u32(PARAMS_GPA + 20, self.height);
         bus.write_u32(PARAMS_GPA + 24, self.triangles);
         bus.write_u64(PARAMS_GPA + 32, self.frame_limit);
+        bus.write_u32(PARAMS_GPA + 40, self.profile.id());
     }
 
-    /// Load from guest RAM; `None` if the loader never wrote them.
+    /// Load from guest RAM; `None` if the loader never wrote them (or wrote an unknown
+    /// profile).
     pub fn load(bus: &mut dyn GuestBus) -> Option<Self> {
-        (bus.read_u32(PARAMS_GPA) == PARAMS_MAGIC).then(|| Self {
+        if bus.read_u32(PARAMS_GPA) != PARAMS_MAGIC {
+            return None;
+        }
+        Some(Self {
             seed: bus.read_u64(PARAMS_GPA + 8),
             width: bus.read_u32(PARAMS_GPA + 16),
             height: bus.read_u32(PARAMS_GPA + 20),
             triangles: bus.read_u32(PARAMS_GPA + 24),
             frame_limit: bus.read_u64(PARAMS_GPA + 32),
+            profile: Profile::from_id(bus.read_u32(PARAMS_GPA + 40))?,
         })
     }
 }
 
 /// The driver's own state block in guest RAM.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct State {
+pub(super) struct State {
     phase: u32,
     ring_tail: u32,
     frame: u64,
@@ -149,6 +188,35 @@ struct State {
     bar2: u64,
     irq_seen: u32,
     errors_seen: u32,
+}
+
+/// Where the driver keeps the mesh ranges it built at boot (16 bytes each).
+const MESHES_GPA: u64 = STATE_GPA + 0x100;
+
+/// Store the scene's mesh ranges.
+fn store_meshes(bus: &mut dyn GuestBus, m: &SceneMeshes) {
+    for (i, r) in m.all.iter().enumerate() {
+        let at = MESHES_GPA + 16 * i as u64;
+        bus.write_u32(at, r.base_vertex);
+        bus.write_u32(at + 4, r.vertices);
+        bus.write_u32(at + 8, r.first_index);
+        bus.write_u32(at + 12, r.indices);
+    }
+}
+
+/// Load the scene's mesh ranges.
+pub(super) fn load_meshes(bus: &mut dyn GuestBus) -> SceneMeshes {
+    let mut all = [MeshRange::default(); 5];
+    for (i, r) in all.iter_mut().enumerate() {
+        let at = MESHES_GPA + 16 * i as u64;
+        *r = MeshRange {
+            base_vertex: bus.read_u32(at),
+            vertices: bus.read_u32(at + 4),
+            first_index: bus.read_u32(at + 8),
+            indices: bus.read_u32(at + 12),
+        };
+    }
+    SceneMeshes { all }
 }
 
 impl State {
@@ -312,21 +380,36 @@ fn boot(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
         );
     }
 
-    // Upload the textures through the aperture, a row at a time.
-    let plan = GmemPlan::new(p.width, p.height);
-    let mut row = vec![0u8; TEX_DIM as usize * 4];
-    for t in 0..TEXTURES {
+    // The scene's meshes and the texture pool, into guest RAM once: the device reads them
+    // by DMA (the pool's textures are uploaded into graphics memory every frame).
+    let spec = p.profile.spec();
+    let (built, meshes) = scene::build_meshes(p.triangles, spec.objects);
+    let mut raw = Vec::with_capacity(built.vertices.len() * crate::cmd::VERTEX3D_SIZE);
+    for v in &built.vertices {
+        raw.extend_from_slice(&v.to_bytes());
+    }
+    bus.write(VB_GPA, &raw);
+    raw.clear();
+    for i in &built.indices {
+        raw.extend_from_slice(&i.to_le_bytes());
+    }
+    bus.write(IB_GPA, &raw);
+    drop(built);
+    store_meshes(bus, &meshes);
+    raw.clear();
+    raw.resize(TEX_DIM as usize * 4, 0);
+    for t in 0..u64::from(spec.pool) {
         for y in 0..TEX_DIM {
-            for (x, px) in row.chunks_exact_mut(4).enumerate() {
+            for (x, px) in raw.chunks_exact_mut(4).enumerate() {
                 px.copy_from_slice(&scene::texel(p.seed, t, x as u32, y).to_le_bytes());
             }
-            let off = plan.texture(t) + u64::from(y) * u64::from(TEX_DIM) * 4;
-            for (i, q) in row.chunks_exact(8).enumerate() {
-                let v = u64::from_le_bytes([q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7]]);
-                bus.write_u64(s.bar2 + off + 8 * i as u64, v);
-            }
+            bus.write(
+                POOL_GPA + t * TEX_BYTES + u64::from(y) * u64::from(TEX_DIM) * 4,
+                &raw,
+            );
         }
     }
+    let plan = p.plan();
 
     // Ring, interrupts, display.
     mmio_write(bus, s, REG_RING_CTL, 0);
@@ -371,81 +454,18 @@ fn frame(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     }
     let n = s.frame;
     let slot = n % 2;
-    let plan = GmemPlan::new(p.width, p.height);
-    let fb = plan.fb[slot as usize];
-    let vb = VB_GPA + slot * VB_SIZE;
     let batch = BATCH_GPA + slot * BATCH_SIZE;
-
-    // Vertices into guest RAM.
-    let meshes = scene::meshes(p.seed, p.triangles, p.height);
-    let mut verts: Vec<Vertex> = Vec::with_capacity(p.triangles as usize * 3);
-    let mut draws = Vec::with_capacity(meshes.len());
-    for m in &meshes {
-        let first = verts.len() as u32;
-        scene::mesh_vertices(m, n, p.width, p.height, &mut verts);
-        draws.push((first, verts.len() as u32 - first, m.texture));
-    }
-    let mut raw = Vec::with_capacity(verts.len() * VERTEX_SIZE);
-    for v in &verts {
-        raw.extend_from_slice(&v.to_bytes());
-    }
-    bus.write(vb, &raw);
-
-    // The batch.
-    let dims = p.width | (p.height << 16);
-    let mut b = Batch::default();
-    b.cmd(cmd::OP_SET_RENDER_TARGET, &[fb as u32, plan.stride, dims]);
-    b.cmd(cmd::OP_CLEAR, &[scene::clear_color(p.seed, n)]);
-    b.cmd(cmd::OP_SET_VERTEX_BUFFER, &split(gaddr(vb)));
-    for (first, count, tex) in draws {
-        let flags = match tex {
-            Some(t) => {
-                let off = plan.texture(u64::from(t)) as u32;
-                b.cmd(
-                    cmd::OP_SET_TEXTURE,
-                    &[off, TEX_DIM * 4, TEX_DIM | (TEX_DIM << 16)],
-                );
-                DRAW_TEXTURED
-            }
-            None => 0,
-        };
-        b.cmd(cmd::OP_DRAW, &[first, count, flags]);
-    }
-    let [lo, hi] = split(gaddr(LOG_GPA + 8 * n));
-    b.cmd(cmd::OP_CHECKSUM, &[fb as u32, plan.stride, dims, lo, hi]);
-    let [lo, hi] = split(gaddr(SEQNO_GPA));
-    b.cmd(cmd::OP_PIPE_CONTROL, &[lo, hi, (n + 1) as u32]);
-    b.cmd(cmd::OP_FLIP, &[fb as u32]);
-    b.cmd(cmd::OP_USER_INTERRUPT, &[]);
-    b.cmd(cmd::OP_BATCH_END, &[]);
-    bus.write(batch, &b.bytes);
+    let meshes = load_meshes(bus);
+    let b = frame::build(bus, p, &meshes, n);
+    bus.write(batch, &b);
 
     // Submit: BATCH_START + NOOP (16 bytes, so a command never straddles the ring's end).
-    let mut r = Batch::default();
-    r.cmd(cmd::OP_BATCH_START, &split(gaddr(batch)));
-    r.cmd(cmd::OP_NOOP, &[]);
+    let mut r = frame::Batch::default();
+    r.cmd(crate::cmd::OP_BATCH_START, &frame::split(gaddr(batch)));
+    r.cmd(crate::cmd::OP_NOOP, &[]);
     bus.write(RING_GPA + u64::from(s.ring_tail), &r.bytes);
     s.ring_tail = ((u64::from(s.ring_tail) + r.bytes.len() as u64) % RING_SIZE) as u32;
     mmio_write(bus, s, REG_RING_TAIL, s.ring_tail);
     s.frame += 1;
     StepOutcome::Progress
-}
-
-fn split(a: u64) -> [u32; 2] {
-    [a as u32, (a >> 32) as u32]
-}
-
-/// A command buffer being written.
-#[derive(Default)]
-struct Batch {
-    bytes: Vec<u8>,
-}
-
-impl Batch {
-    fn cmd(&mut self, op: u32, args: &[u32]) {
-        self.bytes.extend_from_slice(&cmd::header(op).to_le_bytes());
-        for a in args {
-            self.bytes.extend_from_slice(&a.to_le_bytes());
-        }
-    }
 }

@@ -6,21 +6,30 @@
 //! guest RAM, the vCPU and the device migrates the driver with them; nothing is faked in
 //! host variables.
 //!
-//! Each frame the driver computes the scene's vertices into a vertex buffer in guest RAM,
-//! writes a batch buffer (set render target, clear, draws, checksum of the finished frame
-//! into the checksum log, post-sync seqno write, flip, user interrupt) and submits it through
-//! the ring. It renders double-buffered and waits, before reusing a frame slot, for the
+//! At boot the driver builds the scene's meshes (object space) into a vertex and an index
+//! buffer and generates a pool of textures, all in guest RAM. Each frame it computes the
+//! draws' matrices into guest RAM and writes a batch buffer: texture uploads from the pool
+//! (device DMA reads into graphics memory), the render-to-texture passes, the main pass
+//! (clear, depth clear, every object, the floor, a screen per pass showing its texture),
+//! the checksum of the finished frame into the checksum log, a post-sync seqno write, a
+//! flip and a user interrupt; and submits it through the ring. See [`profile`] for what
+//! each profile asks of a frame. It renders double-buffered and waits, before reusing a frame slot, for the
 //! device to finish the frame that last used it, so output never depends on how the vCPU
 //! and the device interleave: the same seed gives the same checksums, always.
 
 pub mod driver;
+mod frame;
 pub mod layout;
+pub mod math3d;
+pub mod mesh;
+pub mod profile;
 pub mod scene;
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 pub use driver::{interrupt, step, DriverError, Params, StepOutcome};
+pub use profile::{Profile, ProfileSpec, PROFILES};
 
 /// Guest-physical memory as the vCPU sees it.
 pub trait GuestBus {

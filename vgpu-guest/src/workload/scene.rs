@@ -1,14 +1,14 @@
-//! The scene: seeded meshes that move and spin, computed with integer arithmetic only so
-//! that every machine renders the same bits.
+//! The scene: seeded objects (cubes, spheres, tori) spinning over a textured floor, a
+//! moving camera, a turning light, and screens showing what the render-to-texture passes'
+//! cameras see. Integer arithmetic only, so every machine renders the same bits.
 
 use alloc::vec::Vec;
 
-use crate::cmd::Vertex;
-
 use super::layout::TEX_DIM;
-
-/// Number of meshes in the scene.
-pub const MESHES: u32 = 6;
+use super::math3d::{
+    self, look_at, normalize, perspective, rotate, scale, translate, Mat4, Vec3, IDENTITY, ONE,
+};
+use super::mesh::{self, MeshBuilder, MeshRange};
 
 /// One full turn in angle units.
 pub const TURN: u32 = 1 << 16;
@@ -56,101 +56,218 @@ pub fn cos_q16(angle: u32) -> i32 {
     sin_q16(angle.wrapping_add(TURN / 4))
 }
 
-/// The fixed parameters of one mesh, drawn from the seed.
-#[derive(Debug, Clone, Copy)]
-pub struct Mesh {
-    /// Triangles in the fan.
-    pub triangles: u32,
-    /// Radius in pixels.
-    pub radius: i64,
-    /// Spin speed (angle units per frame).
-    pub spin: u32,
-    /// Orbit speeds (angle units per frame) for x and y.
-    pub orbit: (u32, u32),
-    /// Orbit phases.
-    pub phase: (u32, u32),
-    /// Colours of centre and rim.
-    pub colors: (u32, u32),
-    /// Texture index, or `None` for a flat-shaded mesh.
-    pub texture: Option<u32>,
+/// The camera's focal length, cot(30 degrees) in 16.16 (a 60-degree vertical field of view).
+const FOCAL: i64 = 113_512;
+/// Near plane distance (16.16).
+const NEAR: i64 = ONE / 2;
+/// Far plane distance (16.16).
+const FAR: i64 = 60 * ONE;
+/// Half-size of the floor (16.16).
+const FLOOR_HALF: i64 = 12 * ONE;
+/// Radius of the ring of screens (16.16).
+const SCREEN_RING: i64 = 10 * ONE;
+
+/// Which object mesh an object uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// A subdivided cube.
+    Cube = 0,
+    /// A UV sphere.
+    Sphere = 1,
+    /// A torus.
+    Torus = 2,
 }
 
-/// The meshes of the scene for `seed` and a total triangle budget.
-pub fn meshes(seed: u64, triangles: u32, height: u32) -> Vec<Mesh> {
+/// One object of the scene, drawn from the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Object {
+    /// Its mesh.
+    pub shape: Shape,
+    /// Position (16.16).
+    pub pos: Vec3,
+    /// Uniform scale (16.16).
+    pub scale: i64,
+    /// Spin about y per frame (angle units).
+    pub spin: u32,
+    /// Spin phase.
+    pub phase: u32,
+    /// Tilt about x (angle units).
+    pub tilt: u32,
+    /// Texture slot.
+    pub texture: u32,
+    /// Vertex colour (ARGB).
+    pub color: u32,
+}
+
+/// The scene's objects for `seed`: `count` of them on rings around the origin.
+pub fn objects(seed: u64, count: u32, slots: u32) -> Vec<Object> {
     let mut rng = SplitMix::new(seed ^ 0x5eed_0f5c_e7e5);
-    let per = (triangles / MESHES).max(1);
-    let min_r = i64::from(height / 12).max(4);
-    let max_r = i64::from(height / 4).max(min_r + 1);
-    (0..MESHES)
-        .map(|i| Mesh {
-            triangles: if i == 0 {
-                triangles.saturating_sub(per * (MESHES - 1)).max(1)
-            } else {
-                per
-            },
-            radius: rng.range(min_r, max_r),
-            spin: rng.range(200, 1400) as u32,
-            orbit: (rng.range(60, 500) as u32, rng.range(60, 500) as u32),
-            phase: (rng.next_u64() as u32, rng.next_u64() as u32),
-            colors: (
-                0xff00_0000 | rng.next_u64() as u32 & 0xff_ffff,
-                0xff00_0000 | rng.next_u64() as u32 & 0xff_ffff,
-            ),
-            texture: (i % 2 == 1).then_some(i / 2 % super::layout::TEXTURES as u32),
+    (0..count)
+        .map(|i| {
+            let angle = (u64::from(i) * u64::from(TURN) / u64::from(count.max(1))) as u32
+                + rng.range(0, 2000) as u32;
+            let radius = rng.range(3 * ONE, 6 * ONE);
+            let shape = match rng.next_u64() % 3 {
+                0 => Shape::Cube,
+                1 => Shape::Sphere,
+                _ => Shape::Torus,
+            };
+            Object {
+                shape,
+                pos: [
+                    (radius * i64::from(sin_q16(angle))) >> 16,
+                    rng.range(ONE, 2 * ONE),
+                    (radius * i64::from(cos_q16(angle))) >> 16,
+                ],
+                scale: rng.range(ONE / 2, ONE),
+                spin: rng.range(200, 1400) as u32,
+                phase: rng.next_u64() as u32,
+                tilt: rng.range(0, (TURN / 4) as i64) as u32,
+                texture: i % slots.max(1),
+                color: 0xff80_8080 | (rng.next_u64() as u32 & 0x007f_7f7f),
+            }
         })
         .collect()
 }
 
-/// The vertices of `mesh` at `frame` in a `width` x `height` target, three per triangle.
-pub fn mesh_vertices(mesh: &Mesh, frame: u64, width: u32, height: u32, out: &mut Vec<Vertex>) {
+/// One draw of a pass: matrices, mesh, texture, flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draw {
+    /// Model-view-projection.
+    pub mvp: Mat4,
+    /// Normal matrix (model rotation).
+    pub normal: Mat4,
+    /// Index of the mesh in [`SceneMeshes::all`].
+    pub mesh: usize,
+    /// Texture: `Ok(slot)` for an uploaded texture, `Err(pass)` for a pass's target.
+    pub texture: Result<u32, u32>,
+    /// Lit draw.
+    pub lit: bool,
+}
+
+/// Where the scene's meshes are in the shared buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SceneMeshes {
+    /// Cube, sphere, torus, floor, screen.
+    pub all: [MeshRange; 5],
+}
+
+/// Index of the floor in [`SceneMeshes::all`].
+pub const FLOOR: usize = 3;
+/// Index of the screen in [`SceneMeshes::all`].
+pub const SCREEN: usize = 4;
+
+/// Build the meshes for `triangles` per pass over `objects` objects.
+pub fn build_meshes(triangles: u32, objects: u32) -> (MeshBuilder, SceneMeshes) {
+    let mut b = MeshBuilder::default();
+    let per = triangles.saturating_sub(2 * 8 * 8 + 2) / objects.max(1);
+    let (k, (rings, segs), (n, m)) = mesh::tessellation(per);
+    let all = [
+        b.cube(k, 0xffff_ffff),
+        b.sphere(rings, segs, 0xffff_ffff),
+        b.torus(n, m, 0xffff_ffff),
+        b.floor(8, 6, 0xffff_ffff),
+        b.screen(0xffff_ffff),
+    ];
+    (b, SceneMeshes { all })
+}
+
+/// Triangles drawn per frame.
+pub fn triangles_per_frame(meshes: &SceneMeshes, objs: &[Object], passes: u32) -> u64 {
+    let scene: u64 = objs
+        .iter()
+        .map(|o| u64::from(meshes.all[o.shape as usize].triangles()))
+        .sum::<u64>()
+        + u64::from(meshes.all[FLOOR].triangles());
+    scene * u64::from(passes + 1) + u64::from(passes * meshes.all[SCREEN].triangles())
+}
+
+/// The camera of `pass` (0 is the main view; `1..=passes` the render-to-texture views) at
+/// `frame`: (eye, target).
+fn camera(frame: u64, pass: u32, passes: u32) -> (Vec3, Vec3) {
     let f = frame as u32;
-    let cx = i64::from(width / 2)
-        + i64::from(width / 3)
-            * i64::from(sin_q16(
-                mesh.phase.0.wrapping_add(f.wrapping_mul(mesh.orbit.0)),
-            ))
-            / 65536;
-    let cy = i64::from(height / 2)
-        + i64::from(height / 3)
-            * i64::from(cos_q16(
-                mesh.phase.1.wrapping_add(f.wrapping_mul(mesh.orbit.1)),
-            ))
-            / 65536;
-    let spin = f.wrapping_mul(mesh.spin);
-    let n = mesh.triangles;
-    let rim = |k: u32| -> (i64, i64, i32, i32) {
-        let a = spin.wrapping_add(((u64::from(k) * u64::from(TURN)) / u64::from(n)) as u32);
-        // A wavy rim: radius varies with k, so the fan is a star, not a disc.
-        let r = mesh.radius * (48 + i64::from(k % 3) * 8) / 64;
-        let (s, c) = (i64::from(sin_q16(a)), i64::from(cos_q16(a)));
-        let u = (32768 + c / 2) as i32;
-        let v = (32768 + s / 2) as i32;
-        ((cx << 16) + r * c, (cy << 16) + r * s, u, v)
-    };
-    let centre = Vertex {
-        x: (cx << 16) as i32,
-        y: (cy << 16) as i32,
-        u: 32768,
-        v: 32768,
-        color: mesh.colors.0,
-    };
-    for k in 0..n {
-        let (x0, y0, u0, v0) = rim(k);
-        let (x1, y1, u1, v1) = rim((k + 1) % n);
-        out.push(centre);
-        out.push(Vertex {
-            x: x0 as i32,
-            y: y0 as i32,
-            u: u0,
-            v: v0,
-            color: mesh.colors.1,
+    if pass == 0 {
+        let a = f.wrapping_mul(300);
+        let bob = i64::from(sin_q16(f.wrapping_mul(700))) / 2;
+        let eye = [
+            9 * i64::from(sin_q16(a)),
+            7 * ONE / 2 + bob,
+            9 * i64::from(cos_q16(a)),
+        ];
+        return (eye, [0, ONE / 2, 0]);
+    }
+    let b = (u64::from(pass - 1) * u64::from(TURN) / u64::from(passes.max(1))) as u32;
+    let a = b.wrapping_sub(f.wrapping_mul(200));
+    let eye = [
+        5 * i64::from(sin_q16(a)),
+        6 * ONE,
+        5 * i64::from(cos_q16(a)),
+    ];
+    (eye, [0, ONE, 0])
+}
+
+/// The light's direction at `frame` (towards the light, unit length, 16.16).
+pub fn light_dir(frame: u64) -> [i32; 3] {
+    let a = (frame as u32).wrapping_mul(150);
+    let d = normalize([i64::from(sin_q16(a)), ONE, i64::from(cos_q16(a))]);
+    d.map(|x| x as i32)
+}
+
+/// The draws of `pass` at `frame` into a `width` x `height` target: every object, the
+/// floor, and in the main pass (0) one screen per render-to-texture pass.
+pub fn draws(
+    objs: &[Object],
+    frame: u64,
+    pass: u32,
+    passes: u32,
+    (width, height): (u32, u32),
+    out: &mut Vec<Draw>,
+) {
+    let (eye, target) = camera(frame, pass, passes);
+    let vp = math3d::mul(
+        &perspective(FOCAL, width, height, NEAR, FAR),
+        &look_at(eye, target, [0, ONE, 0]),
+    );
+    let f = frame as u32;
+    for o in objs {
+        let rot = math3d::mul(
+            &rotate(1, o.phase.wrapping_add(f.wrapping_mul(o.spin))),
+            &rotate(0, o.tilt),
+        );
+        let model = math3d::mul(&translate(o.pos), &math3d::mul(&rot, &scale(o.scale)));
+        out.push(Draw {
+            mvp: math3d::mul(&vp, &model),
+            normal: rot,
+            mesh: o.shape as usize,
+            texture: Ok(o.texture),
+            lit: true,
         });
-        out.push(Vertex {
-            x: x1 as i32,
-            y: y1 as i32,
-            u: u1,
-            v: v1,
-            color: mesh.colors.1 ^ 0x0040_4040,
+    }
+    out.push(Draw {
+        mvp: math3d::mul(&vp, &scale(FLOOR_HALF)),
+        normal: IDENTITY,
+        mesh: FLOOR,
+        texture: Ok(0),
+        lit: true,
+    });
+    if pass != 0 {
+        return;
+    }
+    for p in 0..passes {
+        let theta = (u64::from(p) * u64::from(TURN) / u64::from(passes.max(1))) as u32 + TURN / 8;
+        let pos = [
+            (SCREEN_RING * i64::from(sin_q16(theta))) >> 16,
+            5 * ONE / 2,
+            (SCREEN_RING * i64::from(cos_q16(theta))) >> 16,
+        ];
+        let face = rotate(1, theta.wrapping_add(TURN / 2));
+        let model = math3d::mul(&translate(pos), &math3d::mul(&face, &scale(2 * ONE)));
+        out.push(Draw {
+            mvp: math3d::mul(&vp, &model),
+            normal: face,
+            mesh: SCREEN,
+            texture: Err(p),
+            lit: false,
         });
     }
 }
@@ -179,7 +296,6 @@ pub fn clear_color(seed: u64, frame: u64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::format;
 
     #[test]
     fn sine_is_close_and_odd() {
@@ -194,18 +310,18 @@ mod tests {
     }
 
     #[test]
-    fn meshes_are_seeded() {
-        let a = meshes(1, 600, 720);
-        let b = meshes(1, 600, 720);
-        let c = meshes(2, 600, 720);
-        assert_eq!(format!("{a:?}"), format!("{b:?}"));
-        assert_ne!(format!("{a:?}"), format!("{c:?}"));
-        assert_eq!(a.iter().map(|m| m.triangles).sum::<u32>(), 600);
-        let mut v = Vec::new();
-        mesh_vertices(&a[0], 7, 1280, 720, &mut v);
-        assert_eq!(v.len() as u32, a[0].triangles * 3);
-        let mut w = Vec::new();
-        mesh_vertices(&a[0], 8, 1280, 720, &mut w);
-        assert_ne!(v, w, "the scene moves");
+    fn the_scene_is_seeded_and_moves() {
+        let a = objects(1, 8, 4);
+        assert_eq!(a, objects(1, 8, 4));
+        assert_ne!(a, objects(2, 8, 4));
+        let mut d7 = Vec::new();
+        draws(&a, 7, 0, 2, (320, 200), &mut d7);
+        assert_eq!(d7.len(), 8 + 1 + 2);
+        let mut d8 = Vec::new();
+        draws(&a, 8, 0, 2, (320, 200), &mut d8);
+        assert_ne!(d7, d8, "the scene moves");
+        let (_, m) = build_meshes(3000, 8);
+        let t = triangles_per_frame(&m, &a, 1);
+        assert!((4_000..=8_000).contains(&t), "{t}");
     }
 }
