@@ -345,4 +345,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve one device as a vfio-user server on a UNIX socket (a device process): any
+    /// vfio-user client can drive and migrate it; one client at a time.
+    Serve {
+        /// Socket path (created; a stale one is replaced).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Device type: a vGPU type (see `types`) or `serial-16`.
+        #[arg(long = "type", default_value = "vgpu-64")]
+        device_type: String,
+        /// DMA dirty tracking of a vGPU: shadow-pt, pinned or off.
+        #[arg(long, default_value = "shadow-pt")]
+        dirty_tracking: String,
+        /// v2 migration features of a vGPU: stop-copy, p2p, pre-copy (comma-separated).
+        #[arg(long, default_value = "stop-copy,p2p,pre-copy")]
+        migration_features: String,
+        /// Deadline in ms for the rest of a message once it started, and for replies.
+        #[arg(long, default_value_t = 5000)]
+        deadline_ms: u64,
+    },
 }

@@ -10,6 +10,7 @@ mod inspect;
 mod migrate;
 mod restore;
 mod run;
+mod serve;
 mod snapshot_demo;
 mod types;
 
@@ -44,6 +45,12 @@ pub enum CliError {
         path: std::path::PathBuf,
         /// Cause.
         source: std::io::Error,
+    },
+    /// A snapshot file could not be saved (the final path is left as it was).
+    #[snafu(display("{source}"))]
+    SnapshotFile {
+        /// Cause.
+        source: vmm::snapshot::SaveFileError,
     },
     /// A bad argument combination or value.
     #[snafu(display("{msg}"))]
@@ -169,6 +176,20 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             runs,
             json,
         } => bench::run(&mdev_type, &what, runs, json, log),
+        Command::Serve {
+            socket,
+            device_type,
+            dirty_tracking,
+            migration_features,
+            deadline_ms,
+        } => serve::run(
+            &socket,
+            &device_type,
+            &dirty_tracking,
+            &migration_features,
+            deadline_ms,
+            log,
+        ),
     }
 }
 

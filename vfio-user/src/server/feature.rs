@@ -172,8 +172,9 @@ impl Session {
                     });
                 }
                 let log = dev.dma_dirty_log().ok_or_else(|| inval("no log"))?;
-                log.start(&ranges, page_size).map_err(|e| dirty_errno(&e))?;
-                out.bytes(data);
+                let tracked = log.start(&ranges, page_size).map_err(|e| dirty_errno(&e))?;
+                // vfio.h: the device returns the page size it picked in page_size.
+                out.u64(tracked).bytes(&data[8.min(data.len())..]);
             }
             VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP => {
                 let log = dev.dma_dirty_log().ok_or_else(|| inval("no log"))?;

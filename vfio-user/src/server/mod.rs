@@ -140,15 +140,18 @@ impl Server {
             let me = self.clone();
             let busy = busy.clone();
             std::thread::spawn(move || {
-                me.serve_connection(stream);
+                me.serve_connection(&stream);
+                // Free the slot before the socket closes, so a client that reconnects as
+                // soon as it sees the close is served.
                 busy.store(false, Ordering::Release);
+                drop(stream);
             });
         }
         Ok(())
     }
 
     /// Serve one client until it leaves or breaks the protocol.
-    pub fn serve_connection(&self, sock: UnixStream) -> SessionEnd {
+    pub fn serve_connection(&self, sock: &UnixStream) -> SessionEnd {
         let log = self
             .log
             .new(o!("client" => format!("{:?}", sock.peer_addr().ok())));
@@ -157,7 +160,7 @@ impl Server {
         let cap = HEADER_SIZE + self.cfg.caps.max_data_xfer_size as usize + MSG_SLACK;
         let max_fds = self.cfg.caps.max_msg_fds as usize;
         let end = loop {
-            let msg = match wire::recv(&sock, None, self.cfg.deadline, cap, max_fds) {
+            let msg = match wire::recv(sock, None, self.cfg.deadline, cap, max_fds) {
                 Ok(Some(m)) => m,
                 Ok(None) => break SessionEnd::Closed,
                 Err(e) => break SessionEnd::Dropped(e),
@@ -192,7 +195,7 @@ impl Server {
                 error,
             };
             let raw: Vec<_> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-            if let Err(e) = wire::send(&sock, &reply, &[&payload], &raw, self.cfg.deadline) {
+            if let Err(e) = wire::send(sock, &reply, &[&payload], &raw, self.cfg.deadline) {
                 break SessionEnd::Dropped(e);
             }
         };
