@@ -7,12 +7,19 @@
 //! chunks in order, and only after the whole stream's digest verified stops the device
 //! (RESUMING -> STOP: the device validates and commits), replays PCI config, restores the
 //! vCPU and sets the device running.
+//!
+//! A snapshot file is written atomically ([`save_file`], [`atomic`]): under a temporary
+//! name in the same directory, `fsync`ed, renamed into place only when complete, so a
+//! full disk or an interrupted save never leaves a file that restores.
+
+pub mod atomic;
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use pci_config_replay::ConfigSpaceState;
 use slog::info;
-use snafu::ResultExt;
+use snafu::{ResultExt, Snafu};
 use state_region::driver as v1;
 use vfio_bindings::bindings::vfio::{
     VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
@@ -101,6 +108,81 @@ pub fn save<W: Write>(vm: &mut Vm, out: W) -> Result<WriteStats> {
     let (_, stats) = w.finish().context(StreamSnafu)?;
     info!(vm.log(), "snapshot written"; "bytes" => stats.total, "ram" => stats.ram, "device" => stats.device);
     Ok(stats)
+}
+
+/// What a snapshot file save failed on. The file's final path is left as it was.
+#[derive(Debug, Snafu)]
+pub enum SaveFileError {
+    /// Creating, writing, syncing or renaming the file failed.
+    #[snafu(display("{source}"))]
+    File {
+        /// The cause.
+        source: atomic::AtomicFileError,
+    },
+    /// Saving the VM failed.
+    #[snafu(display("{source}"))]
+    Save {
+        /// The cause.
+        source: VmmError,
+    },
+}
+
+/// Save a whole snapshot of a stopped VM ([`save`]), or with `device_only` only the
+/// device's context ([`save_device_only`]), to the file `path`, atomically: the file
+/// appears complete or not at all, and an older file at `path` stays intact if the save
+/// fails. Returns the bytes written.
+pub fn save_file(vm: &mut Vm, path: &Path, device_only: bool) -> Result<u64, SaveFileError> {
+    save_file_failing_after(vm, path, device_only, None)
+}
+
+/// [`save_file`], with every write failing with `ENOSPC` (as on a full disk) once
+/// `fail_after` bytes went through: fault injection for tests; `None` is [`save_file`].
+pub fn save_file_failing_after(
+    vm: &mut Vm,
+    path: &Path,
+    device_only: bool,
+    fail_after: Option<u64>,
+) -> Result<u64, SaveFileError> {
+    let mut file = atomic::AtomicFile::create(path).context(FileSnafu)?;
+    let mut out = FailAfter {
+        inner: &mut file,
+        left: fail_after,
+    };
+    let bytes = if device_only {
+        save_device_only(vm, &mut out)
+    } else {
+        save(vm, &mut out).map(|s| s.total)
+    }
+    .context(SaveSnafu)?;
+    // An error above dropped `file`, which removed the partial temporary file.
+    file.commit().context(FileSnafu)?;
+    Ok(bytes)
+}
+
+/// A writer that fails with "no space left" once `left` bytes went through (never with
+/// `None`).
+struct FailAfter<'a, W: Write> {
+    inner: &'a mut W,
+    left: Option<u64>,
+}
+
+impl<W: Write> Write for FailAfter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match self.left {
+            None => buf.len(),
+            Some(0) => return Err(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            Some(left) => buf.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
+        };
+        let n = self.inner.write(&buf[..n])?;
+        if let Some(left) = self.left.as_mut() {
+            *left -= n as u64;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Write only the bytes the device-state region produced (a device context file). The

@@ -1,14 +1,12 @@
 //! `dump`: run to a point and save.
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 
 use slog::Logger;
 use snafu::ResultExt;
 use vmm::StopAt;
 
-use super::{boot, FileSnafu, Result};
+use super::{boot, Result, SnapshotFileSnafu};
 use crate::cli::{Vcpu, WorkloadArgs};
 
 #[allow(clippy::too_many_arguments)]
@@ -33,19 +31,8 @@ pub fn run(
             vm.run_kvm(stop)?;
         }
     }
-    let file = File::create(out).context(FileSnafu {
-        what: "cannot create",
-        path: out,
-    })?;
-    let mut file = BufWriter::new(file);
-    if device_only {
-        vmm::snapshot::save_device_only(&mut vm, &mut file)?;
-    } else {
-        vmm::snapshot::save(&mut vm, &mut file)?;
-    }
-    std::io::Write::flush(&mut file).context(FileSnafu {
-        what: "cannot write",
-        path: out,
-    })?;
+    // Written under a temporary name and renamed when complete: a full disk or an
+    // interrupted dump never leaves a file that restores.
+    vmm::snapshot::save_file(&mut vm, out, device_only).context(SnapshotFileSnafu)?;
     Ok(())
 }

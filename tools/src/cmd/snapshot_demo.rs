@@ -2,7 +2,7 @@
 //! other host resources, finish, and compare everything the guest can see.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::BufReader;
 use std::path::Path;
 use std::time::Instant;
 use vgpu_platform::VgpuVm;
@@ -13,7 +13,7 @@ use snafu::ResultExt;
 use vgpu_sim::regs;
 use vmm::StopAt;
 
-use super::{boot, CliError, FileSnafu, Result};
+use super::{boot, CliError, FileSnafu, Result, SnapshotFileSnafu};
 use crate::cli::WorkloadArgs;
 use crate::output::{write_png, RunReport};
 
@@ -74,18 +74,7 @@ pub fn run(
     write_png(&mut src, &png_before)?;
     let snap = dir.join("snapshot.vgm");
     let t = Instant::now();
-    {
-        let f = File::create(&snap).context(FileSnafu {
-            what: "cannot create",
-            path: &snap,
-        })?;
-        let mut f = BufWriter::new(f);
-        vmm::snapshot::save(&mut src, &mut f)?;
-        f.flush().context(FileSnafu {
-            what: "cannot write",
-            path: &snap,
-        })?;
-    }
+    vmm::snapshot::save_file(&mut src, &snap, false).context(SnapshotFileSnafu)?;
     let save_ms = t.elapsed().as_secs_f64() * 1e3;
     let snapshot_bytes = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
     drop(src);
