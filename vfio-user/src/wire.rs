@@ -124,6 +124,7 @@ fn send_iov(fd: RawFd, iov: &[libc::iovec], fds: &[RawFd]) -> io::Result<usize> 
     let space = if fds.is_empty() {
         0
     } else {
+        // SAFETY: CMSG_SPACE only computes a size.
         (unsafe { libc::CMSG_SPACE(fd_bytes as u32) }) as usize
     };
     let mut cbuf = vec![0u64; space.div_ceil(8)];

@@ -78,7 +78,9 @@ impl Session {
             VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT if has_log => (true, false),
             _ => (false, false),
         };
-        if (!can_get && !can_set) || (get && !can_get) || (set && !can_set) {
+        let supported = can_get || can_set;
+        let method_ok = (!get || can_get) && (!set || can_set);
+        if !supported || !method_ok {
             return Err((
                 libc::ENOTSUP,
                 format!(
@@ -168,7 +170,7 @@ impl Session {
                 if ranges.is_empty() {
                     ranges.push(DmaRange {
                         iova: 0,
-                        length: u64::MAX & !(page_size.max(1) - 1),
+                        length: !(page_size.max(1) - 1),
                     });
                 }
                 let log = dev.dma_dirty_log().ok_or_else(|| inval("no log"))?;
