@@ -20,4 +20,4 @@ pub mod region;
 #[cfg(test)]
 mod testutil;
 
-pub use region::{StateRegion, DATA_OFFSET, DEFAULT_WINDOW, MIGRATION_REGION_TYPE};
+pub use region::{StateRegion, V1Checks, DATA_OFFSET, DEFAULT_WINDOW, MIGRATION_REGION_TYPE};

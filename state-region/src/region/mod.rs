@@ -101,6 +101,26 @@ const REGION_OFFSET_SHIFT: u32 = 40;
 /// `Result` with a [`DeviceError`].
 pub type Result<T, E = DeviceError> = std::result::Result<T, E>;
 
+/// How strictly the region checks the VMM's access sequence.
+///
+/// The uAPI describes the v1 sequences (vfio.h, `struct vfio_device_migration_info`:
+/// read `pending_bytes`, then `data_offset`, then `data_size`, then the data; on resume write
+/// the data, then `data_size`) but a kernel driver cannot see every step of them (the data
+/// area may be mmap'ed). [`V1Checks::Strict`], the default, refuses steps out of order so
+/// that a VMM bug shows up here rather than against a real device; [`V1Checks::Lenient`]
+/// accepts what a driver that cannot check would accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum V1Checks {
+    /// Refuse out-of-order steps: `data_size` or the window read before `data_offset`, a
+    /// window read past the staged chunk, a `data_size` larger than what was written.
+    #[default]
+    Strict,
+    /// Accept them: reading `data_size` or the window stages and exposes the chunk as
+    /// `data_offset` would; bytes past the chunk read as zero; `data_size` is taken as
+    /// written (up to the window).
+    Lenient,
+}
+
 /// Which direction the device's data stream flows, as the region last saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Mode {
@@ -158,6 +178,7 @@ pub struct StateRegion {
     /// support the pre-copy state even for implementations where no data is provided",
     /// vfio.h, `struct vfio_device_migration_info`).
     empty_precopy: bool,
+    checks: V1Checks,
     log: Logger,
 }
 
@@ -193,6 +214,7 @@ impl StateRegion {
             resume: ResumeStage::default(),
             stream: None,
             empty_precopy: false,
+            checks: V1Checks::Strict,
             log: Logger::root(Discard, o!()),
         }
     }
@@ -200,6 +222,12 @@ impl StateRegion {
     /// The region index the device exposes this region at (used in error messages).
     pub fn with_index(mut self, index: u32) -> Self {
         self.index = index;
+        self
+    }
+
+    /// Check the VMM's access sequence as `checks` says (default: strict).
+    pub fn with_checks(mut self, checks: V1Checks) -> Self {
+        self.checks = checks;
         self
     }
 

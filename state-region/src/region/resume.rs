@@ -4,7 +4,7 @@ use mdev_core::device::InvalidStateSnafu;
 use mdev_core::MigrationDevice;
 use slog::debug;
 
-use super::{Mode, Result, StateRegion};
+use super::{Mode, Result, StateRegion, V1Checks};
 
 impl StateRegion {
     /// Bytes of the next chunk, `offset` bytes into the window.
@@ -53,7 +53,7 @@ impl StateRegion {
         }
         // Not above the window size, a usize.
         let size = size as usize;
-        if size > self.resume.filled {
+        if size > self.resume.filled && self.checks == V1Checks::Strict {
             return InvalidStateSnafu {
                 what: format!(
                     "data_size {size} is more than the {} bytes written to the data window",

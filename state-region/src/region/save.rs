@@ -4,7 +4,7 @@ use mdev_core::device::InvalidStateSnafu;
 use mdev_core::{MigState, MigrationDevice, MigrationError};
 use slog::debug;
 
-use super::{Mode, Result, SaveStage, StateRegion, DATA_OFFSET};
+use super::{Mode, Result, SaveStage, StateRegion, V1Checks, DATA_OFFSET};
 
 impl StateRegion {
     /// `pending_bytes`: release the chunk the VMM read, stage ahead if nothing is staged,
@@ -51,7 +51,10 @@ impl StateRegion {
 
     /// `data_size`: the exposed chunk's size while saving, the last size written while
     /// resuming, 0 otherwise.
-    pub(super) fn read_data_size(&self, dev: &dyn MigrationDevice) -> Result<u64> {
+    pub(super) fn read_data_size(&mut self, dev: &mut dyn MigrationDevice) -> Result<u64> {
+        if self.mode == Mode::Saving && !self.save.exposed && self.checks == V1Checks::Lenient {
+            self.read_data_offset(dev)?;
+        }
         match self.mode {
             Mode::Saving if self.save.exposed => Ok(self.save.staged as u64),
             Mode::Saving => InvalidStateSnafu {
@@ -68,11 +71,15 @@ impl StateRegion {
 
     /// Bytes of the exposed chunk, `offset` bytes into the window.
     pub(super) fn read_window(
-        &self,
-        dev: &dyn MigrationDevice,
+        &mut self,
+        dev: &mut dyn MigrationDevice,
         offset: usize,
         data: &mut [u8],
     ) -> Result<()> {
+        let lenient = self.checks == V1Checks::Lenient;
+        if lenient && self.mode == Mode::Saving && !self.save.exposed {
+            self.read_data_offset(dev)?;
+        }
         if self.mode != Mode::Saving {
             return InvalidStateSnafu {
                 what: format!(
@@ -89,6 +96,13 @@ impl StateRegion {
             .fail();
         }
         let end = offset + data.len();
+        if end > self.save.staged && lenient {
+            // Past the chunk reads as zero.
+            data.fill(0);
+            let n = self.save.staged.saturating_sub(offset);
+            data[..n].copy_from_slice(&self.window[offset..offset + n]);
+            return Ok(());
+        }
         if end > self.save.staged {
             return InvalidStateSnafu {
                 what: format!(

@@ -660,3 +660,42 @@ fn the_region_closes_the_session_and_a_reset_makes_it_stale() {
     let what = invalid_state(rig.rd(Field::PendingBytes));
     assert!(what.contains("ENODEV"), "{what}");
 }
+
+// V1Checks::Lenient accepts the out-of-order steps the strict default refuses: data_size
+// and the window read before data_offset (the chunk is staged as data_offset would),
+// window bytes past the chunk (zero), a data_size larger than what was written.
+#[test]
+fn lenient_checks_accept_what_strict_refuses() {
+    let mut strict = Rig::new(4096, 1000, 0);
+    strict.set(STOP_COPY).unwrap();
+    assert_eq!(strict.rd(Field::PendingBytes).unwrap(), 1000);
+    invalid_state(strict.rd(Field::DataSize));
+    invalid_state(strict.rd_window(0, 16));
+
+    let mut rig = Rig::new(4096, 1000, 0);
+    rig.region = StateRegion::new(4096)
+        .with_index(3)
+        .with_checks(V1Checks::Lenient);
+    rig.set(STOP_COPY).unwrap();
+    assert_eq!(rig.rd(Field::PendingBytes).unwrap(), 1000);
+    assert_eq!(rig.rd(Field::DataSize).unwrap(), 1000);
+    let w = rig.rd_window(990, 20).unwrap();
+    assert_eq!(&w[..10], &pattern(1000)[990..]);
+    assert_eq!(&w[10..], &[0; 10]);
+    assert_eq!(rig.rd(Field::PendingBytes).unwrap(), 0);
+
+    let mut rig = Rig::new(4096, 0, 0);
+    rig.region = StateRegion::new(4096)
+        .with_index(3)
+        .with_checks(V1Checks::Lenient);
+    rig.set(STOP).unwrap();
+    rig.set(RESUMING).unwrap();
+    rig.wr_window(0, &[7; 10]).unwrap();
+    rig.wr(Field::DataSize, 20).unwrap();
+    assert_eq!(rig.dev.streams.received.len(), 20);
+    let mut strict = Rig::new(4096, 0, 0);
+    strict.set(STOP).unwrap();
+    strict.set(RESUMING).unwrap();
+    strict.wr_window(0, &[7; 10]).unwrap();
+    invalid_state(strict.wr(Field::DataSize, 20));
+}

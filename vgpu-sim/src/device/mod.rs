@@ -41,7 +41,7 @@ use mdev_core::{IrqSink, MigState, MigrationController};
 use pci_config_replay::ConfigSpace;
 use shadow_pt::{DirtyTracking, ShadowGtt};
 use slog::{o, Discard, Logger};
-use state_region::{StateRegion, DEFAULT_WINDOW};
+use state_region::{StateRegion, V1Checks, DEFAULT_WINDOW};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
 
@@ -81,6 +81,9 @@ pub struct VgpuConfig {
     /// The v2 migration features offered (`VFIO_MIGRATION_*`): STOP_COPY is mandatory,
     /// P2P and PRE_COPY optional (the uAPI lets a driver offer any such set).
     pub migration_features: u32,
+    /// How strictly the v1 region checks the VMM's access sequence (strict by default,
+    /// to catch VMM bugs; lenient accepts what a driver that cannot check would).
+    pub v1_checks: V1Checks,
 }
 
 impl VgpuConfig {
@@ -95,6 +98,7 @@ impl VgpuConfig {
             state_window: DEFAULT_WINDOW,
             clock: Arc::new(MonotonicClock::default()),
             migration_features: MIGRATION_FEATURES,
+            v1_checks: V1Checks::Strict,
         }
     }
 }
@@ -156,6 +160,7 @@ impl Vgpu {
         })?;
         let region = StateRegion::new(cfg.state_window)
             .with_index(MIGRATION_REGION_INDEX)
+            .with_checks(cfg.v1_checks)
             .with_logger(log.clone());
         Ok(Self {
             ty,
