@@ -71,6 +71,10 @@ pub struct WorkloadArgs {
     /// p2p, pre-copy. Without pre-copy the device's data moves in stop-copy alone.
     #[arg(long, default_value = "stop-copy,p2p,pre-copy")]
     pub migration_features: String,
+    /// Where the device runs: `in-process`, or `vfio-user:PATH` (a device process serving
+    /// it on the socket PATH, see `serve`; guest RAM is then shared memory).
+    #[arg(long, default_value = "in-process")]
+    pub device: String,
 }
 
 fn parse_profile(s: &str) -> Result<vgpu_sim::workload::Profile, String> {
@@ -157,6 +161,9 @@ pub struct IncomingArgs {
     /// SWITCHOVER record: the source's vCPU is stopped).
     #[arg(long, hide = true, value_name = "PHASE")]
     pub stop_self_at: Option<String>,
+    /// Where this target's device runs: `in-process` or `vfio-user:PATH` (see `serve`).
+    #[arg(long, default_value = "in-process")]
+    pub device: String,
 }
 
 /// The subcommands.
@@ -253,6 +260,10 @@ pub enum Command {
         /// Directory for the PNGs.
         #[arg(long, default_value = "target/demo")]
         dir: PathBuf,
+        /// Run the device of each side in its own device process (`serve`), reached over
+        /// vfio-user: one for the source, one for the target.
+        #[arg(long)]
+        device_process: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

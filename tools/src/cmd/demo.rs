@@ -13,6 +13,7 @@ use slog::Logger;
 use snafu::ResultExt;
 
 use super::migrate::source;
+use super::serve::DeviceProcess;
 use super::{CliError, FileSnafu, Result};
 use crate::cli::{MigrateArgs, WorkloadArgs};
 
@@ -31,6 +32,8 @@ struct DemoReport {
     target: Value,
     png_before: String,
     png_after: String,
+    /// Where the devices ran: "in process", or the device processes' ids.
+    device: String,
 }
 
 /// Wait (at most a minute, a hang guard) until the target wrote its address to `ready`;
@@ -62,6 +65,7 @@ pub fn run(
     frames: u64,
     migrate_at: u64,
     dir: &Path,
+    device_process: bool,
     json: bool,
     log_level: slog::Level,
     log: &Logger,
@@ -81,6 +85,40 @@ pub fn run(
     // here and reused (another process could take it in between).
     let ready = dir.join("target.url");
     let _ = fs::remove_file(&ready);
+    // With --device-process, each side's device runs in a `serve` process of its own.
+    let devices = if device_process {
+        let extra = [
+            "--migration-features",
+            w.migration_features.as_str(),
+            "--dirty-tracking",
+            m.dirty_tracking.as_str(),
+        ];
+        let src = DeviceProcess::start(&dir.join("source-device.sock"), &w.mdev_type, &extra)?;
+        let dst = DeviceProcess::start(&dir.join("target-device.sock"), &w.mdev_type, &extra)?;
+        Some((src, dst))
+    } else {
+        None
+    };
+    let mut w = w.clone();
+    let (device, target_device) = match &devices {
+        Some((src, dst)) => {
+            w.device = src.device_arg();
+            (
+                format!(
+                    "device processes: pid {} (source), pid {} (target), over vfio-user",
+                    src.pid(),
+                    dst.pid()
+                ),
+                dst.device_arg(),
+            )
+        }
+        None if w.device == "in-process" => ("in process".to_string(), "in-process".to_string()),
+        None => (
+            format!("source device at {}; target in process", w.device),
+            "in-process".to_string(),
+        ),
+    };
+    let w = &w;
     let exe = std::env::current_exe().map_err(|e| CliError::Check {
         msg: format!("cannot find this program to start the target: {e}"),
     })?;
@@ -99,6 +137,7 @@ pub fn run(
         .args(["--frames", &frames.to_string()])
         .args(["--peer-timeout", &m.peer_timeout.to_string()])
         .args(["--migration-features", &w.migration_features])
+        .args(["--device", &target_device])
         .arg("--ready-file")
         .arg(&ready)
         .stdout(Stdio::piped())
@@ -151,6 +190,7 @@ pub fn run(
         png_before: before.display().to_string(),
         png_after: after.display().to_string(),
         vcpu: m.vcpu.name(),
+        device,
     };
     if json {
         println!(
@@ -194,6 +234,7 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
         "vgpu-migrate demo: {} | {} | {}x{} | {} triangles | seed {} | {} frames, migration at frame {} | vCPU {}",
         w.mdev_type, w.profile.name(), wp.width, wp.height, wp.triangles, w.seed, frames, k, r.vcpu
     );
+    println!("  device: {}", r.device);
     if let Some(e) = err {
         println!("  migration FAILED: {e}");
         return;

@@ -83,10 +83,13 @@ pub fn run(
         bar_region_offset: 0,
         mdev_type: mdev_type.to_string(),
         irq_sink_base: 500,
-        factory: vgpu_platform::factory_with(
-            parse_tracking(tracking)?,
-            super::parse_features(&args.migration_features)?,
-        ),
+        factory: super::serve::attach(
+            &args.device,
+            vgpu_platform::factory_with(
+                parse_tracking(tracking)?,
+                super::parse_features(&args.migration_features)?,
+            ),
+        )?,
         fail_at,
         peer_timeout,
         stop_self_at,

@@ -121,8 +121,19 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             frames,
             migrate_at,
             dir,
+            device_process,
             json,
-        } => demo::run(&w, &m, frames, migrate_at, &dir, json, log_level, log),
+        } => demo::run(
+            &w,
+            &m,
+            frames,
+            migrate_at,
+            &dir,
+            device_process,
+            json,
+            log_level,
+            log,
+        ),
         Command::Incoming {
             listen,
             link,
@@ -226,7 +237,10 @@ pub fn boot_with(
         .ok_or_else(|| CliError::Usage {
             msg: format!("--ram-mib {} is too large", w.ram_mib),
         })?;
-    cfg.factory = vgpu_platform::factory_with(tracking, parse_features(&w.migration_features)?);
+    cfg.factory = serve::attach(
+        &w.device,
+        vgpu_platform::factory_with(tracking, parse_features(&w.migration_features)?),
+    )?;
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&w.params(frames))?;
     Ok(vm)

@@ -71,3 +71,82 @@ pub fn run(
             source,
         })
 }
+
+/// The factory for `--device`: `inner` itself for `in-process`, or a VM whose device is
+/// the one served at `vfio-user:PATH` (with `inner`'s guest and layout).
+pub fn attach(device: &str, inner: Arc<dyn VmFactory>) -> Result<Arc<dyn VmFactory>> {
+    match device.split_once(':') {
+        _ if device == "in-process" => Ok(inner),
+        Some(("vfio-user", path)) if !path.is_empty() => Ok(Arc::new(
+            vgpu_platform::RemoteFactory::new(inner, path.into()),
+        )),
+        _ => Err(CliError::Usage {
+            msg: format!("--device '{device}' is not in-process or vfio-user:PATH"),
+        }),
+    }
+}
+
+/// A `serve` child of this program, killed when dropped.
+#[derive(Debug)]
+pub struct DeviceProcess {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl DeviceProcess {
+    /// Start `serve --type device_type --socket socket` with `extra` arguments and wait (a
+    /// minute at most) until it listens.
+    pub fn start(socket: &Path, device_type: &str, extra: &[&str]) -> Result<Self> {
+        let exe = std::env::current_exe().map_err(|e| CliError::Check {
+            msg: format!("cannot find this program to start a device process: {e}"),
+        })?;
+        let _ = std::fs::remove_file(socket);
+        let child = std::process::Command::new(exe)
+            .args(["serve", "--type", device_type, "--socket"])
+            .arg(socket)
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| CliError::Check {
+                msg: format!("cannot start a device process: {e}"),
+            })?;
+        let mut me = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !me.socket.exists() {
+            if let Ok(Some(status)) = me.child.try_wait() {
+                return Err(CliError::Check {
+                    msg: format!("the device process exited before it listened ({status})"),
+                });
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(CliError::Check {
+                    msg: "the device process did not listen within a minute".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(me)
+    }
+
+    /// `--device` value that attaches this device.
+    pub fn device_arg(&self) -> String {
+        format!("vfio-user:{}", self.socket.display())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mdev_core::VfioDevice;
-use slog::{info, o, warn, Logger};
+use slog::{debug, info, o, warn, Logger};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::GuestMemoryMmap;
 
@@ -175,7 +175,12 @@ impl Server {
             let (flags, error, payload, fds) = match result {
                 Ok(r) => (FLAGS_TYPE_REPLY, 0, r.payload, r.fds),
                 Err((errno, why)) => {
-                    warn!(log, "request refused"; "command" => h.command, "errno" => errno, "why" => why);
+                    if errno == libc::ENOMSG {
+                        // Nothing to read in PRE_COPY for now: routine, not a fault.
+                        debug!(log, "request refused"; "command" => h.command, "errno" => errno, "why" => why);
+                    } else {
+                        warn!(log, "request refused"; "command" => h.command, "errno" => errno, "why" => why);
+                    }
                     (
                         FLAGS_TYPE_REPLY | FLAGS_ERROR,
                         errno as u32,
