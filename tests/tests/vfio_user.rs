@@ -380,3 +380,93 @@ fn a_second_client_is_refused_while_one_is_served() {
     let mut vm = booted_remote(&dev, 1);
     vm.run(StopAt::Done).unwrap();
 }
+
+#[test]
+fn the_target_device_process_dying_leaves_the_source_running() {
+    let src_dev = DeviceProcess::start("tdie-src", "vgpu-64", &[]);
+    let mut dst_dev = DeviceProcess::start("tdie-dst", "vgpu-64", &[]);
+    let (url, target) = spawn_target(vgpu_remote(&dst_dev), "vgpu-64");
+    let mut src = booted_remote(&src_dev, OUT_OF_REACH);
+    src.run(StopAt::Frame(1)).unwrap();
+    let o = SourceOptions {
+        protocol: Protocol::V2,
+        max_rounds: 50,
+        downtime_limit: Duration::from_micros(1),
+        auto_converge: false,
+        ..SourceOptions::default()
+    };
+    let mut killed = false;
+    let res = migration::migrate(&mut src, &url, &o, &mut |_| {
+        if !killed {
+            dst_dev.kill();
+            killed = true;
+        }
+    });
+    let err = res
+        .expect_err("the target cannot resume without its device")
+        .to_string();
+    assert!(!err.contains('\n'), "one line: {err}");
+    let terr = target
+        .join()
+        .unwrap()
+        .expect_err("the target discards the migration");
+    assert!(
+        terr.contains("device"),
+        "the target says its device failed: {terr}"
+    );
+    // The source's device is alive: its guest goes on and finishes as if nothing happened.
+    let frames = submitted(&mut src).max(FRAMES);
+    src.set_frame_limit(frames).unwrap();
+    src.run(StopAt::Done).unwrap();
+    assert_eq!(
+        outcome(&mut src, frames),
+        reference("vgpu-64", frames, SEED)
+    );
+}
+
+#[test]
+fn a_hung_source_device_process_costs_one_deadline_not_a_hang() {
+    let src_dev = DeviceProcess::start("hang-src", "vgpu-64", &[]);
+    let dst_dev = DeviceProcess::start("hang-dst", "vgpu-64", &[]);
+    let (url, target) = spawn_target(vgpu_remote(&dst_dev), "vgpu-64");
+    let mut factory = RemoteFactory::new(
+        vgpu_platform::factory(DirtyTracking::ShadowPt),
+        src_dev.socket.clone(),
+    );
+    factory.client.deadline = Duration::from_millis(500);
+    let mut cfg = VmConfig::new("vgpu-64", Arc::new(factory), quiet());
+    cfg.ram_size = 64 << 20;
+    let mut src = Vm::new(&cfg).unwrap();
+    src.boot(&small_params(OUT_OF_REACH, SEED)).unwrap();
+    src.run(StopAt::Frame(1)).unwrap();
+    let o = SourceOptions {
+        protocol: Protocol::V2,
+        max_rounds: 50,
+        downtime_limit: Duration::from_micros(1),
+        auto_converge: false,
+        ..SourceOptions::default()
+    };
+    let pid = src_dev.child.id() as i32;
+    let mut stopped = false;
+    let started = Instant::now();
+    let res = migration::migrate(&mut src, &url, &o, &mut |_| {
+        if !stopped {
+            // SAFETY: sends SIGSTOP to our own child process.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+            stopped = true;
+        }
+    });
+    let err = res
+        .expect_err("a hung device cannot be migrated")
+        .to_string();
+    assert!(stopped);
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(err.contains("device"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "deadlines bound every wait"
+    );
+    assert!(target.join().unwrap().is_err());
+    // SAFETY: resumes our own child so that its Drop can reap it.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+}
