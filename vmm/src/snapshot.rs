@@ -1,8 +1,10 @@
 //! Snapshots: the migration stream written to a file, and read back into a fresh VM.
 //!
-//! Saving drives the device only through its device-state region (the v1 sequence:
-//! `device_state = SAVING`, then `pending_bytes` / `data_offset` / `data_size` / data until
-//! `pending_bytes` is 0), as QEMU drives a VFIO device through `pread`/`pwrite`. Restoring
+//! Saving drives the device through its device-state region when it has one (the v1
+//! sequence: `device_state = SAVING`, then `pending_bytes` / `data_offset` / `data_size` /
+//! data until `pending_bytes` is 0), as QEMU drives a VFIO device through `pread`/`pwrite`,
+//! and through the v2 state machine and data stream when it offers v2 alone
+//! ([`SnapshotDevice`]). Restoring
 //! creates a fresh VM of the stream's mdev type, puts its device in RESUMING, writes the
 //! chunks in order, and only after the whole stream's digest verified stops the device
 //! (RESUMING -> STOP: the device validates and commits), replays PCI config, restores the
@@ -13,6 +15,9 @@
 //! full disk or an interrupted save never leaves a file that restores.
 
 pub mod atomic;
+mod device;
+
+pub use device::SnapshotDevice;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -20,10 +25,6 @@ use std::path::Path;
 use pci_config_replay::ConfigSpaceState;
 use slog::info;
 use snafu::{ResultExt, Snafu};
-use state_region::driver as v1;
-use vfio_bindings::bindings::vfio::{
-    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_RUNNING, VFIO_DEVICE_STATE_V1_SAVING,
-};
 
 use crate::error::*;
 use crate::memory::{self, PAGE_SIZE};
@@ -78,20 +79,15 @@ pub fn write_all_ram<W: Write>(vm: &Vm, w: &mut StreamWriter<W>) -> Result<()> {
     Ok(())
 }
 
-/// Drain the device's stop-and-copy data through the v1 region into the stream.
-pub fn save_device_v1<W: Write>(vm: &mut Vm, w: &mut StreamWriter<W>) -> Result<()> {
-    let index = state_region_index(vm)?;
-    let dev = vm.device();
-    v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
-        doing: "entering stop-and-copy",
-    })?;
-    v1::save_chunks(dev, index, |chunk| w.device_data(chunk)).map_err(|e| match e {
-        v1::SaveError::Consumer { source } => VmmError::Stream { source },
-        v1::SaveError::Region { source } => VmmError::Device {
-            doing: "saving the device state",
-            source,
-        },
-    })?;
+/// Drain the device's stop-and-copy data (through the v1 region, or v2 for a device
+/// without one) into the stream.
+pub fn save_device<W: Write>(vm: &mut Vm, w: &mut StreamWriter<W>) -> Result<()> {
+    let mut dev = SnapshotDevice::of(vm)?;
+    dev.save(
+        vm,
+        |chunk| w.device_data(chunk),
+        |source| VmmError::Stream { source },
+    )?;
     w.device_end().context(StreamSnafu)?;
     Ok(())
 }
@@ -101,7 +97,7 @@ pub fn save_device_v1<W: Write>(vm: &mut Vm, w: &mut StreamWriter<W>) -> Result<
 pub fn save<W: Write>(vm: &mut Vm, out: W) -> Result<WriteStats> {
     let mut w = StreamWriter::new(out, &header(vm)).context(StreamSnafu)?;
     write_all_ram(vm, &mut w)?;
-    save_device_v1(vm, &mut w)?;
+    save_device(vm, &mut w)?;
     w.config(&config_bytes(vm)?).context(StreamSnafu)?;
     let vcpu = vm.vcpu_record()?.to_bytes();
     w.vcpu(&vcpu).context(StreamSnafu)?;
@@ -188,21 +184,14 @@ impl<W: Write> Write for FailAfter<'_, W> {
 /// Write only the bytes the device-state region produced (a device context file). The
 /// device is left in STOP_COPY.
 pub fn save_device_only<W: Write>(vm: &mut Vm, mut out: W) -> Result<u64> {
-    let index = state_region_index(vm)?;
-    let dev = vm.device();
-    v1::set_device_state(dev, index, VFIO_DEVICE_STATE_V1_SAVING).context(DeviceSnafu {
-        doing: "entering stop-and-copy",
-    })?;
-    let pass = v1::save_chunks(dev, index, |chunk| out.write_all(chunk)).map_err(|e| match e {
-        v1::SaveError::Consumer { source } => VmmError::Stream {
+    let mut dev = SnapshotDevice::of(vm)?;
+    dev.save(
+        vm,
+        |chunk| out.write_all(chunk),
+        |source| VmmError::Stream {
             source: crate::stream::StreamError::Io { offset: 0, source },
         },
-        v1::SaveError::Region { source } => VmmError::Device {
-            doing: "saving the device state",
-            source,
-        },
-    })?;
-    Ok(pass.bytes)
+    )
 }
 
 /// The guest-visible config state, read through the device's config region and BAR0.
@@ -213,10 +202,7 @@ pub fn config_bytes(vm: &mut Vm) -> Result<Vec<u8>> {
 
 /// Put a source device back to RUNNING after a save (or a failed migration).
 pub fn resume_source(vm: &mut Vm) -> Result<()> {
-    let index = state_region_index(vm)?;
-    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(DeviceSnafu {
-        doing: "resuming the source device",
-    })
+    SnapshotDevice::of(vm)?.run(vm)
 }
 
 /// Read a stream into a fresh VM built from `base` (this host's factory, interrupt sinks,
@@ -229,37 +215,29 @@ pub fn restore_with<R: Read>(input: R, base: &VmConfig) -> Result<Vm> {
     cfg.mdev_type = h.mdev_type.clone();
     cfg.ram_size = h.ram_size;
     let mut vm = Vm::new(&cfg)?;
-    let index = state_region_index(&vm)?;
-    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RESUMING).context(
-        DeviceSnafu {
-            doing: "entering resuming",
-        },
-    )?;
+    let mut dev = SnapshotDevice::of(&mut vm)?;
+    dev.start_resume(&mut vm)?;
     let mut config = None;
     let mut vcpu = None;
     while let Some(rec) = r.next_record().context(StreamSnafu)? {
-        apply_record(&mut vm, index, rec, &mut config, &mut vcpu)?;
+        apply_record(&mut vm, &mut dev, rec, &mut config, &mut vcpu)?;
     }
-    finish_restore(&mut vm, index, config, vcpu)?;
+    finish_restore(&mut vm, &mut dev, config, vcpu)?;
     info!(vm.log(), "snapshot restored"; "mdev_type" => &h.mdev_type, "bytes" => r.offset());
     Ok(vm)
 }
 
 /// Apply one record to a target VM whose device is RESUMING (snapshot restore: device data
-/// goes through the v1 region).
+/// goes through `dev`).
 pub fn apply_record(
     vm: &mut Vm,
-    index: u32,
+    dev: &mut SnapshotDevice,
     rec: Record,
     config: &mut Option<Vec<u8>>,
     vcpu: &mut Option<Vec<u8>>,
 ) -> Result<()> {
     match rec {
-        Record::DeviceData(chunk) => {
-            v1::resume_chunk(vm.device(), index, &chunk).map_err(|e| VmmError::DeviceRejected {
-                reason: e.to_string(),
-            })?
-        }
+        Record::DeviceData(chunk) => dev.load_chunk(vm, &chunk)?,
         Record::Config(b) => *config = Some(b),
         Record::Vcpu(b) => *vcpu = Some(b),
         other => apply_record_ram(vm, other)?,
@@ -334,21 +312,14 @@ pub fn restore_vcpu(vm: &mut Vm, state: &SavedVcpu) -> Result<()> {
 /// After the stream verified: commit the device, replay config, restore the vCPU, run.
 pub fn finish_restore(
     vm: &mut Vm,
-    index: u32,
+    dev: &mut SnapshotDevice,
     config: Option<Vec<u8>>,
     vcpu: Option<Vec<u8>>,
 ) -> Result<()> {
     let (saved, vcpu) = decode_state(vm, config, vcpu)?;
     // RESUMING -> STOP: the device validates the whole context and commits it.
-    v1::set_device_state(vm.device(), index, 0).map_err(|e| VmmError::DeviceRejected {
-        reason: e.to_string(),
-    })?;
+    dev.commit(vm)?;
     replay_config(vm, &saved)?;
     restore_vcpu(vm, &vcpu)?;
-    v1::set_device_state(vm.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).context(
-        DeviceSnafu {
-            doing: "starting the restored device",
-        },
-    )?;
-    Ok(())
+    dev.run(vm)
 }

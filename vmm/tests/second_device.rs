@@ -321,18 +321,37 @@ fn a_tampered_device_state_is_refused_by_the_device_and_the_source_runs_on() {
     assert_eq!(finish(&mut src, LIMIT), reference(LIMIT));
 }
 
-/// Snapshots still go through the v1 device-state region: without one, a snapshot is
-/// refused with a clear error and the VM runs on (v2 live migration does not need it, see
-/// above).
+/// A device that offers v2 alone (the v1 region is deprecated in the uAPI) is snapshotted
+/// through the v2 state machine and data stream: save, restore into a fresh VM, and both
+/// finish like a run that never stopped.
 #[test]
-fn without_the_v1_region_a_snapshot_is_refused_and_the_vm_runs_on() {
+fn without_the_v1_region_a_snapshot_goes_through_v2() {
     let no_v1 = SerialFactory {
         v1_region: false,
         dma_log: true,
     };
     let mut src = booted(no_v1, LIMIT);
-    src.run(StopAt::Command(300)).unwrap();
-    let e = vmm::snapshot::save(&mut src, Vec::new()).unwrap_err();
-    assert!(matches!(e, VmmError::NoStateRegion), "{e}");
-    assert_eq!(finish(&mut src, LIMIT), reference(LIMIT));
+    stop_mid_stream(&mut src, 777);
+    let mut snap = Vec::new();
+    vmm::snapshot::save(&mut src, &mut snap).expect("save over v2");
+    let host_b = config(no_v1, 9000, 0x7_0000);
+    let mut dst = vmm::snapshot::restore_with(&snap[..], &host_b).expect("restore over v2");
+    assert_eq!(dst.command_count(), 777, "the device's state came along");
+    let want = reference(LIMIT);
+    assert_eq!(finish(&mut dst, LIMIT), want);
+    vmm::snapshot::resume_source(&mut src).expect("resume the source");
+    assert_eq!(finish(&mut src, LIMIT), want);
+    // A tampered v2 snapshot is refused by the device.
+    let mut src = booted(no_v1, LIMIT);
+    stop_mid_stream(&mut src, 300);
+    let mut snap = Vec::new();
+    vmm::snapshot::save(&mut src, &mut snap).unwrap();
+    let bad = tamper(&snap, |state| {
+        let n = state.len();
+        state[n - 1] ^= 1;
+    });
+    let e = vmm::snapshot::restore_with(&bad[..], &host_b)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checksum"), "the device refused it: {e}");
 }
