@@ -55,6 +55,29 @@ pub struct RunReport {
     /// What the KVM run did (exits, interrupts, device work), with `--vcpu kvm`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvm: Option<vmm::KvmRunReport>,
+    /// The workload's profile, size and cost, and how fast it ran (`run`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadFigures>,
+}
+
+/// What a run's workload asks of each frame, and its speed.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadFigures {
+    /// Profile name.
+    pub profile: &'static str,
+    /// Render width.
+    pub width: u32,
+    /// Render height.
+    pub height: u32,
+    /// Triangles submitted per frame (every pass).
+    pub triangles_per_frame: u64,
+    /// Bytes of graphics memory each frame rewrites (page granular: colour buffer, depth
+    /// buffer, render-to-texture targets and their depth, uploaded texture slots).
+    pub gmem_dirty_bytes_per_frame: u64,
+    /// Frames per second: frames over the wall time of the run (boot excluded).
+    pub fps: f64,
+    /// `gmem_dirty_bytes_per_frame * fps`, in MB/s.
+    pub gmem_dirty_mb_per_s: f64,
 }
 
 impl RunReport {
@@ -69,6 +92,7 @@ impl RunReport {
             gmem_digest: vmm::memory::hex(&vm.gmem_digest()),
             vcpu: if vm.on_kvm() { "kvm" } else { "sim" },
             kvm: None,
+            workload: None,
         }
     }
 

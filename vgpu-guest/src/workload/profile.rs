@@ -105,13 +105,13 @@ impl Profile {
             Profile::Heavy => ProfileSpec {
                 width: 1920,
                 height: 1080,
-                triangles: 60_000,
+                triangles: 20_000,
                 objects: 24,
-                uploads: 96,
-                passes: 4,
+                uploads: 512,
+                passes: 2,
                 rtt_size: 512,
                 pool: 48,
-                slots: 96,
+                slots: 512,
             },
         }
     }
