@@ -8,6 +8,8 @@
 //!   rule of include/uapi/linux/vfio.h, which mlx5 and most variant drivers follow);
 //! - [`OnFailure::KeepLast`]: a failed arc keeps the last state reached, as
 //!   samples/vfio-mdev/mtty.c's `mtty_set_state` does;
+//! - over the v1 region, a write of `device_state` whose state is `fail_into` fails the same
+//!   way, and `device_state` reads 110 (the v1 ERROR) until a reset;
 //! - `enomsg_every`: reads of the data stream in PRE_COPY fail with `ENOMSG` although data
 //!   is there, as mlx5 does when its next chunk is not staged yet (more comes later).
 //!
@@ -16,7 +18,10 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use mdev_core::uapi::{vfio_device_info, vfio_irq_info, vfio_precopy_info};
+use mdev_core::uapi::{
+    vfio_device_info, vfio_irq_info, vfio_precopy_info, VFIO_DEVICE_STATE_MASK,
+    VFIO_DEVICE_STATE_V1_RESUMING, VFIO_DEVICE_STATE_V1_SAVING,
+};
 use mdev_core::{
     DataStream, DeviceError, DmaDirtyLog, IrqSink, MigState, MigTransition, MigrationDevice,
     MigrationError, RegionInfo, VfioDevice,
@@ -114,9 +119,28 @@ impl VfioDevice for ReferenceDriver {
         self.locked().region_info(index)
     }
     fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        if self.is_v1_device_state(index, offset, data.len()) && self.in_error {
+            // The v1 encoding of ERROR: SAVING | RESUMING.
+            let v1 = VFIO_DEVICE_STATE_V1_SAVING | VFIO_DEVICE_STATE_V1_RESUMING;
+            data.copy_from_slice(&v1.to_ne_bytes());
+            return Ok(());
+        }
         self.dev().region_read(index, offset, data)
     }
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if self.is_v1_device_state(index, offset, data.len()) {
+            let v1 = u32::from_ne_bytes(data.try_into().unwrap_or_default());
+            let target = mdev_core::v1_to_v2(v1 & VFIO_DEVICE_STATE_MASK);
+            if self.in_error || (target.is_some() && target == self.behaviour.fail_into) {
+                let from = self.mig_state();
+                let to = target.unwrap_or(MigState::Error);
+                if let Err(e) = self.set_mig_state(to) {
+                    return Err(DeviceError::InvalidState {
+                        what: format!("device_state {v1:#05b} ({from} -> {to}) failed: {e}"),
+                    });
+                }
+            }
+        }
         self.dev().region_write(index, offset, data)
     }
     fn irq_info(&self, index: u32) -> Result<vfio_irq_info, DeviceError> {
@@ -223,6 +247,17 @@ impl MigrationDevice for ReferenceDriver {
 }
 
 impl ReferenceDriver {
+    /// A whole access to `device_state` of the device's v1 region (offset 0 of the region
+    /// with the migration type capability).
+    fn is_v1_device_state(&self, index: u32, offset: u64, len: usize) -> bool {
+        offset == 0
+            && len == 4
+            && self
+                .locked()
+                .find_region(state_region::MIGRATION_REGION_TYPE)
+                == Some(index)
+    }
+
     fn locked(&self) -> std::sync::MutexGuard<'_, Box<dyn VfioDevice>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -106,7 +106,18 @@ fn mlx5_style_enomsg_in_precopy_is_nothing_for_now() {
 // fallback), says so, and the device runs again.
 #[test]
 fn an_arc_failing_into_error_is_recovered_by_a_reset() {
-    for fail_into in [MigState::PreCopy, MigState::StopCopy] {
+    for (protocol, fail_into) in [
+        (Protocol::V2, MigState::PreCopy),
+        (Protocol::V2, MigState::StopCopy),
+        // vfio.h v1: the VMM reads device_state back and, on ERROR (110), resets (QEMU's
+        // v1 path).
+        (Protocol::Region, MigState::PreCopy),
+        (Protocol::Region, MigState::StopCopy),
+    ] {
+        let opts = SourceOptions {
+            protocol,
+            ..SourceOptions::default()
+        };
         let double = DoubleFactory::new(
             vgpu_platform::factory(DirtyTracking::ShadowPt),
             Behaviour {
@@ -119,32 +130,40 @@ fn an_arc_failing_into_error_is_recovered_by_a_reset() {
         let mut src = source(&double);
         let bars = src.bars();
         let routes = src.routes();
-        let e = migration::migrate(&mut src, &url, &v2(), &mut |_| {})
+        let e = migration::migrate(&mut src, &url, &opts, &mut |_| {})
             .err()
-            .unwrap_or_else(|| panic!("{fail_into}: the migration should fail"))
+            .unwrap_or_else(|| panic!("{protocol:?}/{fail_into}: the migration should fail"))
             .to_string();
         assert!(
             target.join().unwrap().is_err(),
-            "{fail_into}: target discards"
+            "{protocol:?}/{fail_into}: target discards"
         );
-        assert!(e.contains("injected"), "{fail_into}: {e}");
+        assert!(e.contains("injected"), "{protocol:?}/{fail_into}: {e}");
         assert!(
             e.contains("was left in ERROR and was reset"),
-            "{fail_into}: {e}"
+            "{protocol:?}/{fail_into}: {e}"
         );
         let rec = double.record();
-        assert_eq!((rec.failed_arcs, rec.resets), (1, 1), "{fail_into}");
+        assert_eq!(
+            (rec.failed_arcs, rec.resets),
+            (1, 1),
+            "{protocol:?}/{fail_into}"
+        );
         let mig = src.device().migration().unwrap();
-        assert_eq!(mig.mig_state(), MigState::Running, "{fail_into}");
+        assert_eq!(
+            mig.mig_state(),
+            MigState::Running,
+            "{protocol:?}/{fail_into}"
+        );
         assert_eq!(
             src.bars(),
             bars,
-            "{fail_into}: the BAR map survives the reset"
+            "{protocol:?}/{fail_into}: the BAR map survives the reset"
         );
         assert_eq!(
             src.routes(),
             routes,
-            "{fail_into}: interrupt routing survives"
+            "{protocol:?}/{fail_into}: interrupt routing survives"
         );
     }
 }
@@ -154,7 +173,15 @@ fn an_arc_failing_into_error_is_recovered_by_a_reset() {
 // equals a run that never migrated.
 #[test]
 fn an_arc_failing_with_the_last_state_kept_loses_nothing() {
-    for fail_into in [MigState::PreCopy, MigState::StopCopy] {
+    for (protocol, fail_into) in [
+        (Protocol::V2, MigState::PreCopy),
+        (Protocol::V2, MigState::StopCopy),
+        (Protocol::Region, MigState::StopCopy),
+    ] {
+        let opts = SourceOptions {
+            protocol,
+            ..SourceOptions::default()
+        };
         let double = DoubleFactory::new(
             vgpu_platform::factory(DirtyTracking::ShadowPt),
             Behaviour {
@@ -165,17 +192,24 @@ fn an_arc_failing_with_the_last_state_kept_loses_nothing() {
         );
         let (url, target) = spawn_target();
         let mut src = source(&double);
-        let e = migration::migrate(&mut src, &url, &v2(), &mut |_| {})
+        let e = migration::migrate(&mut src, &url, &opts, &mut |_| {})
             .err()
-            .unwrap_or_else(|| panic!("{fail_into}: the migration should fail"))
+            .unwrap_or_else(|| panic!("{protocol:?}/{fail_into}: the migration should fail"))
             .to_string();
         assert!(
             target.join().unwrap().is_err(),
-            "{fail_into}: target discards"
+            "{protocol:?}/{fail_into}: target discards"
         );
-        assert!(!e.contains("reset"), "{fail_into}: no reset needed: {e}");
+        assert!(
+            !e.contains("reset"),
+            "{protocol:?}/{fail_into}: no reset needed: {e}"
+        );
         let rec = double.record();
-        assert_eq!((rec.failed_arcs, rec.resets), (1, 0), "{fail_into}");
+        assert_eq!(
+            (rec.failed_arcs, rec.resets),
+            (1, 0),
+            "{protocol:?}/{fail_into}"
+        );
         finish_and_check(&mut src, &format!("mtty-style failure into {fail_into}"));
     }
 }
