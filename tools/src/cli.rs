@@ -374,5 +374,8 @@ pub enum Command {
         /// Deadline in ms for the rest of a message once it started, and for replies.
         #[arg(long, default_value_t = 5000)]
         deadline_ms: u64,
+        /// Largest data transfer offered in VERSION (bytes; the client may ask for less).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_data_xfer_size: u32,
     },
 }

@@ -57,12 +57,15 @@ pub fn run(mdev_type: &str, what: &str, runs: usize, json: bool, log: &Logger) -
         "migration" => super::bench_migration::run(runs, json, log),
         "pipeline" => super::bench_migration::pipeline(runs, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
+        "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
             super::bench_migration::run(runs, json, log)
         }
         other => Err(CliError::Usage {
-            msg: format!("--what '{other}' is not context, migration, pipeline, kvm or all"),
+            msg: format!(
+                "--what '{other}' is not context, migration, pipeline, kvm, vfio-user or all"
+            ),
         }),
     }
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kvm;
 mod bench_migration;
+mod bench_vfio_user;
 mod demo;
 mod dump;
 mod incoming;
@@ -193,12 +194,14 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             dirty_tracking,
             migration_features,
             deadline_ms,
+            max_data_xfer_size,
         } => serve::run(
             &socket,
             &device_type,
             &dirty_tracking,
             &migration_features,
             deadline_ms,
+            max_data_xfer_size,
             log,
         ),
     }

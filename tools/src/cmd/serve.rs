@@ -38,8 +38,14 @@ pub fn run(
     tracking: &str,
     features: &str,
     deadline_ms: u64,
+    max_data_xfer_size: u32,
     log: &Logger,
 ) -> Result<()> {
+    if !(4096..=(16 << 20)).contains(&max_data_xfer_size) {
+        return Err(CliError::Usage {
+            msg: format!("--max-data-xfer-size {max_data_xfer_size} is outside 4096..=16777216"),
+        });
+    }
     let factory = factory_for(device_type, tracking, features)?;
     if socket.exists() {
         std::fs::remove_file(socket).map_err(|source| CliError::File {
@@ -53,10 +59,14 @@ pub fn run(
         path: socket.to_path_buf(),
         source,
     })?;
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         deadline: Duration::from_millis(deadline_ms.max(1)),
         ..ServerConfig::default()
     };
+    cfg.caps.max_data_xfer_size = max_data_xfer_size;
+    if let Some(m) = cfg.caps.migration.as_mut() {
+        m.max_bitmap_size = u64::from(max_data_xfer_size);
+    }
     info!(log, "serving"; "socket" => %socket.display(), "type" => device_type, "pid" => std::process::id());
     let server = Server::new(
         vgpu_platform::device_factory(factory, device_type),
@@ -135,6 +145,11 @@ impl DeviceProcess {
     /// `--device` value that attaches this device.
     pub fn device_arg(&self) -> String {
         format!("vfio-user:{}", self.socket.display())
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// The process id.
