@@ -192,7 +192,7 @@ fn v2_round_trip_carries_fifos_counters_scratch_and_pending_irq() {
 }
 
 #[test]
-fn refused_resume_changes_nothing_and_leaves_error() {
+fn refused_resume_changes_nothing_and_keeps_the_last_state() {
     let (mut src, _) = device();
     w(&mut src, REG_KEY, 9);
     let mut bytes = save(&mut src);
