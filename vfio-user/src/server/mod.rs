@@ -25,7 +25,7 @@ mod session;
 use std::fmt::Debug;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use mdev_core::VfioDevice;
@@ -88,6 +88,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// How long a new client waits for the slot of one that is leaving.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(1);
+
 /// Slack above `max_data_xfer_size` for the fixed part of a data message.
 const MSG_SLACK: usize = 4096;
 
@@ -115,9 +118,11 @@ impl Server {
     }
 
     /// Accept clients on `listener` until `stop` is set (checked between accepts), one at
-    /// a time: a client that connects while another is served is closed at once.
+    /// a time: a client that connects while another is served waits up to
+    /// [`RECONNECT_GRACE`] for the slot (a client that reconnects at once while the server
+    /// still tears down the last session), and is closed at once after that.
     pub fn serve(&self, listener: UnixListener, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-        let busy = Arc::new(AtomicBool::new(false));
+        let slot = Arc::new((Mutex::new(false), Condvar::new()));
         for conn in listener.incoming() {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -129,21 +134,31 @@ impl Server {
                     continue;
                 }
             };
-            if busy.swap(true, Ordering::AcqRel) {
-                warn!(
-                    self.log,
-                    "a second client was refused: one client at a time"
-                );
-                drop(stream);
-                continue;
+            {
+                let (busy, freed) = &*slot;
+                let guard = busy.lock().unwrap_or_else(|p| p.into_inner());
+                let (mut guard, _) = freed
+                    .wait_timeout_while(guard, RECONNECT_GRACE, |b| *b)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *guard {
+                    warn!(
+                        self.log,
+                        "a second client was refused: one client at a time"
+                    );
+                    drop(stream);
+                    continue;
+                }
+                *guard = true;
             }
             let me = self.clone();
-            let busy = busy.clone();
+            let slot = slot.clone();
             std::thread::spawn(move || {
                 me.serve_connection(&stream);
                 // Free the slot before the socket closes, so a client that reconnects as
                 // soon as it sees the close is served.
-                busy.store(false, Ordering::Release);
+                let (busy, freed) = &*slot;
+                *busy.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                freed.notify_all();
                 drop(stream);
             });
         }
