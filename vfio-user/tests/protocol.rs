@@ -210,10 +210,8 @@ fn memfd(size: u64, seal: bool) -> std::fs::File {
     f.set_len(size).unwrap();
     if seal {
         // SAFETY: changes only the seals of our own file.
-        assert_eq!(
-            unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
-            0
-        );
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(r, 0);
     }
     f
 }
