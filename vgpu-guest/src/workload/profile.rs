@@ -1,11 +1,15 @@
 //! Workload profiles: what a frame costs, modelled on the benchmark classes the GVT-g work
 //! migrated (lightsmark and 2D desktop loads, 3DMark06, Unigine Heaven).
 //!
-//! | profile  | default size | triangles | objects | texture uploads / frame | render-to-texture passes | RTT size |
-//! |----------|--------------|-----------|---------|-------------------------|--------------------------|----------|
-//! | `light`  | 1280x720     | 3 000     | 8       | 1 (256 KiB)             | 1                        | 256      |
-//! | `medium` | 1600x900     | 20 000    | 16      | 6 (1.5 MiB)             | 2                        | 256      |
-//! | `heavy`  | 1920x1080    | 60 000    | 24      | 96 (24 MiB)             | 4                        | 512      |
+//! | profile  | default size | triangles / pass | objects | texture uploads / frame | render-to-texture passes | RTT size | graphics memory |
+//! |----------|--------------|------------------|---------|-------------------------|--------------------------|----------|-----------------|
+//! | `light`  | 1280x720     | 3 000            | 8       | 1 (256 KiB)             | 1                        | 256      | 13 MiB          |
+//! | `medium` | 1600x900     | 20 000           | 16      | 6 (1.5 MiB)             | 2                        | 256      | 19 MiB          |
+//! | `heavy`  | 1920x1080    | 20 000           | 24      | 1024 (256 MiB)          | 2                        | 512      | 283 MiB (`vgpu-512`) |
+//!
+//! Every pass draws the whole scene, so a frame submits about `(passes + 1) x triangles`.
+//! `heavy` streams textures as a Heaven-class engine does: its uploads alone dirty graphics
+//! memory faster than a 10 Gbit/s link carries it.
 //!
 //! Each upload is a device DMA read of a 256x256 texture from the guest's texture pool into
 //! a graphics-memory slot, so a frame dirties its colour buffer, the depth buffer, every
@@ -107,11 +111,11 @@ impl Profile {
                 height: 1080,
                 triangles: 20_000,
                 objects: 24,
-                uploads: 512,
+                uploads: 1024,
                 passes: 2,
                 rtt_size: 512,
                 pool: 48,
-                slots: 512,
+                slots: 1024,
             },
         }
     }

@@ -23,6 +23,8 @@ use super::state::{Light, Viewport};
 const INDEX_CHUNK_TRIANGLES: usize = 1024;
 /// Bytes of one index.
 const INDEX_SIZE: usize = 4;
+/// Bytes an `UPLOAD` reads per DMA (whole rows; at least one).
+const UPLOAD_CHUNK: u64 = 64 << 10;
 /// Bytes of a matrix in guest RAM.
 const MATRIX_BYTES: usize = 64;
 
@@ -162,15 +164,27 @@ impl Engine {
         let src = addr64(lo, hi);
         let row_bytes = dst.row_bytes();
         check_gtt(src, row_bytes * u64::from(dst.height))?;
+        if row_bytes == 0 {
+            return Ok(());
+        }
+        // Whole rows, about UPLOAD_CHUNK bytes per DMA (the source rows are packed).
+        let rows_per_read = (UPLOAD_CHUNK / row_bytes).max(1);
         let buf = &mut self.scratch.p3d.row;
-        buf.resize(row_bytes as usize, 0);
-        for y in 0..dst.height {
-            dma_read(bus, src + u64::from(y) * row_bytes, buf)?;
-            let range = dst.row(y);
-            if let Some(out) = bus.gmem().get_mut(range.clone()) {
-                out.copy_from_slice(buf);
-                self.scratch.spans.push_range(&range);
+        let mut y = 0u64;
+        let height = u64::from(dst.height);
+        while y < height {
+            let n = rows_per_read.min(height - y);
+            buf.resize((n * row_bytes) as usize, 0);
+            dma_read(bus, src + y * row_bytes, buf)?;
+            let gmem = bus.gmem();
+            for (k, row) in buf.chunks_exact(row_bytes as usize).enumerate() {
+                let range = dst.row((y + k as u64) as u16);
+                if let Some(out) = gmem.get_mut(range.clone()) {
+                    out.copy_from_slice(row);
+                    self.scratch.spans.push_range(&range);
+                }
             }
+            y += n;
         }
         self.scratch.spans.flush(bus);
         Ok(())

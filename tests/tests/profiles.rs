@@ -1,0 +1,162 @@
+//! The workload profiles: a golden checksum log per profile (any change to rendering must
+//! change these constants, deliberately), and live migration of every profile over both
+//! protocols and both DMA tracking modes, with the switchover inside a batch (between
+//! passes or inside a draw's command stream), checked against a run that never migrated.
+
+use std::net::TcpListener;
+use std::thread::JoinHandle;
+
+use vgpu_migrate_tests::{outcome, quiet, Outcome};
+use vgpu_platform::VgpuVm;
+use vgpu_sim::workload::{Params, Profile, PROFILES};
+use vgpu_sim::DirtyTracking;
+use vmm::migration::source::SwitchoverAt;
+use vmm::migration::{self, Protocol, SourceOptions, TargetOptions};
+use vmm::{StopAt, Vm};
+
+const SEED: u64 = 5;
+/// Frames of the golden runs.
+const GOLDEN_FRAMES: u64 = 3;
+/// A frame limit no test reaches.
+const OUT_OF_REACH: u64 = 100_000;
+
+/// The profile at a small size (its objects, uploads and passes unchanged).
+fn params(profile: Profile, frames: u64) -> Params {
+    Params {
+        seed: SEED,
+        width: 320,
+        height: 200,
+        frame_limit: frames,
+        ..Params::for_profile(profile)
+    }
+}
+
+/// The smallest type whose graphics memory holds the profile.
+fn mdev_type(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Heavy => "vgpu-512",
+        _ => "vgpu-64",
+    }
+}
+
+fn booted(profile: Profile, frames: u64, tracking: DirtyTracking) -> Vm {
+    let mut cfg = vgpu_platform::vm_config(mdev_type(profile), quiet());
+    cfg.ram_size = 64 << 20;
+    cfg.factory = vgpu_platform::factory(tracking);
+    let mut vm = Vm::new(&cfg).expect("create VM");
+    vm.boot(&params(profile, frames)).expect("boot");
+    vm
+}
+
+fn reference(profile: Profile, frames: u64) -> Outcome {
+    let mut vm = booted(profile, frames, DirtyTracking::ShadowPt);
+    vm.run(StopAt::Done).expect("reference run");
+    outcome(&mut vm, frames)
+}
+
+#[test]
+fn every_profile_renders_its_golden_checksums() {
+    let golden: [(Profile, [u64; GOLDEN_FRAMES as usize]); 3] = [
+        (
+            Profile::Light,
+            [0x0dca779124015a12, 0x4552f37de6181b13, 0x1b10d3ce75a4d8fc],
+        ),
+        (
+            Profile::Medium,
+            [0x5fcb9d7515ad5217, 0x7a8e855e0752c162, 0x27eb9c77a8688567],
+        ),
+        (
+            Profile::Heavy,
+            [0xb83d8c43f30c499e, 0x19cbc1c19b21a1dd, 0xd3593b387450c112],
+        ),
+    ];
+    for (profile, want) in golden {
+        let got = reference(profile, GOLDEN_FRAMES).checksums;
+        assert_eq!(got, want, "{}: {:x?}", profile.name(), got);
+    }
+}
+
+fn spawn_target(mdev_type: &str) -> (String, JoinHandle<Result<Vm, String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let mdev_type = mdev_type.to_string();
+    let h = std::thread::spawn(move || {
+        let opts = TargetOptions {
+            bar_region_offset: 0x1_0000,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
+            mdev_type,
+            irq_sink_base: 4000,
+            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
+            fail_at: None,
+            log: quiet(),
+        };
+        migration::incoming(&l, &opts)
+            .map(|(vm, _, _)| vm)
+            .map_err(|e| e.to_string())
+    });
+    (url, h)
+}
+
+/// Frames the guest driver has submitted (its own counter, in guest RAM).
+fn submitted(vm: &mut Vm) -> u64 {
+    let mut b = [0u8; 8];
+    vm.guest_read(vgpu_sim::workload::layout::STATE_GPA + 16, &mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Migrate `profile` at frame 2 and finish on the target; (target outcome, reference).
+fn migrate(profile: Profile, opts: SourceOptions, tracking: DirtyTracking) -> (Outcome, Outcome) {
+    let (url, target) = spawn_target(mdev_type(profile));
+    let mut src = booted(profile, OUT_OF_REACH, tracking);
+    src.run(StopAt::Frame(2)).unwrap();
+    let res = migration::migrate(&mut src, &url, &opts, &mut |_| {});
+    let t = target.join().unwrap();
+    let (rep, _) = res.unwrap_or_else(|e| panic!("{}: {e}", profile.name()));
+    if opts.switchover_at == SwitchoverAt::MidBatch {
+        assert!(
+            rep.switchover.in_batch,
+            "{}: switched inside a batch",
+            profile.name()
+        );
+    }
+    let mut dst = t.unwrap();
+    let frames = submitted(&mut dst).max(4);
+    dst.set_frame_limit(frames).unwrap();
+    dst.run(StopAt::Done).unwrap();
+    (outcome(&mut dst, frames), reference(profile, frames))
+}
+
+#[test]
+fn light_and_medium_migrate_over_both_protocols_and_tracking_modes() {
+    for profile in [Profile::Light, Profile::Medium] {
+        for protocol in [Protocol::Region, Protocol::V2] {
+            for tracking in [DirtyTracking::ShadowPt, DirtyTracking::Pinned] {
+                let opts = SourceOptions {
+                    protocol,
+                    switchover_at: SwitchoverAt::MidBatch,
+                    ..SourceOptions::default()
+                };
+                let (got, want) = migrate(profile, opts, tracking);
+                assert_eq!(got, want, "{} {protocol:?} {tracking:?}", profile.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn heavy_migrates_over_both_protocols() {
+    assert!(PROFILES.contains(&Profile::Heavy));
+    for (protocol, tracking) in [
+        (Protocol::Region, DirtyTracking::Pinned),
+        (Protocol::V2, DirtyTracking::ShadowPt),
+    ] {
+        let opts = SourceOptions {
+            protocol,
+            switchover_at: SwitchoverAt::MidBatch,
+            ..SourceOptions::default()
+        };
+        let (got, want) = migrate(Profile::Heavy, opts, tracking);
+        assert_eq!(got, want, "heavy {protocol:?} {tracking:?}");
+    }
+}
