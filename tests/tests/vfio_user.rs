@@ -470,3 +470,58 @@ fn a_hung_source_device_process_costs_one_deadline_not_a_hang() {
     // SAFETY: resumes our own child so that its Drop can reap it.
     unsafe { libc::kill(pid, libc::SIGCONT) };
 }
+
+#[test]
+fn a_kvm_guest_drives_a_device_in_another_process() {
+    if let Err(e) = vmm::kvm::available() {
+        println!("skipped: KVM is not usable here: {e}");
+        return;
+    }
+    const N: u64 = 2;
+    let dev = DeviceProcess::start("kvm", "vgpu-64", &[]);
+    let mut vm = booted_remote(&dev, N);
+    let rep = vm.run_kvm(StopAt::Done).expect("KVM run");
+    let got = outcome(&mut vm, N);
+    let want = reference("vgpu-64", N, SEED);
+    assert_eq!(got.checksums, want.checksums, "checksum log as in process");
+    assert_eq!(got.gmem, want.gmem, "graphics memory as in process");
+    assert!(
+        rep.msis > 0,
+        "the device process's interrupts reached KVM's local APIC"
+    );
+}
+
+#[test]
+fn demo_with_device_processes_verifies_and_says_where_the_device_ran() {
+    let dir = std::env::temp_dir().join(format!("vfio-user-demo-{}", std::process::id()));
+    let mut args = vec![
+        "demo",
+        "--device-process",
+        "--type",
+        "vgpu-64",
+        "--frames",
+        "6",
+        "--migrate-at",
+        "2",
+        "--protocol",
+        "v2",
+        "--json",
+        "--dir",
+    ];
+    let d = dir.display().to_string();
+    args.push(&d);
+    args.extend(vgpu_migrate_tests::SMALL_ARGS);
+    let out = vgpu_migrate_tests::process::Proc::start("demo", &args)
+        .wait()
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON report");
+    assert_eq!(
+        v["verified"],
+        serde_json::Value::Bool(true),
+        "{}",
+        out.stdout
+    );
+    let device = v["device"].as_str().unwrap_or_default();
+    assert!(device.contains("device processes"), "{device}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
