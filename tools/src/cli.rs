@@ -346,7 +346,8 @@ pub enum Command {
         /// mdev type.
         #[arg(long = "type", default_value = "vgpu-512")]
         mdev_type: String,
-        /// Which parts: context, migration, all.
+        /// Which parts: context, migration, pipeline, kvm, render (the 3D workload per
+        /// profile), all.
         #[arg(long, default_value = "all")]
         what: String,
         /// Repetitions (the median is reported).

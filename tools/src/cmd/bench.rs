@@ -58,13 +58,14 @@ pub fn run(mdev_type: &str, what: &str, runs: usize, json: bool, log: &Logger) -
         "pipeline" => super::bench_migration::pipeline(runs, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
+        "render" => super::bench_render::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
             super::bench_migration::run(runs, json, log)
         }
         other => Err(CliError::Usage {
             msg: format!(
-                "--what '{other}' is not context, migration, pipeline, kvm, vfio-user or all"
+                "--what '{other}' is not context, migration, pipeline, kvm, vfio-user, render or all"
             ),
         }),
     }

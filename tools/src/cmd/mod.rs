@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kvm;
 mod bench_migration;
+mod bench_render;
 mod bench_vfio_user;
 mod demo;
 mod dump;
