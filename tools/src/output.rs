@@ -55,8 +55,9 @@ pub struct RunReport {
     /// What the KVM run did (exits, interrupts, device work), with `--vcpu kvm`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvm: Option<vmm::KvmRunReport>,
-    /// The workload's profile, size and cost, and how fast it ran (`run`).
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    /// The workload's profile, size and cost, and how fast it ran (`run`; not part of
+    /// the run's output that another run must reproduce).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadFigures>,
 }
 
