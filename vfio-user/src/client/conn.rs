@@ -108,6 +108,9 @@ pub struct Conn {
     deadline: Duration,
     irqs: Vec<IrqWire>,
     dead: Option<String>,
+    /// Requests sent so far: a snapshot of device state taken at one value is current
+    /// only while no other request went out.
+    generation: u64,
     pub(crate) log: Logger,
 }
 
@@ -129,6 +132,7 @@ impl Conn {
             deadline,
             irqs: Vec::new(),
             dead: None,
+            generation: 0,
             log,
         }
     }
@@ -147,8 +151,14 @@ impl Conn {
         ClientError::Wire { source: e }
     }
 
+    /// Requests sent so far (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn header(&mut self, cmd: Command, len: usize, flags: u32) -> Header {
         self.next_id = self.next_id.wrapping_add(1);
+        self.generation += 1;
         Header {
             msg_id: self.next_id,
             command: cmd as u16,

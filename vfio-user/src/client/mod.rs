@@ -22,7 +22,7 @@ use slog::{debug, info, Logger};
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_info_cap_header, vfio_irq_info, vfio_region_info,
     vfio_region_info_cap_type, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS,
 };
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -67,6 +67,8 @@ pub struct Client {
     mig: Option<RemoteMigration>,
     dirty: Option<RemoteDirtyLog>,
     clock: Option<u32>,
+    /// The config region as read at a connection generation (see [`Client::read_config`]).
+    config: Option<(u64, Vec<u8>)>,
 }
 
 impl Client {
@@ -167,6 +169,7 @@ impl Client {
             mig,
             dirty,
             clock,
+            config: None,
         })
     }
 
@@ -193,6 +196,73 @@ impl Client {
                 len,
                 size: r.size(),
             });
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    /// A config-space read. A VMM reads config a dword at a time, many in a row (probing,
+    /// re-deriving its BAR map and routes after every config write); over a socket each
+    /// would be a round trip. The whole region is read in one request instead and later
+    /// reads are served from it while no other request has gone out: config reads have
+    /// no side effects, and this device changes state only while it handles a request, so
+    /// the copy is exactly what the device holds until the next request.
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) -> mdev_core::device::Result<()> {
+        let size = self.region_info(VFIO_PCI_CONFIG_REGION_INDEX)?.size();
+        let mut c = conn::lock(&self.conn);
+        let current = matches!(&self.config, Some((g, _)) if *g == c.generation());
+        if !current {
+            let n = usize::try_from(size).unwrap_or(usize::MAX);
+            if n > c.max_xfer() {
+                drop(c);
+                return self.read_chunks(VFIO_PCI_CONFIG_REGION_INDEX, offset, data);
+            }
+            let mut w = Writer::default();
+            w.u64(0).u32(VFIO_PCI_CONFIG_REGION_INDEX).u32(n as u32);
+            let p = c
+                .request(Command::RegionRead, &[&w.0], &[])
+                .map_err(remote)?;
+            let bytes = p.get(16..16 + n).ok_or_else(|| {
+                remote(ClientError::BadReply {
+                    command: Command::RegionRead,
+                    what: "short config read".into(),
+                })
+            })?;
+            self.config = Some((c.generation(), bytes.to_vec()));
+        }
+        let (_, cfg) = self.config.as_ref().ok_or(DeviceError::NoSuchRegion {
+            index: VFIO_PCI_CONFIG_REGION_INDEX,
+        })?;
+        let at = offset as usize;
+        data.copy_from_slice(&cfg[at..at + data.len()]);
+        Ok(())
+    }
+
+    fn read_chunks(
+        &mut self,
+        index: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> mdev_core::device::Result<()> {
+        let mut c = conn::lock(&self.conn);
+        let step = c.max_xfer();
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(step);
+            let mut w = Writer::default();
+            w.u64(offset + done as u64).u32(index).u32(n as u32);
+            let p = c
+                .request(Command::RegionRead, &[&w.0], &[])
+                .map_err(remote)?;
+            let got = p.get(16..16 + n).ok_or_else(|| {
+                remote(ClientError::BadReply {
+                    command: Command::RegionRead,
+                    what: format!("{} bytes for a {n}-byte read", p.len().saturating_sub(16)),
+                })
+            })?;
+            data[done..done + n].copy_from_slice(got);
+            done += n;
         }
         Ok(())
     }
@@ -302,27 +372,10 @@ impl VfioDevice for Client {
         data: &mut [u8],
     ) -> mdev_core::device::Result<()> {
         self.check(index, offset, data.len())?;
-        let mut c = conn::lock(&self.conn);
-        let step = c.max_xfer();
-        let mut done = 0;
-        while done < data.len() {
-            let n = (data.len() - done).min(step);
-            let at = offset + done as u64;
-            let mut w = Writer::default();
-            w.u64(at).u32(index).u32(n as u32);
-            let p = c
-                .request(Command::RegionRead, &[&w.0], &[])
-                .map_err(remote)?;
-            let got = p.get(16..16 + n).ok_or_else(|| {
-                remote(ClientError::BadReply {
-                    command: Command::RegionRead,
-                    what: format!("{} bytes for a {n}-byte read", p.len().saturating_sub(16)),
-                })
-            })?;
-            data[done..done + n].copy_from_slice(got);
-            done += n;
+        if index == VFIO_PCI_CONFIG_REGION_INDEX {
+            return self.read_config(offset, data);
         }
-        Ok(())
+        self.read_chunks(index, offset, data)
     }
 
     fn region_write(

@@ -9,7 +9,7 @@ use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_info_cap_header, vfio_irq_info, vfio_region_info,
     vfio_region_info_cap_type, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
     VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK,
-    VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_CAP_TYPE, VFIO_REGION_INFO_FLAG_CAPS,
 };
 
 use super::dma::DmaTable;
@@ -435,6 +435,13 @@ impl Session {
             if !regs.read(hw, offset, &mut buf) {
                 return Err(inval(format!("clock region: bad read at {offset:#x}")));
             }
+        } else if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            for (at, len) in config_pieces(offset, buf.len()) {
+                let o = (at - offset) as usize;
+                d.device
+                    .region_read(region, at, &mut buf[o..o + len])
+                    .map_err(|e| device_errno(&e))?;
+            }
         } else {
             d.device
                 .region_read(region, offset, &mut buf)
@@ -475,6 +482,13 @@ impl Session {
             if !regs.write(hw, offset, data) {
                 return Err(inval(format!("clock region: bad write at {offset:#x}")));
             }
+        } else if region == VFIO_PCI_CONFIG_REGION_INDEX {
+            for (at, len) in config_pieces(offset, data.len()) {
+                let o = (at - offset) as usize;
+                d.device
+                    .region_write(region, at, &data[o..o + len])
+                    .map_err(|e| device_errno(&e))?;
+            }
         } else {
             d.device
                 .region_write(region, offset, data)
@@ -484,6 +498,27 @@ impl Session {
         w.u64(offset).u32(region).u32(count);
         Reply::data(w.0)
     }
+}
+
+/// A config-space access of any length as the naturally aligned 4-, 2- and 1-byte
+/// accesses it covers, in order, as the kernel's vfio-pci splits a `pread`/`pwrite` of the
+/// config region: a client may read the whole config space in one message.
+fn config_pieces(offset: u64, len: usize) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    let (mut at, end) = (offset, offset.saturating_add(len as u64));
+    while at < end {
+        let left = end - at;
+        let n: u64 = if at % 4 == 0 && left >= 4 {
+            4
+        } else if at % 2 == 0 && left >= 2 {
+            2
+        } else {
+            1
+        };
+        out.push((at, n as usize));
+        at += n;
+    }
+    out
 }
 
 /// `vfio_region_info` with its type capability, as much as `argsz` has room for (the rest
