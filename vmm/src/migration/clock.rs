@@ -46,7 +46,7 @@ pub fn ms_between(start: u64, end: u64) -> f64 {
 
 /// The round-trip time of a TCP connection's path, as the local kernel measured it on its
 /// own clock (`TCP_INFO`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct PathRtt {
     /// The smallest round trip seen on the connection, ms (no queueing in it).
     pub min_ms: f64,
@@ -90,7 +90,7 @@ pub fn tcp_path_rtt(sock: &TcpStream) -> Option<PathRtt> {
 }
 
 /// The downtime as the source measures it, on its own clock only.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SourceDowntime {
     /// Source vCPU stop to target vCPU resume, ms.
     pub downtime_ms: f64,

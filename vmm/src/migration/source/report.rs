@@ -107,6 +107,9 @@ pub struct SourceReport {
     pub bytes: Bytes,
     /// Source vCPU stop to target vCPU resume, ms.
     pub downtime_ms: f64,
+    /// How the downtime was measured, on the source's clock alone (never by subtracting
+    /// the target's clock from the source's): its parts and the method, in words.
+    pub downtime_clock: Option<crate::migration::clock::SourceDowntime>,
     /// Breakdown of the downtime.
     pub breakdown: Breakdown,
     /// Connect to target resume, ms.
