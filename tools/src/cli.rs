@@ -137,9 +137,19 @@ pub struct MigrateArgs {
     pub peer_timeout: f64,
     /// Freeze this process with SIGSTOP (testing the peer timeout) at: handshake (after the
     /// target's hello), round:N (before round N's SYNC), switchover (vCPU stopped, the
-    /// SWITCHOVER record on the wire).
+    /// SWITCHOVER record on the wire), prepared (the target's PREPARED read), handover
+    /// (HANDOVER sent).
     #[arg(long, hide = true, value_name = "PHASE")]
     pub stop_self_at: Option<String>,
+    /// Kill this process with SIGKILL (testing faults) at one of the phases of
+    /// --stop-self-at.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "PHASE",
+        conflicts_with = "stop_self_at"
+    )]
+    pub kill_self_at: Option<String>,
 }
 
 /// Options of a live migration's target about its link to the source.
@@ -158,9 +168,19 @@ pub struct IncomingArgs {
     pub ready_file: Option<PathBuf>,
     /// Freeze this process with SIGSTOP (testing the peer timeout) at: handshake (before
     /// the hello), round:N (at round N's SYNC, before answering), switchover (at the
-    /// SWITCHOVER record: the source's vCPU is stopped).
+    /// SWITCHOVER record: the source's vCPU is stopped), prepared (PREPARED sent), handover
+    /// (HANDOVER read, before resuming), resumed (resumed, before telling the source).
     #[arg(long, hide = true, value_name = "PHASE")]
     pub stop_self_at: Option<String>,
+    /// Kill this process with SIGKILL (testing faults) at one of the phases of
+    /// --stop-self-at.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "PHASE",
+        conflicts_with = "stop_self_at"
+    )]
+    pub kill_self_at: Option<String>,
     /// Where this target's device runs: `in-process` or `vfio-user:PATH` (see `serve`).
     #[arg(long, default_value = "in-process")]
     pub device: String,

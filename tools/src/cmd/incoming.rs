@@ -71,7 +71,7 @@ pub fn run(
         })
         .transpose()?;
     let peer_timeout = peer_timeout(args.peer_timeout)?;
-    let stop_self_at = stop_point(args.stop_self_at.as_deref())?;
+    let stop_self_at = stop_point(args.stop_self_at.as_deref(), args.kill_self_at.as_deref())?;
     let listener =
         migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
     if let Some(path) = &args.ready_file {

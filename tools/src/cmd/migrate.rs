@@ -8,7 +8,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use slog::Logger;
 use vmm::migration::source::SwitchoverAt;
-use vmm::migration::{self, FailPoint, Progress, Protocol, SourceOptions, SourceReport, StopPoint};
+use vmm::migration::{
+    self, FailPoint, Progress, Protocol, SelfFault, SourceOptions, SourceReport, StopPoint,
+};
 use vmm::{StopAt, Vm};
 
 use super::{boot_with, parse_tracking, CliError, Result};
@@ -67,14 +69,20 @@ pub fn peer_timeout(secs: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parse `--stop-self-at PHASE`.
-pub fn stop_point(s: Option<&str>) -> Result<Option<StopPoint>> {
-    s.map(|s| {
+/// Parse `--stop-self-at PHASE` / `--kill-self-at PHASE` (at most one is given).
+pub fn stop_point(stop: Option<&str>, kill: Option<&str>) -> Result<Option<SelfFault>> {
+    let parse = |s: &str, opt: &str| {
         StopPoint::parse(s).ok_or_else(|| CliError::Usage {
-            msg: format!("--stop-self-at '{s}' is not handshake, round:N or switchover"),
+            msg: format!(
+                "{opt} '{s}' is not handshake, round:N, switchover, prepared, handover or resumed"
+            ),
         })
+    };
+    Ok(match (stop, kill) {
+        (Some(s), _) => Some(SelfFault::stop(parse(s, "--stop-self-at")?)),
+        (None, Some(k)) => Some(SelfFault::kill(parse(k, "--kill-self-at")?)),
+        (None, None) => None,
     })
-    .transpose()
 }
 
 /// Parse the migration options.
@@ -123,7 +131,7 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
         auto_converge: m.auto_converge,
         fail_at,
         peer_timeout: peer_timeout(m.peer_timeout)?,
-        stop_self_at: stop_point(m.stop_self_at.as_deref())?,
+        stop_self_at: stop_point(m.stop_self_at.as_deref(), m.kill_self_at.as_deref())?,
         ..SourceOptions::default()
     })
 }
@@ -223,6 +231,12 @@ pub fn source(
                 },
                 None,
             ))
+        }
+        Err(e @ migration::MigrationError::HandedOver { .. }) => {
+            // The target may run the guest: it must never run here again.
+            Err(CliError::Check {
+                msg: format!("migration unconfirmed: {e}"),
+            })
         }
         Err(e) => {
             // Nothing lost: the device is running again; the guest goes on here, to the

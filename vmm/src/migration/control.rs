@@ -48,6 +48,9 @@ pub mod features {
     /// Sends keep-alives and reads the source's input as frames (transport's `VGPUDATA`
     /// and control messages, keep-alives among them).
     pub const KEEPALIVE: u32 = 1 << 3;
+    /// Resumes only after the source's HANDOVER: PREPARED, HANDOVER, RESUMED (so the
+    /// guest never runs on both sides).
+    pub const HANDOVER: u32 = 1 << 4;
 }
 
 /// How long a side stays silent at most before it sends a [`KeepAlive`].
@@ -69,6 +72,15 @@ pub struct KeepAlive {
 pub enum FromSource {
     /// The source is alive (sent while it has no stream bytes to send).
     KeepAlive(KeepAlive),
+    /// The source hands the guest over: from here it will not run the guest again, and
+    /// the target resumes it.
+    Handover,
+    /// The source gives up before the handover (its guest runs on there): the target
+    /// discards what it received.
+    Abort {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Whether a control message's body is the source's keep-alive.
@@ -110,6 +122,12 @@ pub enum Start {
 /// The target's answer once the stream ended: resumed, or rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Ack {
+    /// The target verified and loaded the whole state (device committed, config replayed,
+    /// vCPU restored) and resumes the guest on the source's HANDOVER.
+    Prepared {
+        /// Bytes received.
+        bytes: u64,
+    },
     /// The target runs the guest now.
     Resumed {
         /// CLOCK_MONOTONIC ns when the target's vCPU resumed.

@@ -84,6 +84,14 @@ pub enum MigrationError {
         /// Why the migration failed.
         source: Box<MigrationError>,
     },
+    /// The source handed the guest over and the target went silent before confirming it
+    /// resumed: the target may run it (or will when it wakes), so the source keeps it
+    /// paused and never runs it again.
+    #[snafu(display("the guest was handed over to the target, which did not confirm it resumed ({why}); it stays paused here and runs on the target if that one lives"))]
+    HandedOver {
+        /// What the wait for the confirmation ended with.
+        why: String,
+    },
     /// The VMM failed.
     #[snafu(display("{source}"))]
     Vmm {

@@ -47,8 +47,9 @@ pub use error::MigrationError;
 pub use source::{migrate, FailPoint, Progress, SourceOptions, SourceReport};
 pub use target::{incoming, TargetOptions, TargetReport};
 
-/// Where a side freezes itself with `SIGSTOP` (testing `--stop-self-at`: the peer must then
-/// give up within its peer timeout).
+/// A point of the migration where a side can fault itself (testing `--stop-self-at` and
+/// `--kill-self-at`: the peer must then give up within its peer timeout, or see the
+/// connection die, and the guest must run on exactly one side).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopPoint {
     /// Target: accepted, before its hello. Source: hello read, before its start.
@@ -59,28 +60,62 @@ pub enum StopPoint {
     /// Target: at the SWITCHOVER record (the source's vCPU is stopped). Source: right after
     /// its vCPU stopped and the SWITCHOVER record is on the wire.
     Switchover,
+    /// Target: the whole state verified and loaded, PREPARED sent, before the handover.
+    /// Source: PREPARED read, before it hands over.
+    Prepared,
+    /// Source: HANDOVER sent (it will not run the guest again), before the target's
+    /// RESUMED. Target: HANDOVER read, before it resumes the guest.
+    Handover,
+    /// Target: the guest resumed, before RESUMED is sent (the source has not heard it).
+    Resumed,
+}
+
+/// A fault a side injects into itself at a [`StopPoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfFault {
+    /// Where.
+    pub at: StopPoint,
+    /// `SIGKILL` (the process dies) instead of `SIGSTOP` (it freezes until `SIGCONT`).
+    pub kill: bool,
+}
+
+impl SelfFault {
+    /// Freeze at `at`.
+    pub fn stop(at: StopPoint) -> Self {
+        Self { at, kill: false }
+    }
+
+    /// Die at `at`.
+    pub fn kill(at: StopPoint) -> Self {
+        Self { at, kill: true }
+    }
 }
 
 impl StopPoint {
-    /// Parse `handshake`, `round:N`, `switchover`.
+    /// Parse `handshake`, `round:N`, `switchover`, `prepared`, `handover`, `resumed`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "handshake" => Some(Self::Handshake),
             "switchover" => Some(Self::Switchover),
+            "prepared" => Some(Self::Prepared),
+            "handover" => Some(Self::Handover),
+            "resumed" => Some(Self::Resumed),
             _ => s.strip_prefix("round:")?.parse().ok().map(Self::Round),
         }
     }
 
-    /// Stop this whole process with `SIGSTOP` if `at` is `here` (until a `SIGCONT`).
-    pub fn stop_if(at: Option<StopPoint>, here: StopPoint, log: &slog::Logger) {
-        if at != Some(here) {
+    /// Stop this whole process with `SIGSTOP` (until a `SIGCONT`), or kill it with
+    /// `SIGKILL`, if `fault` is at `here`.
+    pub fn stop_if(fault: Option<SelfFault>, here: StopPoint, log: &slog::Logger) {
+        let Some(f) = fault.filter(|f| f.at == here) else {
             return;
-        }
-        slog::warn!(log, "stopping this process (test hook)"; "at" => ?here);
-        // SAFETY: raise() only sends a signal to the calling process; SIGSTOP cannot be
-        // caught, so no handler of ours runs and no memory is touched.
+        };
+        slog::warn!(log, "faulting this process (test hook)"; "at" => ?here, "kill" => f.kill);
+        let sig = if f.kill { libc::SIGKILL } else { libc::SIGSTOP };
+        // SAFETY: raise() only sends a signal to the calling process; SIGSTOP and SIGKILL
+        // cannot be caught, so no handler of ours runs and no memory is touched.
         unsafe {
-            libc::raise(libc::SIGSTOP);
+            libc::raise(sig);
         }
     }
 }

@@ -8,7 +8,10 @@ use slog::{info, warn, Logger};
 use state_region::format::{FORMAT_MAJOR, FORMAT_MINOR};
 
 use super::clock::{monotonic_ns, Liveness};
-use super::control::{features, Ack, ControlWriter, FromTarget, Hello, KeepAliveThread, Start};
+use super::control::{
+    features, Ack, ControlWriter, FromSource, FromTarget, Hello, KeepAliveThread, Start,
+    KEEPALIVE_INTERVAL,
+};
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
 use super::source::FailPoint;
@@ -36,7 +39,7 @@ pub struct TargetOptions {
     /// [`super::control::DEFAULT_PEER_TIMEOUT`]).
     pub peer_timeout: Duration,
     /// Freeze this process there (testing).
-    pub stop_self_at: Option<StopPoint>,
+    pub stop_self_at: Option<crate::migration::SelfFault>,
     /// Logger.
     pub log: Logger,
 }
@@ -99,7 +102,8 @@ pub fn incoming(
         features: features::PROTOCOL_REGION
             | features::PROTOCOL_V2
             | features::MONOTONIC_ACK
-            | features::KEEPALIVE,
+            | features::KEEPALIVE
+            | features::HANDOVER,
     })?;
     let keepalive = KeepAliveThread::spawn(ctrl.clone());
     let mut input = PrefetchReader::spawn(sock, 32, live);
@@ -144,8 +148,21 @@ fn session(
         }
     };
     input.liveness().set_phase("pre-copy round 0");
-    let (vm, report) = receive(input, ctrl, opts, protocol)?;
-    ctrl.send(&FromTarget::Ack(Ack::Resumed {
+    let (mut vm, mut report, mut dio) = receive(input, ctrl, opts, protocol)?;
+    // The whole state is here and loaded; the guest runs here only once the source has
+    // said it will not run it again (so it never runs on both sides).
+    ctrl.send(&FromTarget::Ack(Ack::Prepared {
+        bytes: report.bytes,
+    }))?;
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Prepared, &opts.log);
+    input.liveness().set_phase("the source's handover");
+    await_handover(input, &opts.log)?;
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Handover, &opts.log);
+    resume(&mut vm, &mut dio, &mut report)?;
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Resumed, &opts.log);
+    // The guest runs here now, whatever becomes of the source: a lost acknowledgement
+    // costs the source its figures, not the guest.
+    if let Err(e) = ctrl.send(&FromTarget::Ack(Ack::Resumed {
         resumed_ns: report.resumed_ns,
         switchover_seen_ns: report.source_stopped_ns,
         residue_ms: 0.0,
@@ -153,17 +170,73 @@ fn session(
         config_ms: report.config_ms,
         resume_ms: report.resume_ms,
         bytes: report.bytes,
-    }))?;
+    })) {
+        warn!(opts.log, "could not tell the source the guest resumed; it runs here"; "error" => %e);
+    }
     input.liveness().set_phase("the source's summary");
     Ok((vm, report))
 }
 
+/// Wait for the source's HANDOVER. An ABORT, or silence past the peer timeout, discards
+/// the migration (the source runs the guest on). A connection that ends without an ABORT
+/// means the source process died (a source that gives up says so first): the target holds
+/// the whole state and the source cannot run the guest any more, so the guest resumes
+/// here.
+fn await_handover(input: &mut PrefetchReader, log: &slog::Logger) -> Result<()> {
+    const WHAT: &str = "source's handover";
+    let decide = |m: FromSource| match m {
+        FromSource::Handover => Ok(true),
+        FromSource::KeepAlive(_) => Ok(false),
+        FromSource::Abort { reason } => Err(MigrationError::Peer {
+            what: format!("the source gave up before the handover: {reason}"),
+        }),
+    };
+    loop {
+        match input.recv_control::<FromSource>(WHAT) {
+            Ok(m) => {
+                if decide(m)? {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.is_peer_timeout() => {
+                // A process frozen past its deadline wakes to find it passed: what arrived
+                // meanwhile is read before giving up.
+                match input.recv_control_within::<FromSource>(WHAT, KEEPALIVE_INTERVAL * 2) {
+                    Ok(Some(m)) if decide(m.clone())? => return Ok(()),
+                    _ => return Err(e),
+                }
+            }
+            Err(e @ (MigrationError::Peer { .. } | MigrationError::PeerIo { .. })) => {
+                warn!(log, "the source died after the target had the whole state; the guest resumes here"; "error" => %e);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Run the loaded guest: device RUNNING, then the vCPU.
+fn resume(vm: &mut Vm, dio: &mut DeviceIo, report: &mut TargetReport) -> Result<()> {
+    let t = Instant::now();
+    dio.run(vm)?;
+    // A KVM guest runs on from here (its vCPU's first entry ends the downtime); the
+    // simulated vCPU runs when the caller steps it.
+    if vm.on_kvm() {
+        vm.start_kvm()?;
+    }
+    report.resumed_ns = monotonic_ns();
+    report.resume_ms += t.elapsed().as_secs_f64() * 1e3;
+    info!(vm.log(), "migration: target resumed"; "bytes" => report.bytes, "load_ms" => report.load_ms);
+    Ok(())
+}
+
+/// The stream, loaded: device committed, config replayed, vCPU restored; not yet running.
 fn receive(
     input: &mut PrefetchReader,
     ctrl: &ControlWriter,
     opts: &TargetOptions,
     protocol: Protocol,
-) -> Result<(Vm, TargetReport)> {
+) -> Result<(Vm, TargetReport, DeviceIo)> {
     let live = input.liveness().clone();
     let mut r = StreamReader::new(input, TrailerCheck::Enforce)?.without_eof_check();
     let h = r.header().clone();
@@ -236,14 +309,6 @@ fn receive(
     report.config_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     restore_vcpu(&mut vm, &vcpu)?;
-    dio.run(&mut vm)?;
-    // A KVM guest runs on from here (its vCPU's first entry ends the downtime); the
-    // simulated vCPU runs when the caller steps it.
-    if vm.on_kvm() {
-        vm.start_kvm()?;
-    }
-    report.resumed_ns = monotonic_ns();
     report.resume_ms = t.elapsed().as_secs_f64() * 1e3;
-    info!(opts.log, "migration: target resumed"; "bytes" => report.bytes, "load_ms" => report.load_ms);
-    Ok((vm, report))
+    Ok((vm, report, dio))
 }

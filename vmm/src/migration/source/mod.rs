@@ -57,6 +57,11 @@ pub fn check_hello(vm: &Vm, hello: &Hello, protocol: Protocol) -> std::result::R
         Protocol::Region => features::PROTOCOL_REGION,
         Protocol::V2 => features::PROTOCOL_V2,
     };
+    if hello.features & features::HANDOVER == 0 {
+        return Err(
+            "the target resumes without waiting for the handover (an older vgpu-migrate)".into(),
+        );
+    }
     if hello.features & features::KEEPALIVE == 0 {
         return Err("the target sends no keep-alives (an older vgpu-migrate)".into());
     }
@@ -143,7 +148,7 @@ pub fn migrate(
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
     let mut dma: Option<DmaTracker> = None;
     let result = run_migration(
-        vm, sock, &events, opts, &mut dio, &mut dma, t_start, progress,
+        vm, sock, &events, &mut ctrl, opts, &mut dio, &mut dma, t_start, progress,
     );
     if let Some(d) = dma.as_mut() {
         d.stop(vm);
@@ -164,9 +169,23 @@ pub fn migrate(
             );
             Ok((r, events))
         }
+        Err(e @ MigrationError::HandedOver { .. }) => {
+            // The target may run the guest: this side must never run it again.
+            ctrl.shutdown();
+            warn!(vm.log(), "migration unconfirmed after the handover; the guest stays paused here"; "error" => %e);
+            Err(e)
+        }
         Err(e) => {
             // A stream write that timed out says so first, not as a stream error.
             let e = e.unwrap_transport();
+            // Tell the target first, so that it does not take the closed connection for
+            // a dead source (best effort: the target may be gone).
+            let _ = control::send(
+                &mut ctrl,
+                &control::FromSource::Abort {
+                    reason: e.to_string(),
+                },
+            );
             ctrl.shutdown();
             warn!(vm.log(), "migration failed; the source keeps running"; "error" => %e);
             vm.hardware().set_throttle(0);
@@ -201,6 +220,7 @@ fn run_migration(
     vm: &mut Vm,
     sock: TcpStream,
     events: &TargetEvents,
+    ctrl: &mut DeadlineWriter,
     opts: &SourceOptions,
     dio: &mut DeviceIo,
     dma: &mut Option<DmaTracker>,
@@ -234,6 +254,6 @@ fn run_migration(
         progress,
     )?;
     switchover::stop_and_copy(
-        vm, w, events, opts, dio, dma, t_start, report, pre, progress,
+        vm, w, events, ctrl, opts, dio, dma, t_start, report, pre, progress,
     )
 }

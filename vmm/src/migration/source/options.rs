@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use crate::migration::control;
 use crate::migration::device_io::Protocol;
-use crate::migration::StopPoint;
 
 /// Where to inject a failure (tests and `--inject-failure`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +82,7 @@ pub struct SourceOptions {
     /// guest and device then run on here).
     pub peer_timeout: Duration,
     /// Freeze this process there (testing).
-    pub stop_self_at: Option<StopPoint>,
+    pub stop_self_at: Option<crate::migration::SelfFault>,
 }
 
 impl Default for SourceOptions {

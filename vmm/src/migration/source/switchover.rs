@@ -10,8 +10,9 @@ use super::peer;
 use super::report::{Breakdown, Progress, SourceReport};
 use super::rounds::Precopy;
 use crate::memory::PAGE_SIZE;
-use crate::migration::clock::{monotonic_ns, ms_between};
-use crate::migration::control::{Ack, FromTarget, TargetEvents};
+use crate::migration::clock::DeadlineWriter;
+use crate::migration::clock::{monotonic_ns, ms_between, SourceDowntime};
+use crate::migration::control::{self, Ack, FromSource, FromTarget, TargetEvents};
 use crate::migration::device_io::DeviceIo;
 use crate::migration::dirty::DmaTracker;
 use crate::migration::error::{MigrationError, Result};
@@ -27,6 +28,7 @@ pub(super) fn stop_and_copy(
     vm: &mut Vm,
     mut w: StreamWriter<ChannelWriter>,
     events: &TargetEvents,
+    ctrl: &mut DeadlineWriter,
     opts: &SourceOptions,
     dio: &mut DeviceIo,
     dma: &mut Option<DmaTracker>,
@@ -52,7 +54,7 @@ pub(super) fn stop_and_copy(
     info!(vm.log(), "migration: switchover"; "rounds" => round, "expected_downtime_ms" => expected_downtime_ms);
     events.liveness().set_phase("stop-and-copy");
     w.switchover(t_stop)?;
-    if opts.stop_self_at == Some(StopPoint::Switchover) {
+    if opts.stop_self_at.map(|f| f.at) == Some(StopPoint::Switchover) {
         w.get_mut().drain_to(0).map_err(peer)?;
         StopPoint::stop_if(opts.stop_self_at, StopPoint::Switchover, vm.log());
     }
@@ -90,18 +92,42 @@ pub(super) fn stop_and_copy(
     writer.finish().map_err(peer)?;
     let t_wire = monotonic_ns();
 
+    events.liveness().set_phase("the target's load");
+    match next_ack(events)? {
+        Ack::Prepared { .. } => {}
+        Ack::Rejected { reason } => return Err(MigrationError::Rejected { reason }),
+        Ack::Resumed { .. } => {
+            return Err(MigrationError::Protocol {
+                what: "the target resumed before the handover".into(),
+            })
+        }
+    }
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Prepared, vm.log());
+    // From here this side never runs the guest again, unless the target is known gone.
+    control::send(ctrl, &FromSource::Handover)?;
+    StopPoint::stop_if(opts.stop_self_at, StopPoint::Handover, vm.log());
     events
         .liveness()
         .set_phase("the switchover acknowledgement");
-    let ack = loop {
-        if let FromTarget::Ack(a) = events.next()? {
-            break a;
+    let ack = match next_ack(events) {
+        Ok(a) => a,
+        // Silence: the target may have resumed the guest (or will when it wakes).
+        Err(e) if e.is_peer_timeout() => {
+            return Err(MigrationError::HandedOver { why: e.to_string() })
         }
+        // The connection ended: the target process is gone (or discarded the migration
+        // before it resumed), so the guest runs nowhere else: it runs on here.
+        Err(e) => return Err(e),
     };
+    // The ack's arrival on this host's clock: the downtime is measured on it alone.
+    let t_ack = monotonic_ns();
     match ack {
         Ack::Rejected { reason } => Err(MigrationError::Rejected { reason }),
+        Ack::Prepared { .. } => Err(MigrationError::Protocol {
+            what: "the target sent PREPARED twice".into(),
+        }),
         Ack::Resumed {
-            resumed_ns,
+            resumed_ns: _,
             residue_ms: _,
             load_ms,
             config_ms,
@@ -109,20 +135,29 @@ pub(super) fn stop_and_copy(
             switchover_seen_ns: _,
             bytes: _,
         } => {
-            report.downtime_ms = ms_between(t_stop, resumed_ns);
+            // Never the target's clock against ours: stop to ack on ours, minus the ack's
+            // trip (half the path's RTT as our TCP measured it); the target's parts are
+            // durations on its own clock.
+            let clock = SourceDowntime::measure(t_stop, t_ack, ctrl.path_rtt());
+            report.downtime_ms = clock.downtime_ms;
+            let (stop_ms, drain_ms) = (
+                ms_between(t_stop, t_stopped),
+                ms_between(t_stopped, t_drained),
+            );
+            let wire_ms = ms_between(t_drained, t_wire);
             report.breakdown = Breakdown {
-                stop_ms: ms_between(t_stop, t_stopped),
-                drain_ms: ms_between(t_stopped, t_drained),
-                wire_ms: ms_between(t_drained, t_wire),
-                target_receive_ms: (ms_between(t_wire, resumed_ns)
-                    - load_ms
-                    - config_ms
-                    - resume_ms)
-                    .max(0.0),
+                stop_ms,
+                drain_ms,
+                wire_ms,
+                target_receive_ms: clock.receive_ms(
+                    stop_ms + drain_ms + wire_ms,
+                    load_ms + config_ms + resume_ms,
+                ),
                 target_load_ms: load_ms,
                 target_config_ms: config_ms,
                 target_resume_ms: resume_ms,
             };
+            report.downtime_clock = Some(clock);
             report.bytes.ram = stats.ram;
             report.bytes.state = stats.state;
             report.bytes.total = stats.total;
@@ -143,6 +178,15 @@ pub(super) fn stop_and_copy(
                 throttle_pct: throttle,
             });
             Ok(report)
+        }
+    }
+}
+
+/// The target's next acknowledgement (its other messages are not for this phase).
+fn next_ack(events: &TargetEvents) -> Result<Ack> {
+    loop {
+        if let FromTarget::Ack(a) = events.next()? {
+            return Ok(a);
         }
     }
 }

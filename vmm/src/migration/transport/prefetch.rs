@@ -87,6 +87,22 @@ impl PrefetchReader {
         e.as_ref().map(|(k, t)| io::Error::new(*k, t.clone()))
     }
 
+    /// The next control message from the source if one comes within `wait` (`None` if
+    /// not), decoded as `T`.
+    pub fn recv_control_within<T: serde::de::DeserializeOwned>(
+        &mut self,
+        what: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<T>> {
+        match self.ctrl.recv_timeout(wait) {
+            Ok(body) => control::decode(&body, what).map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(MigrationError::Peer {
+                what: format!("the source closed the connection before the {what}"),
+            }),
+        }
+    }
+
     /// The next control message from the source, decoded as `T`.
     pub fn recv_control<T: serde::de::DeserializeOwned>(&mut self, what: &str) -> Result<T> {
         let since = monotonic_ns();
