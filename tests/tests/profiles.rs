@@ -20,6 +20,14 @@ const GOLDEN_FRAMES: u64 = 3;
 /// A frame limit no test reaches.
 const OUT_OF_REACH: u64 = 100_000;
 
+/// The tests here run one at a time: the convergence test measures how fast the guest
+/// dirties memory against the link, which the other tests' load would change.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The profile at a small size (its objects, uploads and passes unchanged).
 fn params(profile: Profile, frames: u64) -> Params {
     Params {
@@ -56,6 +64,7 @@ fn reference(profile: Profile, frames: u64) -> Outcome {
 
 #[test]
 fn every_profile_renders_its_golden_checksums() {
+    let _serial = serial();
     let golden: [(Profile, [u64; GOLDEN_FRAMES as usize]); 3] = [
         (
             Profile::Light,
@@ -129,6 +138,7 @@ fn migrate(profile: Profile, opts: SourceOptions, tracking: DirtyTracking) -> (O
 
 #[test]
 fn light_and_medium_migrate_over_both_protocols_and_tracking_modes() {
+    let _serial = serial();
     for profile in [Profile::Light, Profile::Medium] {
         for protocol in [Protocol::Region, Protocol::V2] {
             for tracking in [DirtyTracking::ShadowPt, DirtyTracking::Pinned] {
@@ -146,6 +156,7 @@ fn light_and_medium_migrate_over_both_protocols_and_tracking_modes() {
 
 #[test]
 fn heavy_migrates_over_both_protocols() {
+    let _serial = serial();
     assert!(PROFILES.contains(&Profile::Heavy));
     for (protocol, tracking) in [
         (Protocol::Region, DirtyTracking::Pinned),
@@ -159,4 +170,44 @@ fn heavy_migrates_over_both_protocols() {
         let (got, want) = migrate(Profile::Heavy, opts, tracking);
         assert_eq!(got, want, "heavy {protocol:?} {tracking:?}");
     }
+}
+
+#[test]
+fn heavy_outruns_the_link_and_converges_only_with_auto_converge() {
+    let _serial = serial();
+    // heavy rewrites about 270 MB of graphics memory a frame (its texture uploads). The
+    // source here gives the guest at most half of its thread while the link is busy, so the
+    // link is capped at 256 MB/s to stay below what the guest then dirties; with a 20 ms
+    // downtime limit (5 MB at that rate) plain pre-copy cannot get what is left under the
+    // limit, and throttling the engine can.
+    let base = SourceOptions {
+        protocol: Protocol::V2,
+        bandwidth: Some(256 << 20),
+        downtime_limit: std::time::Duration::from_millis(20),
+        max_rounds: 3,
+        ..SourceOptions::default()
+    };
+    let run = |o: SourceOptions| {
+        let (url, target) = spawn_target("vgpu-512");
+        let mut src = booted(Profile::Heavy, OUT_OF_REACH, DirtyTracking::ShadowPt);
+        src.run(StopAt::Frame(2)).unwrap();
+        let res = migration::migrate(&mut src, &url, &o, &mut |_| {});
+        (res.map(|(r, _)| r), target.join().unwrap())
+    };
+    let (res, t) = run(base.clone());
+    let err = res.expect_err("plain pre-copy converged").to_string();
+    assert!(err.contains("did not converge"), "{err}");
+    assert!(t.is_err(), "the target discards");
+
+    let (res, t) = run(SourceOptions {
+        auto_converge: true,
+        ..base
+    });
+    let rep = res.expect("auto-converge converges");
+    assert!(rep.throttle_pct > 0, "the engine was throttled");
+    let mut dst = t.unwrap();
+    let frames = submitted(&mut dst) + 1;
+    dst.set_frame_limit(frames).unwrap();
+    dst.run(StopAt::Done).unwrap();
+    assert_eq!(outcome(&mut dst, frames), reference(Profile::Heavy, frames));
 }
