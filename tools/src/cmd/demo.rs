@@ -267,6 +267,9 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
             m.downtime_ms, m.expected_downtime_ms, d.stop_ms, d.drain_ms, d.wire_ms, d.target_receive_ms,
             d.target_load_ms, d.target_config_ms, d.target_resume_ms
         );
+        if let Some(c) = &m.downtime_clock {
+            println!("  downtime measured on the {}", c.method);
+        }
         if !m.device_precopy {
             println!("  the device offers no PRE_COPY: all its data moved in stop-copy, inside the downtime (it grows with graphics memory)");
         }

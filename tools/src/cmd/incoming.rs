@@ -40,7 +40,9 @@ pub struct IncomingReport {
     pub bytes_total: u64,
     /// The vCPU the guest went on on here: "kvm" when the stream carried a KVM vCPU.
     pub vcpu: &'static str,
-    /// Source vCPU stop to target vCPU resume, ms.
+    /// Source vCPU stop to target vCPU resume, ms, as the source measured it on its own
+    /// clock (from its summary; 0 if none arrived): this host's clock is never compared
+    /// with the source's.
     pub downtime_ms: f64,
     /// Target part of the downtime.
     pub load_ms: f64,
@@ -164,7 +166,7 @@ pub fn run(
             }),
         bytes_total: rep.bytes,
         vcpu: ran.vcpu,
-        downtime_ms: vmm::migration::clock::ms_between(rep.source_stopped_ns, rep.resumed_ns),
+        downtime_ms: summary.as_ref().map_or(0.0, |s| s.downtime_ms),
         load_ms: rep.load_ms,
         config_ms: rep.config_ms,
         resume_ms: rep.resume_ms,

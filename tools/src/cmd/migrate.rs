@@ -297,6 +297,13 @@ pub fn run(
             rep.bytes_total,
             rep.verified.map_or("unknown".into(), |v| v.to_string())
         );
+        if let Some(c) = rep
+            .migration
+            .as_ref()
+            .and_then(|m| m.downtime_clock.as_ref())
+        {
+            println!("downtime measured on the {}", c.method);
+        }
     }
     match (&rep.error, rep.verified) {
         (Some(e), _) if rep.migrated => Err(CliError::Check {
