@@ -306,3 +306,88 @@ fn v1_precopy_then_stop_and_copy() {
     assert_eq!(t.state(), d.state());
     assert!(t.graphics_memory().bytes() == d.graphics_memory().bytes());
 }
+
+#[test]
+fn the_pipeline3d_section_is_required_checked_and_restored() {
+    let base = device().state();
+    let mut st = base.clone();
+    st.pipeline3d.viewport.width = 100;
+    st.pipeline3d.cull = crate::cmd::CULL_FRONT;
+    st.pipeline3d.mvp[3] = 7;
+    st.pipeline3d.depth_buffer = crate::engine::Surface::from_dwords(0x1000, 64, 16 | (4 << 16));
+    let mut t = device();
+    assert_eq!(
+        load_v2(&mut t, &stream_of(&fixed(&st)), 999),
+        Ok(MigState::Stop)
+    );
+    assert_eq!(
+        t.state().pipeline3d,
+        st.pipeline3d,
+        "the 3D state comes back"
+    );
+
+    let p3d = SectionId::Pipeline3d as u32;
+    let mut cases: Vec<(Vec<Sec>, &str)> = Vec::new();
+    let mut bad = base.clone();
+    bad.pipeline3d.cull = 3;
+    cases.push((
+        fixed(&bad),
+        "section PIPELINE3D: 3D pipeline state: cull mode",
+    ));
+    let mut bad = base.clone();
+    bad.pipeline3d.depth_buffer = crate::engine::Surface::from_dwords(64 << 20, 64, 16 | (4 << 16));
+    cases.push((fixed(&bad), "section PIPELINE3D"));
+    let mut s = fixed(&base);
+    s.retain(|x| x.0 != p3d);
+    cases.push((s, "section PIPELINE3D is missing"));
+    let mut s = fixed(&base);
+    if let Some(x) = s.iter_mut().find(|x| x.0 == p3d) {
+        x.1 = 2;
+    }
+    cases.push((s, "section PIPELINE3D: version 2"));
+    let mut s = fixed(&base);
+    if let Some(x) = s.iter_mut().find(|x| x.0 == p3d) {
+        x.2[0] = b'X';
+    }
+    cases.push((s, "section PIPELINE3D: bad magic"));
+    for (sections, want) in cases {
+        let why = refused(&stream_of(&sections), VGPU_64);
+        assert!(why.contains(want), "want {want:?}, got {why:?}");
+    }
+}
+
+#[test]
+fn a_saved_stream_carries_pipeline3d_at_its_own_version() {
+    let (mut d, _m) = prepared();
+    let bytes = save_v2(&mut d, 1 << 20);
+    let mut p = state_region::format::ContextParser::new(crate::inspect::context_limits(None));
+    struct Versions(Vec<(u32, u16, u16)>);
+    impl state_region::format::SectionSink for Versions {
+        fn begin(&mut self, h: &state_region::format::SectionHeader) -> Result<(), String> {
+            self.0.push((h.id, h.major, h.minor));
+            Ok(())
+        }
+        fn data(
+            &mut self,
+            _: &state_region::format::SectionHeader,
+            _: u64,
+            _: &[u8],
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn end(&mut self, _: &state_region::format::SectionHeader) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let mut v = Versions(Vec::new());
+    p.feed(&bytes, &mut v).unwrap();
+    let (major, minor) = SectionId::Pipeline3d.version();
+    assert!(
+        v.0.contains(&(SectionId::Pipeline3d as u32, major, minor)),
+        "{:?}",
+        v.0
+    );
+    assert!(v
+        .0
+        .contains(&(SectionId::Engine as u32, SECTION_MAJOR, SECTION_MINOR)));
+}
