@@ -171,12 +171,13 @@ pub fn harvest_dirty(mem: &GuestMem) -> DirtyBitmap {
 /// `/proc/self/pagemap` (bits 63 and 62). Guest RAM is a fresh anonymous mapping, so such a
 /// page has never been written and reads as zero; a first pre-copy pass can skip it without
 /// reading it (reading would fault in 4 KiB of the zero page per page). `None` when the
-/// pagemap cannot be read (then every page must be read), and for shared guest RAM: a page
-/// another process (a device's DMA) wrote is not present in this process's page tables.
+/// pagemap cannot be read (then every page must be read). Shared guest RAM asks its file
+/// instead ([`file_holes`]): a page another process (a device's DMA) wrote is not present
+/// in this process's page tables, but it is allocated in the file.
 pub fn never_backed(mem: &GuestMem) -> Option<DirtyBitmap> {
     use std::io::{Read, Seek, SeekFrom};
     if is_shared(mem) {
-        return None;
+        return file_holes(mem);
     }
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
@@ -201,6 +202,51 @@ pub fn never_backed(mem: &GuestMem) -> Option<DirtyBitmap> {
                 }
             }
             p += n;
+        }
+    }
+    Some(out)
+}
+
+/// The pages of shared guest RAM that are holes in its file (`SEEK_DATA`/`SEEK_HOLE`):
+/// never written by this process nor by any other that maps the file, so zero. `None` if
+/// the file cannot say.
+pub fn file_holes(mem: &GuestMem) -> Option<DirtyBitmap> {
+    use std::os::fd::AsRawFd;
+    let mut out = DirtyBitmap::new(0, size(mem), PAGE_SIZE).ok()?;
+    for region in mem.iter() {
+        let fo = region.file_offset()?;
+        let fd = fo.file().as_raw_fd();
+        let (start, end) = (fo.start(), fo.start() + region.len());
+        let gpa = |off: u64| region.start_addr().0 + (off - start);
+        let mut hole = |from: u64, to: u64| {
+            let mut a = from.next_multiple_of(PAGE_SIZE);
+            while a + PAGE_SIZE <= to {
+                out.mark(gpa(a));
+                a += PAGE_SIZE;
+            }
+        };
+        let mut off = start;
+        while off < end {
+            // SAFETY: lseek only moves this file's offset (nobody reads through it).
+            let data = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                    hole(off, end);
+                    break;
+                }
+                return None;
+            }
+            let data = (data as u64).min(end);
+            hole(off, data);
+            if data >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let next = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+            if next < 0 {
+                return None;
+            }
+            off = (next as u64).min(end).max(data + 1);
         }
     }
     Some(out)
@@ -328,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_ram_is_a_sealed_memfd_and_never_skipped() {
+    fn shared_ram_is_a_sealed_memfd_whose_holes_are_never_written_pages() {
         let mem = create_shared(1 << 20, 1 << 30).unwrap();
         assert!(is_shared(&mem));
         assert!(!is_shared(&create(1 << 20, 1 << 30).unwrap()));
@@ -341,12 +387,20 @@ mod tests {
         let region = mem.iter().next().unwrap();
         let file = region.file_offset().unwrap().file();
         let mut b = [0u8; 1];
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut b, 0x3000).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut b, 0x3000).unwrap();
         assert_eq!(b, [7]);
         assert!(file.set_len(4096).is_err(), "sealed against shrinking");
-        assert!(never_backed(&mem).is_none());
-        assert_eq!(maybe_written(&mem).count(), 256);
+        // Only the written page is data in the file; a write through another mapping
+        // (a device process's) counts as well.
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&[1], 0x8_0000).unwrap();
+        let holes = never_backed(&mem).expect("tmpfs answers SEEK_HOLE");
+        assert!(!holes.is_dirty(0x3000) && !holes.is_dirty(0x8_0000));
+        assert!(holes.is_dirty(0x4000) && holes.is_dirty(0));
+        assert_eq!(
+            maybe_written(&mem).iter_dirty().collect::<Vec<_>>(),
+            vec![0x3000, 0x8_0000]
+        );
     }
 
     #[test]
