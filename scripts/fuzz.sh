@@ -8,6 +8,8 @@
 # Environment:
 #   FUZZ_WORK   where each target's growing corpus and logs go (default fuzz/target/work);
 #               the committed corpus in fuzz/corpus/ is only read.
+#   FUZZ_SEED   libFuzzer's -seed (default 0: a new one each run); CI sets 1, so that a
+#               finding there comes back on the same commit.
 #
 # The toolchain here is stable rustc; cargo-fuzz's AddressSanitizer build passes
 # `-Zsanitizer=address`, a nightly flag, so the build sets RUSTC_BOOTSTRAP=1 (which lets
@@ -54,7 +56,8 @@ for t in "${targets[@]}"; do
     log="$work/$t.log"
     # The first directory is where new inputs go; the committed seeds are read only.
     "$bin_dir/$t" "$work/$t" "corpus/$t" \
-        -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout=30 \
+        -max_total_time="$secs" -seed="${FUZZ_SEED:-0}" \
+        -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout=30 \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
