@@ -152,6 +152,34 @@ pub struct MigrateArgs {
     pub kill_self_at: Option<String>,
 }
 
+/// Options of `soak`.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Round trips per guest (home -> peer -> home).
+    #[arg(long, default_value_t = 10)]
+    pub round_trips: u64,
+    /// Guests migrating at the same time, each with its own vGPU instance from this
+    /// process's parent device (a type with too few instances left is refused).
+    #[arg(long, default_value_t = 1)]
+    pub vms: usize,
+    /// Frames a guest renders at the peer before it is sent home (it also renders while
+    /// each migration's pre-copy runs).
+    #[arg(long, default_value_t = 1)]
+    pub hop_frames: u64,
+    /// How the VMM drives the device: region or v2.
+    #[arg(long, default_value = "v2")]
+    pub protocol: String,
+    /// DMA dirty tracking: shadow-pt, pinned or off.
+    #[arg(long, default_value = "shadow-pt")]
+    pub dirty_tracking: String,
+    /// Run as the peer of the home process whose listeners are these URLs (comma-separated).
+    #[arg(long, hide = true, value_name = "URLS")]
+    pub peer_of: Option<String>,
+    /// The peer writes its own listeners' URLs here (comma-separated).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+}
+
 /// Options of a live migration's target about its link to the source.
 #[derive(Debug, Clone, Args)]
 pub struct IncomingArgs {
@@ -261,6 +289,19 @@ pub enum Command {
         /// Show the PCI config space (lspci -xxx style and decoded).
         #[arg(long)]
         config: bool,
+    },
+    /// Migrate guests back and forth between this process and a peer process many times
+    /// while they render, checking each checksum log after every round trip.
+    Soak {
+        /// Workload.
+        #[command(flatten)]
+        w: WorkloadArgs,
+        /// Soak options.
+        #[command(flatten)]
+        a: SoakArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Live-migrate the running workload between two processes over loopback and check
     /// the result against a run that never migrated.

@@ -14,6 +14,7 @@ mod restore;
 mod run;
 mod serve;
 mod snapshot_demo;
+mod soak;
 mod types;
 
 use slog::Logger;
@@ -95,6 +96,7 @@ impl From<crate::output::OutputError> for CliError {
 pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()> {
     match cmd {
         Command::Types { json } => types::run(json),
+        Command::Soak { w, a, json } => soak::run(&a, &w, json, log),
         Command::Run {
             w,
             frames,
