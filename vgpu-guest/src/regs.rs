@@ -86,7 +86,15 @@ pub const INT_GTT_ERROR: u32 = 1 << 3;
 /// The engine met a malformed command.
 pub const INT_CMD_ERROR: u32 = 1 << 4;
 /// Every defined interrupt bit.
-pub const INT_ALL: u32 = INT_USER | INT_PIPE_NOTIFY | INT_FLIP_DONE | INT_GTT_ERROR | INT_CMD_ERROR;
+pub const INT_ALL: u32 =
+    INT_USER | INT_PIPE_NOTIFY | INT_FLIP_DONE | INT_GTT_ERROR | INT_CMD_ERROR | INT_ENGINE_HANG;
+/// Interrupt: the hang check stopped a batch that ran past [`MAX_BATCH_BYTES`] without its
+/// `BATCH_END` (the engine halts, as for a command error, until reset).
+pub const INT_ENGINE_HANG: u32 = 1 << 5;
+/// The engine's hang check: a batch may run at most this many bytes of commands. It counts
+/// commands, not time, so a migrated engine hangs at the same command as one that never
+/// moved.
+pub const MAX_BATCH_BYTES: u32 = 16 << 20;
 
 /// Latched error cause (write 1 to clear), bits as the `INT_*` error bits.
 pub const REG_ERROR_STATUS: u32 = 0x0120;

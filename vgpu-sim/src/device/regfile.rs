@@ -78,7 +78,7 @@ pub const RING_START_LO_MASK: u32 = 0xffff_f000;
 /// Ring control: enable and size field.
 pub const RING_CTL_MASK: u32 = RING_CTL_ENABLE | (RING_CTL_SIZE_MASK << RING_CTL_SIZE_SHIFT);
 /// Error bits of `REG_ERROR_STATUS`.
-pub const ERROR_BITS: u32 = INT_GTT_ERROR | INT_CMD_ERROR;
+pub const ERROR_BITS: u32 = INT_GTT_ERROR | INT_CMD_ERROR | INT_ENGINE_HANG;
 /// Bits of `REG_ENGINE_STATUS`.
 pub const ENGINE_STATUS_BITS: u32 = ENGINE_BUSY | ENGINE_IN_BATCH | ENGINE_HALTED;
 

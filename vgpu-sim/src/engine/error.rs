@@ -2,7 +2,7 @@
 
 use snafu::Snafu;
 
-use crate::regs::{INT_CMD_ERROR, INT_GTT_ERROR};
+use crate::regs::{INT_CMD_ERROR, INT_ENGINE_HANG, INT_GTT_ERROR};
 
 use super::surface::SurfaceError;
 use super::DmaFault;
@@ -176,6 +176,17 @@ pub enum EngineError {
         /// The draw's vertex count.
         count: u32,
     },
+    /// The hang check: a batch ran past `MAX_BATCH_BYTES` without its `BATCH_END` (as
+    /// i915's hangcheck stops an engine that makes no progress).
+    #[snafu(display(
+        "engine hang: the batch at {start:#x} ran past {limit} bytes without BATCH_END"
+    ))]
+    Hang {
+        /// The batch's start address.
+        start: u64,
+        /// The limit, bytes.
+        limit: u32,
+    },
     /// A DMA to an address outside the GTT range, or one the GTT could not translate.
     #[snafu(display("DMA to unmapped graphics address {addr:#x}"))]
     Dma {
@@ -189,6 +200,7 @@ impl EngineError {
     pub fn interrupt(&self) -> u32 {
         match self {
             Self::Dma { .. } => INT_GTT_ERROR,
+            Self::Hang { .. } => INT_ENGINE_HANG,
             _ => INT_CMD_ERROR,
         }
     }

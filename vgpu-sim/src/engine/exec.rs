@@ -4,11 +4,11 @@ use std::fmt;
 
 use crate::cmd::{self, OP_BATCH_END};
 use crate::regs::{
-    ENGINE_BUSY, ENGINE_HALTED, ENGINE_IN_BATCH, GTT_ENTRIES, PAGE_SIZE, REG_ACTHD_HI,
-    REG_ACTHD_LO, REG_BB_ADDR_HI, REG_BB_ADDR_LO, REG_BB_OFFSET, REG_CMD_COUNT, REG_ENGINE_STATUS,
-    REG_ERROR_ADDR_HI, REG_ERROR_ADDR_LO, REG_ERROR_STATUS, REG_RING_CTL, REG_RING_HEAD,
-    REG_RING_START_HI, REG_RING_START_LO, REG_RING_TAIL, RING_CTL_ENABLE, RING_CTL_SIZE_MASK,
-    RING_CTL_SIZE_SHIFT, SYS_BASE,
+    ENGINE_BUSY, ENGINE_HALTED, ENGINE_IN_BATCH, GTT_ENTRIES, MAX_BATCH_BYTES, PAGE_SIZE,
+    REG_ACTHD_HI, REG_ACTHD_LO, REG_BB_ADDR_HI, REG_BB_ADDR_LO, REG_BB_OFFSET, REG_CMD_COUNT,
+    REG_ENGINE_STATUS, REG_ERROR_ADDR_HI, REG_ERROR_ADDR_LO, REG_ERROR_STATUS, REG_RING_CTL,
+    REG_RING_HEAD, REG_RING_START_HI, REG_RING_START_LO, REG_RING_TAIL, RING_CTL_ENABLE,
+    RING_CTL_SIZE_MASK, RING_CTL_SIZE_SHIFT, SYS_BASE,
 };
 
 use super::error::{BadLengthSnafu, EngineError, PastTailSnafu, RingPointerSnafu, RingStartSnafu};
@@ -263,6 +263,12 @@ impl Engine {
 
     /// Fetch, execute and retire one command.
     fn step(&mut self, bus: &mut dyn EngineBus) -> Result<(), EngineError> {
+        if self.state.in_batch && self.state.batch_offset >= MAX_BATCH_BYTES {
+            return Err(EngineError::Hang {
+                start: self.state.batch_start,
+                limit: MAX_BATCH_BYTES,
+            });
+        }
         let cmd = self.fetch(bus)?;
         self.execute(bus, &cmd)?;
         match cmd.next {

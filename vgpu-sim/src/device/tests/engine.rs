@@ -142,3 +142,48 @@ fn engine_draws_into_graphics_memory_and_marks_it_dirty() {
     assert_eq!(rd(&mut d, REG_FLIP_COUNT), 1);
     let _ = d.region_info(VFIO_PCI_BAR2_REGION_INDEX).unwrap();
 }
+
+// The hang check (i915's hangcheck, counted in commands rather than time): a batch that
+// runs past MAX_BATCH_BYTES without its BATCH_END halts the engine with INT_ENGINE_HANG; the
+// device stays migratable and a migrated device keeps the hang.
+#[test]
+fn a_batch_that_never_ends_is_stopped_by_the_hang_check_and_migrates_hung() {
+    use crate::cmd::OP_BATCH_START;
+    use crate::regs::{INT_ENGINE_HANG, MAX_BATCH_BYTES, REG_ACTHD_LO, REG_BB_OFFSET};
+    let (mut d, m, rec) = booted();
+    // One zeroed page behind 4097 GTT entries: a batch there is NOOP after NOOP over the
+    // same page, with no end (a batch that loops on itself).
+    let zero_page = gpa(MAPPED - 1);
+    let first = 1024;
+    for e in first..first + u64::from(MAX_BATCH_BYTES) / PAGE_SIZE + 1 {
+        gtt_wr(&mut d, e, zero_page | GTT_PRESENT);
+    }
+    let mut p = Prog::new();
+    let start = gaddr(first);
+    p.cmd(OP_BATCH_START, &[start as u32, (start >> 32) as u32]);
+    submit(&mut d, &m, &p);
+    rec.take();
+    let limit = (MAX_BATCH_BYTES / 4) as usize;
+    let done = d.run(limit + 10);
+    assert_eq!(
+        done,
+        1 + limit,
+        "BATCH_START and every NOOP up to the limit"
+    );
+    assert!(d.is_halted());
+    assert_eq!(rd(&mut d, REG_ERROR_STATUS), INT_ENGINE_HANG);
+    assert_eq!(rd(&mut d, REG_IIR) & INT_ENGINE_HANG, INT_ENGINE_HANG);
+    assert_eq!(rd(&mut d, REG_BB_OFFSET), MAX_BATCH_BYTES);
+    assert!(!rec.take().is_empty(), "the error interrupt was raised");
+    assert_eq!(d.run(10), 0, "halted until reset");
+    // Migrate the hung device: the target is hung at the same place.
+    d.set_mig_state(MigState::Stop).unwrap();
+    let stream = save_v2(&mut d, 1 << 20);
+    let mut t = device_on(VGPU_64, m.clone());
+    assert_eq!(load_v2(&mut t, &stream, 1 << 20), Ok(MigState::Stop));
+    t.set_mig_state(MigState::Running).unwrap();
+    assert!(t.is_halted());
+    assert_eq!(rd(&mut t, REG_ERROR_STATUS), INT_ENGINE_HANG);
+    assert_eq!(rd(&mut t, REG_ACTHD_LO), rd(&mut d, REG_ACTHD_LO));
+    assert_eq!(t.run(10), 0);
+}
