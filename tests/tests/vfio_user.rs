@@ -525,3 +525,49 @@ fn demo_with_device_processes_verifies_and_says_where_the_device_ran() {
     assert!(device.contains("device processes"), "{device}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_client_keeps_the_data_stream_handle_lifecycle() {
+    use mdev_core::{MigState, MigrationError};
+    let dev = DeviceProcess::start("handles", "vgpu-64", &[]);
+    let mut vm = booted_remote(&dev, 1);
+    vm.run(StopAt::Done).unwrap();
+    let mig = vm.device().migration().expect("v2 over vfio-user");
+    assert_eq!(mig.mig_state(), MigState::Running);
+    let s1 = mig
+        .set_mig_state(MigState::PreCopy)
+        .unwrap()
+        .stream
+        .expect("PRE_COPY opens a session");
+    let mut buf = vec![0u8; 64 << 10];
+    assert!(mig.read_data(s1, &mut buf).unwrap() > 0, "pre-copy data");
+    // PRE_COPY -> STOP_COPY goes on in the same session.
+    let t = mig.set_mig_state(MigState::StopCopy).unwrap();
+    assert_eq!(t.stream, None);
+    while mig.read_data(s1, &mut buf).unwrap() > 0 {}
+    // Leaving the session's states ends it; the old handle is stale from then on.
+    mig.set_mig_state(MigState::Stop).unwrap();
+    assert!(matches!(
+        mig.read_data(s1, &mut buf),
+        Err(MigrationError::StaleStream { .. })
+    ));
+    let s2 = mig
+        .set_mig_state(MigState::StopCopy)
+        .unwrap()
+        .stream
+        .expect("a new session");
+    assert_ne!(s1, s2);
+    assert!(mig.read_data(s2, &mut buf).unwrap() > 0);
+    mig.close_data(s2);
+    assert!(matches!(
+        mig.read_data(s2, &mut buf),
+        Err(MigrationError::StaleStream { .. })
+    ));
+    // A refused request changes nothing.
+    assert!(matches!(
+        mig.set_mig_state(MigState::PreCopy),
+        Err(MigrationError::InvalidTransition { .. })
+    ));
+    assert_eq!(mig.mig_state(), MigState::StopCopy);
+    mig.set_mig_state(MigState::Running).unwrap();
+}

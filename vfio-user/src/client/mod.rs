@@ -103,6 +103,10 @@ impl Client {
             caps: Caps {
                 max_msg_fds: 4,
                 max_data_xfer_size: cfg.max_data_xfer_size,
+                migration: Some(crate::proto::MigrationCaps {
+                    pgsize: 4096,
+                    max_bitmap_size: u64::from(cfg.max_data_xfer_size),
+                }),
                 ..Caps::default()
             },
         };

@@ -205,6 +205,10 @@ impl Session {
             ));
         }
         let mut caps = self.ours.clone();
+        // The reply's capabilities are a subset of those proposed.
+        if v.caps.migration.is_none() {
+            caps.migration = None;
+        }
         caps.max_data_xfer_size = caps
             .max_data_xfer_size
             .min(v.caps.max_data_xfer_size)
