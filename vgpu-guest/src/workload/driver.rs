@@ -399,14 +399,17 @@ fn boot(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     raw.clear();
     raw.resize(TEX_DIM as usize * 4, 0);
     for t in 0..u64::from(spec.pool) {
+        let tex = scene::Checker::new(p.seed, t);
         for y in 0..TEX_DIM {
-            for (x, px) in raw.chunks_exact_mut(4).enumerate() {
-                px.copy_from_slice(&scene::texel(p.seed, t, x as u32, y).to_le_bytes());
-            }
+            tex.row(y, &mut raw);
             bus.write(
                 POOL_GPA + t * TEX_BYTES + u64::from(y) * u64::from(TEX_DIM) * 4,
                 &raw,
             );
+            if y % 64 == 0 {
+                // Poll the device now and then: a long boot still shows the VMM progress.
+                mmio_read(bus, s, REG_ID);
+            }
         }
     }
     let plan = p.plan();
@@ -465,7 +468,18 @@ fn frame(bus: &mut dyn GuestBus, p: &Params, s: &mut State) -> StepOutcome {
     r.cmd(crate::cmd::OP_NOOP, &[]);
     bus.write(RING_GPA + u64::from(s.ring_tail), &r.bytes);
     s.ring_tail = ((u64::from(s.ring_tail) + r.bytes.len() as u64) % RING_SIZE) as u32;
-    mmio_write(bus, s, REG_RING_TAIL, s.ring_tail);
+    // The host may have lowered the frame limit while this frame was being built (a vCPU
+    // stopped inside a step, as a KVM vCPU is at a switchover or a pause, resumes in it):
+    // look again just before the device can see the frame. Abandoning it is harmless: the
+    // next step builds the same frame into the same free slot.
+    if Params::load(bus).is_some_and(|now| s.frame >= now.frame_limit) {
+        return StepOutcome::Waiting;
+    }
+    // Count the frame in guest RAM before the device can see it: a vCPU stopped at the
+    // tail write (an MMIO exit) has then already counted every frame the device may
+    // render, so a host reading the counter sets limits that hold.
     s.frame += 1;
+    s.store(bus);
+    mmio_write(bus, s, REG_RING_TAIL, s.ring_tail);
     StepOutcome::Progress
 }

@@ -272,19 +272,48 @@ pub fn draws(
     }
 }
 
-/// Texel (`x`, `y`) of texture `t` for `seed`: a seeded checkerboard with a gradient.
+/// Texture `t` of the pool for `seed`: a seeded checkerboard with a gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checker {
+    a: u32,
+    b: u32,
+    /// log2 of the cell edge in texels.
+    cell_shift: u32,
+}
+
+impl Checker {
+    /// The texture `t` for `seed`.
+    pub fn new(seed: u64, t: u64) -> Self {
+        let mut rng = SplitMix::new(seed ^ (t + 1).wrapping_mul(0x7e57_7e57));
+        Self {
+            a: rng.next_u64() as u32 | 0xff00_0000,
+            b: rng.next_u64() as u32 | 0xff00_0000,
+            cell_shift: 3 + (t % 3) as u32,
+        }
+    }
+
+    /// Texel (`x`, `y`).
+    pub fn texel(&self, x: u32, y: u32) -> u32 {
+        let base = if ((x >> self.cell_shift) + (y >> self.cell_shift)) % 2 == 0 {
+            self.a
+        } else {
+            self.b
+        };
+        let g = (x * 255 / TEX_DIM) as u8;
+        base ^ u32::from(g) ^ (u32::from((y * 255 / TEX_DIM) as u8) << 8)
+    }
+
+    /// Row `y` into `out` (4 bytes a texel).
+    pub fn row(&self, y: u32, out: &mut [u8]) {
+        for (x, px) in out.chunks_exact_mut(4).enumerate() {
+            px.copy_from_slice(&self.texel(x as u32, y).to_le_bytes());
+        }
+    }
+}
+
+/// Texel (`x`, `y`) of texture `t` for `seed` (see [`Checker`]).
 pub fn texel(seed: u64, t: u64, x: u32, y: u32) -> u32 {
-    let mut rng = SplitMix::new(seed ^ (t + 1).wrapping_mul(0x7e57_7e57));
-    let a = rng.next_u64() as u32 | 0xff00_0000;
-    let b = rng.next_u64() as u32 | 0xff00_0000;
-    let cell = 8 << (t % 3);
-    let base = if ((x / cell) + (y / cell)) % 2 == 0 {
-        a
-    } else {
-        b
-    };
-    let g = (x * 255 / TEX_DIM) as u8;
-    base ^ u32::from(g) ^ (u32::from((y * 255 / TEX_DIM) as u8) << 8)
+    Checker::new(seed, t).texel(x, y)
 }
 
 /// Clear colour of `frame`.
