@@ -17,6 +17,10 @@ use crate::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 /// DMA page size.
 pub(crate) const DMA_PAGE: u64 = 4096;
 
+/// Most client memory mapped at once (all maps together): what the device's memory
+/// bookkeeping (a dirty bitmap per region) may cost is bounded by it.
+pub(crate) const MAX_DMA_TOTAL: u64 = 64 << 30;
+
 /// One accepted map.
 #[derive(Debug)]
 struct DmaMap {
@@ -90,6 +94,13 @@ impl DmaTable {
                 format!("map {iova:#x}+{size:#x} overlaps an existing map"),
             ));
         }
+        let total: u64 = self.maps.iter().map(|m| m.size).sum();
+        if total.saturating_add(size) > MAX_DMA_TOTAL {
+            return Err((
+                libc::ENOSPC,
+                format!("maps would exceed {MAX_DMA_TOTAL:#x} bytes in all"),
+            ));
+        }
         if self.maps.len() >= self.max {
             return Err((
                 libc::ENOSPC,
@@ -119,6 +130,11 @@ impl DmaTable {
             file,
         });
         Ok(())
+    }
+
+    /// The mapped ranges (iova, size).
+    pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
+        self.maps.iter().map(|m| (m.iova, m.size)).collect()
     }
 
     /// Remove the map that is exactly `iova`+`size`.

@@ -62,6 +62,11 @@ impl Session {
             return Err(inval(format!("DEVICE_FEATURE flags {flags:#x}")));
         }
         let max_xfer = self.max_xfer();
+        let dma_ranges = self.dma_ranges();
+        let dma_covers = |iova: u64, len: u64| {
+            iova.checked_add(len)
+                .is_some_and(|end| dma_ranges.iter().any(|&(a, n)| iova >= a && end <= a + n))
+        };
         let dev = &mut self.dev()?.device;
         let has_mig = dev.migration().is_some();
         let has_log = dev.dma_dirty_log().is_some();
@@ -167,11 +172,19 @@ impl Session {
                         length: r.u64().map_err(short)?,
                     });
                 }
+                // No ranges: log all the client's memory. Every range must lie inside the
+                // mapped memory (the log's bitmaps are sized by the ranges).
                 if ranges.is_empty() {
-                    ranges.push(DmaRange {
-                        iova: 0,
-                        length: !(page_size.max(1) - 1),
-                    });
+                    ranges = dma_ranges
+                        .iter()
+                        .map(|&(iova, length)| DmaRange { iova, length })
+                        .collect();
+                }
+                if let Some(r) = ranges.iter().find(|r| !dma_covers(r.iova, r.length)) {
+                    return Err(inval(format!(
+                        "logging range {:#x}+{:#x} is outside the DMA maps",
+                        r.iova, r.length
+                    )));
                 }
                 let log = dev.dma_dirty_log().ok_or_else(|| inval("no log"))?;
                 let tracked = log.start(&ranges, page_size).map_err(|e| dirty_errno(&e))?;

@@ -122,6 +122,11 @@ impl Session {
         self.dma.len()
     }
 
+    /// The DMA maps' ranges (iova, size).
+    pub(super) fn dma_ranges(&self) -> Vec<(u64, u64)> {
+        self.dma.ranges()
+    }
+
     /// The negotiated largest data transfer.
     pub(super) fn max_xfer(&self) -> usize {
         self.caps
