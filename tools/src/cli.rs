@@ -414,6 +414,11 @@ pub enum Command {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// A peer measured in the same run (`--what pipeline`): `qemu` migrates a QEMU
+        /// guest with as much non-zero memory, QEMU to QEMU over loopback, when
+        /// `qemu-system-x86_64` is installed (scripts/install-qemu.sh).
+        #[arg(long, value_name = "PEER")]
+        peer: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -51,11 +51,32 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Check { msg: e.to_string() }
 }
 
-pub fn run(mdev_type: &str, what: &str, runs: usize, json: bool, log: &Logger) -> Result<()> {
+pub fn run(
+    mdev_type: &str,
+    what: &str,
+    runs: usize,
+    peer: Option<&str>,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
+    let qemu = match (peer, what) {
+        (None, _) => false,
+        (Some("qemu"), "pipeline") => true,
+        (Some("qemu"), _) => {
+            return Err(CliError::Usage {
+                msg: format!("--peer qemu goes with --what pipeline, not '{what}'"),
+            })
+        }
+        (Some(other), _) => {
+            return Err(CliError::Usage {
+                msg: format!("--peer '{other}' is not qemu"),
+            })
+        }
+    };
     match what {
         "context" => context(mdev_type, runs, json, log),
         "migration" => super::bench_migration::run(runs, json, log),
-        "pipeline" => super::bench_migration::pipeline(runs, json, log),
+        "pipeline" => super::bench_migration::pipeline(runs, qemu, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "render" => super::bench_render::run(runs, json, log),

@@ -15,6 +15,7 @@ use vgpu_sim::DirtyTracking;
 use vmm::migration::{self, Protocol, SourceOptions, SourceReport, TargetOptions};
 use vmm::{StopAt, Vm};
 
+use super::bench_qemu::PeerBench;
 use super::{CliError, Result};
 
 /// Fill the guest RAM above the workload's layout and the graphics memory above its
@@ -276,6 +277,7 @@ fn pipeline_figures(
     runs: usize,
     ram: u64,
     params: &Params,
+    mut peer: Option<&mut PeerBench>,
     log: &Logger,
 ) -> Result<(f64, f64, f64)> {
     let params = *params;
@@ -305,26 +307,61 @@ fn pipeline_figures(
         stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
         tcp.push(raw_tcp(r.bytes.total)?);
         sha.push(check_rate(r.bytes.ram, r.bytes.total - r.bytes.ram));
+        if let Some(p) = peer.as_deref_mut() {
+            // QEMU's guest holds as many non-zero bytes as our stream moved.
+            p.run(r.bytes.total);
+        }
     }
     Ok((median(stream), median(tcp), median(sha)))
 }
 
-/// `bench --what pipeline`: only the uncapped pipeline figures.
-pub fn pipeline(runs: usize, json: bool, log: &Logger) -> Result<()> {
+/// `bench --what pipeline`: only the uncapped pipeline figures; with `qemu`, QEMU's own
+/// migration of as much non-zero memory beside them (when QEMU is installed).
+pub fn pipeline(runs: usize, qemu: bool, json: bool, log: &Logger) -> Result<()> {
     let params = Params {
         frame_limit: 1_000,
         ..Params::default()
     };
-    let (s, t, h) = pipeline_figures(runs.max(1), 2 << 30, &params, log)?;
+    let mut peer = qemu.then(|| PeerBench::new(log));
+    let (s, t, h) = pipeline_figures(runs.max(1), 2 << 30, &params, peer.as_mut(), log)?;
+    let peer = peer.as_ref().map(PeerBench::summary);
     if json {
-        println!(
-            "{}",
-            serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h)})
-        );
+        let mut v = serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h)});
+        if let Some(p) = &peer {
+            v["peer"] = serde_json::to_value(p).unwrap_or_default();
+            if let Some(q) = p.mbps {
+                v["stream_over_qemu"] = serde_json::json!(s / 1e6 / q);
+            }
+        }
+        println!("{v}");
     } else {
         println!("migration stream {:.0} MB/s, raw loopback TCP {:.0} MB/s, integrity checks {:.0} MB/s, stream/slower {:.2}", s / 1e6, t / 1e6, h / 1e6, s / t.min(h));
+        if let Some(p) = &peer {
+            match p.mbps {
+                Some(q) => println!(
+                    "QEMU {} ({}, one channel, max-bandwidth unlimited, {} MiB non-zero guest RAM) {:.0} MB/s; ours/QEMU {:.2} (aim >= 2)",
+                    p.qemu_version.as_deref().unwrap_or("?"),
+                    p.accel.unwrap_or("?"),
+                    p.guest_mib,
+                    q,
+                    s / 1e6 / q
+                ),
+                None => println!(
+                    "QEMU: {}",
+                    p.note.as_deref().unwrap_or("no figure")
+                ),
+            }
+        }
     }
-    Ok(())
+    // QEMU installed but its migration failed: our figures are printed, the run fails.
+    match peer {
+        Some(p) if p.installed && !p.measured => Err(CliError::Check {
+            msg: p
+                .note
+                .unwrap_or_else(|| "the QEMU peer gave no figure".into()),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
@@ -345,7 +382,7 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
     let scenario = scenario(runs, ram, &params, true, &capped, log)?;
     let idle = scenario_idle(runs, ram, &params, &capped, log)?;
 
-    let (s, t, h) = pipeline_figures(runs, ram, &params, log)?;
+    let (s, t, h) = pipeline_figures(runs, ram, &params, None, log)?;
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.
     let mut dma = Vec::new();

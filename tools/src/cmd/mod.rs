@@ -3,6 +3,7 @@
 mod bench;
 mod bench_kvm;
 mod bench_migration;
+mod bench_qemu;
 mod bench_render;
 mod bench_vfio_user;
 mod demo;
@@ -189,8 +190,9 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             mdev_type,
             what,
             runs,
+            peer,
             json,
-        } => bench::run(&mdev_type, &what, runs, json, log),
+        } => bench::run(&mdev_type, &what, runs, peer.as_deref(), json, log),
         Command::Serve {
             socket,
             device_type,
