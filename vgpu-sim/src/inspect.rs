@@ -261,5 +261,42 @@ pub fn summarize(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
             st.engine.render_target.stride
         ),
     ));
+    out.push(("3d pipeline".into(), pipeline3d_summary(&st.pipeline3d)));
     Ok(out)
+}
+
+/// One line about the 3D pipeline's state.
+fn pipeline3d_summary(p: &crate::engine::pipeline3d::Pipeline3dState) -> String {
+    let v = p.viewport;
+    let d = p.depth_buffer;
+    let depth = match (
+        p.depth_flags & crate::cmd::DEPTH_TEST != 0,
+        p.depth_flags & crate::cmd::DEPTH_WRITE != 0,
+    ) {
+        (true, true) => "test+write",
+        (true, false) => "test",
+        (false, true) => "write",
+        (false, false) => "off",
+    };
+    let cull = match p.cull {
+        crate::cmd::CULL_BACK => "back",
+        crate::cmd::CULL_FRONT => "front",
+        _ => "none",
+    };
+    format!(
+        "viewport {}x{}+{}+{}, depth {depth} buffer {:#x} {}x{}, cull {cull}, light ({}, {}, {}) ambient {:#x} diffuse {:#x}, index buffer {:#x}",
+        v.width,
+        v.height,
+        v.x,
+        v.y,
+        d.offset,
+        d.width,
+        d.height,
+        p.light.dir[0],
+        p.light.dir[1],
+        p.light.dir[2],
+        p.light.ambient,
+        p.light.diffuse,
+        p.index_buffer
+    )
 }
