@@ -258,7 +258,19 @@ pub fn v1_seeds(ctx: &[u8]) -> Seeds {
         .u8(1)
         .u8(op::RUN)
         .u8(8);
-    vec![("save".into(), save.bytes), ("resume".into(), resume.bytes)]
+    vec![
+        ("save".into(), pad_for_check(save.bytes, op::SAVE_STEP)),
+        ("resume".into(), pad_for_check(resume.bytes, op::SAVE_STEP)),
+    ]
+}
+
+/// `bytes` followed by `filler` (an op without arguments) until the length gets the
+/// migratability check ([`crate::device::check_migratable`]).
+fn pad_for_check(mut bytes: Vec<u8>, filler: u8) -> Vec<u8> {
+    while !crate::device::check_migratable(bytes.len()) {
+        bytes.push(filler);
+    }
+    bytes
 }
 
 fn state_sel(s: MigState) -> u8 {
@@ -287,7 +299,13 @@ pub fn v2_seeds(ctx: &[u8]) -> Seeds {
     }
     resume.u8(op::SET_STATE).u8(state_sel(MigState::Running));
     resume.u8(op::RUN).u8(16).u8(op::RESET);
-    vec![("save".into(), save.bytes), ("resume".into(), resume.bytes)]
+    vec![
+        ("save".into(), pad_for_check(save.bytes, op::PRECOPY_INFO)),
+        (
+            "resume".into(),
+            pad_for_check(resume.bytes, op::PRECOPY_INFO),
+        ),
+    ]
 }
 
 /// Config space: a saved state, and the writes a firmware and a driver make (BAR sizing

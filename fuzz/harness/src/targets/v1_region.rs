@@ -8,15 +8,16 @@
 //!
 //! Invariants: no panic; while the device is not in ERROR, `device_state` reads back as
 //! the v1 value of the device's v2 state; `data_size` never exceeds the window and
-//! `data_offset` lies in the region; at the end a running or stopped device is still
-//! migratable (after a resume sequence that committed, the loaded state saves and loads).
+//! `data_offset` lies in the region; at the end (for one input in eight, by length: the
+//! check is slow) a running or stopped device is still migratable (after a resume
+//! sequence that committed, the loaded state saves and loads).
 
 use mdev_core::migration::v2_to_v1;
 use mdev_core::{MigState, VfioDevice};
 use state_region::DATA_OFFSET;
 use vgpu_sim::device::MIGRATION_REGION_INDEX as REGION;
 
-use crate::device::{assert_migratable, fresh_on, guest_mem};
+use crate::device::{assert_migratable, check_migratable, fresh_on, guest_mem};
 use crate::Input;
 
 /// Offsets of the header fields.
@@ -143,7 +144,9 @@ pub fn run(data: &[u8]) {
         }
         check(&mut d, w, size);
     }
-    assert_migratable(&mut d);
+    if check_migratable(data.len()) {
+        assert_migratable(&mut d);
+    }
 }
 
 /// The uAPI's save step: `pending_bytes`, then `data_offset` (which makes the device stage

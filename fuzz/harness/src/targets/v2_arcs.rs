@@ -10,14 +10,15 @@
 //! Invariants: no panic; a refused state change (no path in the uAPI's arc table) changes
 //! nothing: neither the state nor the device; a successful one reaches exactly the
 //! requested state; a read never returns more than asked, and only in a saving state
-//! through the open session's handle; a reset always brings RUNNING back; at the end a
-//! running or stopped device is migratable.
+//! through the open session's handle; a reset always brings RUNNING back; at the end (for
+//! one input in eight, by length: the check is slow) a running or stopped device is
+//! migratable.
 
 use mdev_core::migration::ALL_STATES;
 use mdev_core::uapi::VFIO_PCI_BAR2_REGION_INDEX;
 use mdev_core::{DataStream, MigState, MigrationDevice, MigrationError, VfioDevice};
 
-use crate::device::{assert_migratable, digest, fresh};
+use crate::device::{assert_migratable, check_migratable, digest, fresh};
 use crate::Input;
 
 /// Ops (the op byte modulo 8).
@@ -116,7 +117,9 @@ pub fn run(data: &[u8]) {
             }
         }
     }
-    assert_migratable(&mut d);
+    if check_migratable(data.len()) {
+        assert_migratable(&mut d);
+    }
 }
 
 /// The handle an access uses: the open one (the low bits of the selector are not 7), an
