@@ -157,11 +157,16 @@ pub(super) fn stop_and_copy(
                 target_config_ms: config_ms,
                 target_resume_ms: resume_ms,
             };
+            // Start to the target's resume, on this clock too: the ack's trip back is not
+            // part of the migration.
+            let ack_trip_ms = clock.ack_trip_ms;
             report.downtime_clock = Some(clock);
             report.bytes.ram = stats.ram;
             report.bytes.state = stats.state;
             report.bytes.total = stats.total;
-            report.total_ms = t_start.elapsed().as_secs_f64() * 1e3;
+            let since_ack_ms = ms_between(t_ack, monotonic_ns());
+            report.total_ms =
+                (t_start.elapsed().as_secs_f64() * 1e3 - since_ack_ms - ack_trip_ms).max(0.0);
             report.expected_downtime_ms = expected_downtime_ms;
             report.throttle_pct = throttle;
             report.bandwidth = bandwidth;
