@@ -105,8 +105,9 @@ fn target_freezes(phase: &str, names: &[&str]) -> f64 {
     let resumed_ns = v["source_resumed_ns"].as_u64().expect("source_resumed_ns");
     let ms = (resumed_ns as f64 - frozen_ns as f64) / 1e6;
     eprintln!("target frozen at {phase}: the source's device ran again after {ms:.0} ms");
-    // A hang guard more than a speed check: the timeout plus a wide margin.
-    assert!(ms < (PEER_TIMEOUT_S + 10.0) * 1e3, "{ms} ms");
+    // No upper bound on wall time here (a loaded machine may take any time to get here;
+    // the source's own line above says it gave up after the 5 s timeout, and every process
+    // wait is bounded by the hang guard).
     ms
 }
 
