@@ -150,6 +150,14 @@ pub struct MigrateArgs {
         conflicts_with = "stop_self_at"
     )]
     pub kill_self_at: Option<String>,
+    /// Draw the migration as a PNG: bytes by kind per round, bandwidth and dirty rate,
+    /// expected downtime against the limit, the throttle, and the downtime breakdown.
+    #[arg(long, value_name = "FILE.png")]
+    pub timeline: Option<PathBuf>,
+    /// Print one JSON object per phase change ({"event":"phase",...}) and per pre-copy
+    /// round ({"event":"round",...}) on stderr while the migration runs.
+    #[arg(long)]
+    pub events: bool,
 }
 
 /// Options of `soak`.
@@ -414,6 +422,10 @@ pub enum Command {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Draw the last migration the bench ran (`migration`: the reference scenario;
+        /// `pipeline`: the uncapped stream) as a PNG (see `migrate --timeline`).
+        #[arg(long, value_name = "FILE.png")]
+        timeline: Option<PathBuf>,
         /// A peer measured in the same run (`--what pipeline`): `qemu` migrates a QEMU
         /// guest with as much non-zero memory, QEMU to QEMU over loopback, when
         /// `qemu-system-x86_64` is installed (scripts/install-qemu.sh).

@@ -5,6 +5,7 @@ mod cli;
 mod cmd;
 mod logging;
 mod output;
+mod timeline;
 mod verify;
 
 use std::process::ExitCode;

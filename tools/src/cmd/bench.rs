@@ -56,9 +56,15 @@ pub fn run(
     what: &str,
     runs: usize,
     peer: Option<&str>,
+    timeline: Option<&std::path::Path>,
     json: bool,
     log: &Logger,
 ) -> Result<()> {
+    if timeline.is_some() && !matches!(what, "migration" | "pipeline" | "all") {
+        return Err(CliError::Usage {
+            msg: format!("--timeline goes with --what migration, pipeline or all, not '{what}'"),
+        });
+    }
     let qemu = match (peer, what) {
         (None, _) => false,
         (Some("qemu"), "pipeline") => true,
@@ -75,14 +81,14 @@ pub fn run(
     };
     match what {
         "context" => context(mdev_type, runs, json, log),
-        "migration" => super::bench_migration::run(runs, json, log),
-        "pipeline" => super::bench_migration::pipeline(runs, qemu, json, log),
+        "migration" => super::bench_migration::run(runs, timeline, json, log),
+        "pipeline" => super::bench_migration::pipeline(runs, qemu, timeline, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "render" => super::bench_render::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
-            super::bench_migration::run(runs, json, log)
+            super::bench_migration::run(runs, timeline, json, log)
         }
         other => Err(CliError::Usage {
             msg: format!(

@@ -12,11 +12,15 @@ use sha2::{Digest, Sha256};
 use slog::Logger;
 use vgpu_sim::workload::Params;
 use vgpu_sim::DirtyTracking;
-use vmm::migration::{self, Protocol, SourceOptions, SourceReport, TargetOptions};
+use vmm::migration::{self, Progress, Protocol, SourceOptions, SourceReport, TargetOptions};
 use vmm::{StopAt, Vm};
 
+use snafu::ResultExt;
+use std::path::Path;
+
 use super::bench_qemu::PeerBench;
-use super::{CliError, Result};
+use super::{CliError, Result, TimelineSnafu};
+use crate::timeline::Recorder;
 
 /// Fill the guest RAM above the workload's layout and the graphics memory above its
 /// framebuffers and textures with pseudo-random data, as a guest that uses its memory
@@ -68,7 +72,7 @@ fn one(
     filled: bool,
     opts: &SourceOptions,
     log: &Logger,
-) -> Result<SourceReport> {
+) -> Result<(SourceReport, Vec<Progress>)> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
     let url = format!(
@@ -105,7 +109,9 @@ fn one(
     } else {
         vm.run(StopAt::Frame(migrate_at))?;
     }
-    let res = migration::migrate(&mut vm, &url, opts, &mut |_| {});
+    let mut rec = Recorder::new(false);
+    rec.start();
+    let res = migration::migrate(&mut vm, &url, opts, &mut |p| rec.progress(p));
     let t = target.join().map_err(|_| CliError::Check {
         msg: "the target thread panicked".into(),
     })?;
@@ -115,7 +121,18 @@ fn one(
     t.map_err(|e| CliError::Check {
         msg: format!("benchmark target failed: {e}"),
     })?;
-    Ok(rep)
+    Ok((rep, rec.rounds().to_vec()))
+}
+
+/// The last migration a bench ran, for `--timeline`.
+type Last = Option<(SourceReport, Vec<Progress>)>;
+
+/// Draw `last` at `path` when both are there.
+fn draw_last(path: Option<&Path>, title: &str, last: &Last, limit_ms: f64) -> Result<()> {
+    if let (Some(path), Some((rep, rounds))) = (path, last) {
+        crate::timeline::draw(path, title, rep, rounds, Some(limit_ms)).context(TimelineSnafu)?;
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -243,11 +260,12 @@ fn scenario(
     params: &Params,
     filled: bool,
     opts: &SourceOptions,
+    last: &mut Last,
     log: &Logger,
 ) -> Result<Scenario> {
     let mut reps = Vec::new();
     for _ in 0..runs {
-        reps.push(one(
+        let (rep, rounds) = one(
             "vgpu-512",
             ram,
             params,
@@ -256,7 +274,9 @@ fn scenario(
             filled,
             opts,
             log,
-        )?);
+        )?;
+        *last = Some((rep.clone(), rounds));
+        reps.push(rep);
     }
     Ok(summarize(&reps, opts.bandwidth.unwrap_or(1)))
 }
@@ -268,7 +288,7 @@ fn scenario_idle(
     opts: &SourceOptions,
     log: &Logger,
 ) -> Result<Scenario> {
-    scenario(runs, ram, params, false, opts, log)
+    scenario(runs, ram, params, false, opts, &mut None, log)
 }
 
 /// Stream, raw TCP and integrity-check throughput (bytes/s, medians) on the same bytes: the
@@ -278,6 +298,7 @@ fn pipeline_figures(
     ram: u64,
     params: &Params,
     mut peer: Option<&mut PeerBench>,
+    last: &mut Last,
     log: &Logger,
 ) -> Result<(f64, f64, f64)> {
     let params = *params;
@@ -294,7 +315,7 @@ fn pipeline_figures(
             frame_limit: 4,
             ..params
         };
-        let r = one(
+        let (r, rounds) = one(
             "vgpu-512",
             ram,
             &idle,
@@ -304,6 +325,7 @@ fn pipeline_figures(
             &free,
             log,
         )?;
+        *last = Some((r.clone(), rounds));
         stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
         tcp.push(raw_tcp(r.bytes.total)?);
         sha.push(check_rate(r.bytes.ram, r.bytes.total - r.bytes.ram));
@@ -317,13 +339,22 @@ fn pipeline_figures(
 
 /// `bench --what pipeline`: only the uncapped pipeline figures; with `qemu`, QEMU's own
 /// migration of as much non-zero memory beside them (when QEMU is installed).
-pub fn pipeline(runs: usize, qemu: bool, json: bool, log: &Logger) -> Result<()> {
+pub fn pipeline(
+    runs: usize,
+    qemu: bool,
+    timeline: Option<&Path>,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
     let params = Params {
         frame_limit: 1_000,
         ..Params::default()
     };
     let mut peer = qemu.then(|| PeerBench::new(log));
-    let (s, t, h) = pipeline_figures(runs.max(1), 2 << 30, &params, peer.as_mut(), log)?;
+    let mut last = None;
+    let (s, t, h) = pipeline_figures(runs.max(1), 2 << 30, &params, peer.as_mut(), &mut last, log)?;
+    let limit = SourceOptions::default().downtime_limit.as_secs_f64() * 1e3;
+    draw_last(timeline, "bench pipeline (uncapped)", &last, limit)?;
     let peer = peer.as_ref().map(PeerBench::summary);
     if json {
         let mut v = serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h)});
@@ -364,7 +395,7 @@ pub fn pipeline(runs: usize, qemu: bool, json: bool, log: &Logger) -> Result<()>
     }
 }
 
-pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
+pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
     let runs = runs.max(1);
     let params = Params {
         frame_limit: 1_000,
@@ -379,10 +410,18 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
         bandwidth: Some(bw),
         ..SourceOptions::default()
     };
-    let scenario = scenario(runs, ram, &params, true, &capped, log)?;
+    let mut last = None;
+    let scenario = scenario(runs, ram, &params, true, &capped, &mut last, log)?;
+    let limit = capped.downtime_limit.as_secs_f64() * 1e3;
+    draw_last(
+        timeline,
+        "bench reference scenario (10 Gbit/s)",
+        &last,
+        limit,
+    )?;
     let idle = scenario_idle(runs, ram, &params, &capped, log)?;
 
-    let (s, t, h) = pipeline_figures(runs, ram, &params, None, log)?;
+    let (s, t, h) = pipeline_figures(runs, ram, &params, None, &mut None, log)?;
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.
     let mut dma = Vec::new();
@@ -392,7 +431,7 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
             height: 360,
             ..params
         };
-        let r = one(
+        let (r, _) = one(
             "vgpu-64",
             256 << 20,
             &small,

@@ -13,10 +13,13 @@ use vmm::migration::{
 };
 use vmm::{StopAt, Vm};
 
-use super::{boot_with, parse_tracking, CliError, Result};
+use snafu::ResultExt;
+
+use super::{boot_with, parse_tracking, CliError, Result, TimelineSnafu};
 use crate::cli::Vcpu;
 use crate::cli::{MigrateArgs, WorkloadArgs};
 use crate::output::{write_png, RunReport};
+use crate::timeline::Recorder;
 use crate::verify;
 
 /// What `migrate --json` prints.
@@ -190,13 +193,29 @@ pub fn source(
     }
     let pb = progress_bar();
     let mut last = std::time::Instant::now();
+    let mut rec = Recorder::new(m.events);
+    rec.start();
     let result = migration::migrate(&mut vm, to, &opts, &mut |p| {
+        rec.progress(p);
         if last.elapsed() >= Duration::from_millis(50) || p.phase == "done" {
             pb.set_message(describe(p));
             last = std::time::Instant::now();
         }
     });
     pb.finish_and_clear();
+    if let Err(e) = &result {
+        rec.failed(&e.to_string());
+    }
+    // A picture that cannot be drawn fails the command, but only once the target has
+    // told how the migration ended.
+    let timeline = match (&m.timeline, &result) {
+        (Some(path), Ok((rep, _))) => {
+            let limit = Some(opts.downtime_limit.as_secs_f64() * 1e3);
+            crate::timeline::draw(path, "live migration", rep, rec.rounds(), limit)
+                .context(TimelineSnafu)
+        }
+        _ => Ok(()),
+    };
     match result {
         Ok((rep, events)) => {
             if let Some(p) = png_before {
@@ -209,6 +228,7 @@ pub fn source(
                 Ok(o) => (Some(o), None),
                 Err(e) => (None, Some(e.to_string())),
             };
+            timeline?;
             Ok((
                 MigrateReport {
                     vcpu: m.vcpu.name(),

@@ -70,6 +70,12 @@ pub enum CliError {
         /// What is wrong.
         msg: String,
     },
+    /// The timeline could not be drawn.
+    #[snafu(display("{source}"))]
+    Timeline {
+        /// Cause.
+        source: crate::timeline::TimelineError,
+    },
     /// A check failed (demo verification).
     #[snafu(display("{msg}"))]
     Check {
@@ -190,9 +196,18 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             mdev_type,
             what,
             runs,
+            timeline,
             peer,
             json,
-        } => bench::run(&mdev_type, &what, runs, peer.as_deref(), json, log),
+        } => bench::run(
+            &mdev_type,
+            &what,
+            runs,
+            peer.as_deref(),
+            timeline.as_deref(),
+            json,
+            log,
+        ),
         Command::Serve {
             socket,
             device_type,
