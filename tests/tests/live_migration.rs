@@ -269,16 +269,16 @@ fn incompatible_target_is_refused_before_any_data() {
 
 #[test]
 fn a_dead_target_is_a_clear_error() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("tcp://{}", l.local_addr().unwrap());
-    drop(l);
+    // Port 1 (tcpmux) has no listener here; a port bound and dropped could be taken by
+    // another test's target meanwhile.
+    let url = "tcp://127.0.0.1:1";
     let mut src = booted("vgpu-64", FRAMES, SEED, 100);
     src.run(StopAt::Frame(1)).unwrap();
     let o = SourceOptions {
         connect_timeout: std::time::Duration::from_millis(200),
         ..opts(Protocol::Region)
     };
-    let err = migration::migrate(&mut src, &url, &o, &mut |_| {}).unwrap_err();
+    let err = migration::migrate(&mut src, url, &o, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
     src.run(StopAt::Done).unwrap();
     assert_eq!(
