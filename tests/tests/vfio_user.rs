@@ -242,6 +242,7 @@ fn a_device_process_killed_during_pre_copy_fails_the_migration_in_one_line() {
     let err = res
         .expect_err("a migration whose device process died cannot succeed")
         .to_string();
+    println!("source: {err}");
     assert!(killed, "the progress callback ran during pre-copy");
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("device"), "says the device failed: {err}");
@@ -405,6 +406,7 @@ fn the_target_device_process_dying_leaves_the_source_running() {
     let err = res
         .expect_err("the target cannot resume without its device")
         .to_string();
+    println!("source: {err}");
     assert!(!err.contains('\n'), "one line: {err}");
     let terr = target
         .join()
@@ -459,6 +461,7 @@ fn a_hung_source_device_process_costs_one_deadline_not_a_hang() {
     let err = res
         .expect_err("a hung device cannot be migrated")
         .to_string();
+    println!("source: {err}");
     assert!(stopped);
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("device"), "{err}");
@@ -570,4 +573,64 @@ fn the_client_keeps_the_data_stream_handle_lifecycle() {
     ));
     assert_eq!(mig.mig_state(), MigState::StopCopy);
     mig.set_mig_state(MigState::Running).unwrap();
+}
+
+/// Migrate with the given device processes, switching over at once (a generous downtime
+/// limit); the source VM and the migration's result.
+fn migrate_now(
+    src_dev: &DeviceProcess,
+    dst_dev: &DeviceProcess,
+) -> (Vm, Result<(), String>, Result<Vm, String>) {
+    let (url, target) = spawn_target(vgpu_remote(dst_dev), "vgpu-64");
+    let mut src = booted_remote(src_dev, OUT_OF_REACH);
+    src.run(StopAt::Frame(1)).unwrap();
+    let o = SourceOptions {
+        protocol: Protocol::V2,
+        downtime_limit: Duration::from_secs(10),
+        ..SourceOptions::default()
+    };
+    let res = migration::migrate(&mut src, &url, &o, &mut |_| {})
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let t = target.join().unwrap();
+    (src, res, t)
+}
+
+#[test]
+fn a_source_device_process_dying_at_stop_copy_fails_the_migration_in_one_line() {
+    let src_dev = DeviceProcess::start("exit-sc-src", "vgpu-64", &["--exit-at", "stop-copy"]);
+    let dst_dev = DeviceProcess::start("exit-sc-dst", "vgpu-64", &[]);
+    let started = Instant::now();
+    let (_src, res, t) = migrate_now(&src_dev, &dst_dev);
+    let err = res.expect_err("the source's device died at stop-copy");
+    println!("source: {err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    assert!(err.contains("device"), "{err}");
+    assert!(t.is_err(), "the target discards");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "bounded by deadlines"
+    );
+}
+
+#[test]
+fn a_target_device_process_dying_during_resume_leaves_the_source_running() {
+    let src_dev = DeviceProcess::start("exit-re-src", "vgpu-64", &[]);
+    let dst_dev = DeviceProcess::start("exit-re-dst", "vgpu-64", &["--exit-at", "resume-end"]);
+    let (mut src, res, t) = migrate_now(&src_dev, &dst_dev);
+    let err = res.expect_err("the target's device died while it loaded");
+    println!("source: {err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    let terr = t.expect_err("the target discards the migration");
+    println!("target: {terr}");
+    assert!(terr.contains("device"), "{terr}");
+    // The source's device is alive: the guest goes on there and finishes as if never
+    // migrated.
+    let frames = submitted(&mut src).max(FRAMES);
+    src.set_frame_limit(frames).unwrap();
+    src.run(StopAt::Done).unwrap();
+    assert_eq!(
+        outcome(&mut src, frames),
+        reference("vgpu-64", frames, SEED)
+    );
 }

@@ -456,5 +456,9 @@ pub enum Command {
         /// Largest data transfer offered in VERSION (bytes; the client may ask for less).
         #[arg(long, default_value_t = 1 << 20)]
         max_data_xfer_size: u32,
+        /// Exit on purpose (testing): stop-copy (asked to enter STOP_COPY) or resume-end
+        /// (asked to leave RESUMING).
+        #[arg(long, hide = true, value_name = "STEP")]
+        exit_at: Option<String>,
     },
 }

@@ -215,6 +215,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             migration_features,
             deadline_ms,
             max_data_xfer_size,
+            exit_at,
         } => serve::run(
             &socket,
             &device_type,
@@ -222,6 +223,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             &migration_features,
             deadline_ms,
             max_data_xfer_size,
+            exit_at.as_deref(),
             log,
         ),
     }
