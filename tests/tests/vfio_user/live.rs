@@ -8,6 +8,7 @@ fn live_migration_between_device_processes_verifies_v2_and_v1() {
         (Protocol::V2, "shadow-pt"),
         (Protocol::V2, "pinned"),
         (Protocol::Region, "shadow-pt"),
+        (Protocol::Region, "pinned"),
     ] {
         let (got, want, rep) = migrate_between_device_processes(protocol, tracking)
             .unwrap_or_else(|e| panic!("{protocol:?}/{tracking}: {e}"));
