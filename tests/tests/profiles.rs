@@ -216,3 +216,55 @@ fn heavy_outruns_the_link_and_converges_only_with_auto_converge() {
     dst.run(StopAt::Done).unwrap();
     assert_eq!(outcome(&mut dst, frames), reference(Profile::Heavy, frames));
 }
+
+/// The render target's offset after the device has executed `c` commands.
+fn render_target_at(vm: &mut Vm, c: u64) -> u64 {
+    vm.run(StopAt::Command(c)).unwrap();
+    let dev = vgpu_platform::vgpu_of(vm).expect("a vGPU");
+    let rt = dev.lock().unwrap().state().engine.render_target.offset;
+    u64::from(rt)
+}
+
+#[test]
+fn snapshots_inside_passes_and_between_them_restore_to_the_same_run() {
+    let _serial = serial();
+    let frames = 4;
+    let want = reference(Profile::Medium, frames);
+    let plan = params(Profile::Medium, frames).plan();
+    // Walk frame 2 command by command and pick: a render-to-texture target bound with
+    // draws done into it, the moment the second pass's target was bound (between passes),
+    // and the main pass after a few draws.
+    let mut probe = booted(Profile::Medium, frames, DirtyTracking::ShadowPt);
+    probe.run(StopAt::Frame(2)).unwrap();
+    let start = probe.command_count();
+    let mut rts = Vec::new();
+    for c in start + 1..start + 400 {
+        rts.push((c, render_target_at(&mut probe, c)));
+    }
+    let first = |off: u64, after: usize| {
+        rts.iter()
+            .filter(|x| x.1 == off)
+            .nth(after)
+            .map(|x| x.0)
+            .unwrap_or_else(|| panic!("render target {off:#x} not bound in frame 2"))
+    };
+    let fb = plan.fb[0];
+    let points = [
+        (
+            "inside the first render-to-texture pass",
+            first(plan.target(0), 12),
+        ),
+        ("between passes", first(plan.target(1), 0)),
+        ("inside the main pass", first(fb, 20)),
+    ];
+    for (what, c) in points {
+        let mut src = booted(Profile::Medium, frames, DirtyTracking::ShadowPt);
+        src.run(StopAt::Command(c)).unwrap();
+        let mut snap = Vec::new();
+        vmm::snapshot::save(&mut src, &mut snap).unwrap();
+        drop(src);
+        let mut dst = vgpu_platform::restore(&snap[..], &quiet(), Default::default(), 300).unwrap();
+        dst.run(StopAt::Done).unwrap();
+        assert_eq!(outcome(&mut dst, frames), want, "{what} (command {c})");
+    }
+}
