@@ -43,6 +43,8 @@ pub struct VgpuFactory {
     pub tracking: DirtyTracking,
     /// The v2 migration features the device offers (`VFIO_MIGRATION_*`).
     pub migration_features: u32,
+    /// How strictly the v1 region checks the VMM's access sequence.
+    pub v1_checks: state_region::V1Checks,
 }
 
 impl Default for VgpuFactory {
@@ -50,6 +52,7 @@ impl Default for VgpuFactory {
         Self {
             tracking: DirtyTracking::default(),
             migration_features: vgpu_sim::device::MIGRATION_FEATURES,
+            v1_checks: state_region::V1Checks::Strict,
         }
     }
 }
@@ -106,6 +109,7 @@ impl VmFactory for VgpuFactory {
         let mut cfg = VgpuConfig::new(ty, mem.clone());
         cfg.dirty_tracking = self.tracking;
         cfg.migration_features = self.migration_features;
+        cfg.v1_checks = self.v1_checks;
         cfg.logger = log.clone();
         let dev = SharedVgpu::new(Vgpu::new(cfg)?);
         let hardware = VgpuHardware::new(dev.handle());
@@ -131,6 +135,21 @@ pub fn factory_with(tracking: DirtyTracking, migration_features: u32) -> Arc<dyn
     Arc::new(VgpuFactory {
         tracking,
         migration_features,
+        ..VgpuFactory::default()
+    })
+}
+
+/// [`factory_with`], with the v1 region's checks (`V1Checks::Lenient` accepts the
+/// out-of-order v1 steps the strict default refuses; see docs/UAPI.md).
+pub fn factory_checked(
+    tracking: DirtyTracking,
+    migration_features: u32,
+    v1_checks: state_region::V1Checks,
+) -> Arc<dyn VmFactory> {
+    Arc::new(VgpuFactory {
+        tracking,
+        migration_features,
+        v1_checks,
     })
 }
 

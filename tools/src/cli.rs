@@ -75,6 +75,11 @@ pub struct WorkloadArgs {
     /// it on the socket PATH, see `serve`; guest RAM is then shared memory).
     #[arg(long, default_value = "in-process")]
     pub device: String,
+    /// Let the vGPU's v1 migration region accept the out-of-order steps it refuses by
+    /// default to catch VMM bugs (`data_size` or data read before `data_offset`, a
+    /// `data_size` above what was written); see docs/UAPI.md.
+    #[arg(long)]
+    pub lenient_v1: bool,
 }
 
 fn parse_profile(s: &str) -> Result<vgpu_sim::workload::Profile, String> {
@@ -202,6 +207,12 @@ pub struct IncomingArgs {
     /// --listen asks for port 0) to this file, whole or not at all.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// The guest's RAM in MiB: the VM is then made and all of its RAM faulted in before
+    /// this target listens (reported as `prefault_ms`, outside the migration's figures),
+    /// and a stream for a guest of another size is refused. Without it the VM is made
+    /// when the stream's header arrives.
+    #[arg(long)]
+    pub ram_mib: Option<u64>,
     /// Freeze this process with SIGSTOP (testing the peer timeout) at: handshake (before
     /// the hello), round:N (at round N's SYNC, before answering), switchover (at the
     /// SWITCHOVER record: the source's vCPU is stopped), prepared (PREPARED sent), handover
@@ -220,6 +231,9 @@ pub struct IncomingArgs {
     /// Where this target's device runs: `in-process` or `vfio-user:PATH` (see `serve`).
     #[arg(long, default_value = "in-process")]
     pub device: String,
+    /// The target vGPU's v1 region accepts out-of-order steps (see `run --lenient-v1`).
+    #[arg(long)]
+    pub lenient_v1: bool,
 }
 
 /// The subcommands.

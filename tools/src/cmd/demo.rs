@@ -119,6 +119,8 @@ pub fn run(
         ),
     };
     let w = &w;
+    // The target makes its VM and faults in its RAM before it listens.
+    let ram_mib = w.ram_mib.to_string();
     let exe = std::env::current_exe().map_err(|e| CliError::Check {
         msg: format!("cannot find this program to start the target: {e}"),
     })?;
@@ -130,6 +132,8 @@ pub fn run(
             "tcp://127.0.0.1:0",
             "--type",
             &w.mdev_type,
+            "--ram-mib",
+            &ram_mib,
             "--json",
         ])
         .arg("--png-after")
@@ -138,6 +142,7 @@ pub fn run(
         .args(["--peer-timeout", &m.peer_timeout.to_string()])
         .args(["--migration-features", &w.migration_features])
         .args(["--device", &target_device])
+        .args(w.lenient_v1.then_some("--lenient-v1"))
         .arg("--ready-file")
         .arg(&ready)
         .stdout(Stdio::piped())
@@ -283,6 +288,9 @@ fn print_summary(w: &WorkloadArgs, frames: u64, k: u64, r: &DemoReport, err: &Op
             m.total_ms,
             m.bandwidth / 1e6
         );
+        if let Some(p) = r.target["prefault_ms"].as_f64() {
+            println!("  before it listened, the target made its VM and faulted in its RAM: {p:.1} ms (not in the figures above)");
+        }
     }
     if r.final_checksum.is_empty() {
         println!("  final checksum: none (the target did not finish the workload)");

@@ -242,6 +242,15 @@ pub fn boot(w: &WorkloadArgs, frames: u64, log: &Logger) -> Result<vmm::Vm> {
 }
 
 /// Boot a VM with the workload and a DMA tracking mode.
+/// `--lenient-v1` as the v1 region's checks.
+pub fn v1_checks(lenient: bool) -> state_region::V1Checks {
+    if lenient {
+        state_region::V1Checks::Lenient
+    } else {
+        state_region::V1Checks::Strict
+    }
+}
+
 /// `--migration-features` as `VFIO_MIGRATION_*` bits.
 pub fn parse_features(s: &str) -> Result<u32> {
     vgpu_platform::parse_migration_features(s).map_err(|msg| CliError::Usage {
@@ -264,7 +273,11 @@ pub fn boot_with(
         })?;
     cfg.factory = serve::attach(
         &w.device,
-        vgpu_platform::factory_with(tracking, parse_features(&w.migration_features)?),
+        vgpu_platform::factory_checked(
+            tracking,
+            parse_features(&w.migration_features)?,
+            v1_checks(w.lenient_v1),
+        ),
     )?;
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&w.params(frames))?;

@@ -55,9 +55,10 @@ fn check(msg: impl Into<String>) -> CliError {
 
 fn parent_factory(w: &WorkloadArgs, tracking: &str) -> Result<(SharedParent, Arc<ParentFactory>)> {
     let parent: SharedParent = Arc::new(Mutex::new(VgpuParent::default()));
-    let inner = vgpu_platform::factory_with(
+    let inner = vgpu_platform::factory_checked(
         parse_tracking(tracking)?,
         parse_features(&w.migration_features)?,
+        super::v1_checks(w.lenient_v1),
     );
     Ok((parent.clone(), Arc::new(ParentFactory::new(inner, parent))))
 }
