@@ -53,7 +53,9 @@ impl VmFactory for RemoteFactory {
         let client = Client::connect(&self.socket, mem, &self.client, log)?;
         let hardware: Box<dyn SimHardware> = match client.clock() {
             Some(clock) => Box::new(RemoteHardware { clock }),
-            None => Box::new(vmm::platform::NoHardware),
+            None => Box::new(RemoteEvents {
+                irqs: client.irq_poller(),
+            }),
         };
         Ok(MachineParts {
             device: Box::new(client),
@@ -65,6 +67,37 @@ impl VmFactory for RemoteFactory {
 
     fn shared_memory(&self) -> bool {
         true
+    }
+}
+
+/// A device in another process that runs on its own (no clock region, e.g. another
+/// project's vfio-user server): nothing to advance, but the interrupts it raises between
+/// requests are taken from their eventfds at every platform step.
+#[derive(Debug)]
+pub struct RemoteEvents {
+    irqs: vfio_user::client::IrqPoller,
+}
+
+impl SimHardware for RemoteEvents {
+    fn advance(&mut self, _budget: usize) -> usize {
+        self.irqs.poll();
+        0
+    }
+    fn work_done(&mut self) -> u64 {
+        0
+    }
+    fn set_throttle(&mut self, _percent: u8) {}
+    fn describe(&mut self) -> String {
+        match self.irqs.alive() {
+            Ok(()) => "a device in another process that runs on its own".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+    fn position(&mut self) -> HardwarePosition {
+        HardwarePosition::default()
+    }
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
     }
 }
 

@@ -27,7 +27,12 @@ struct Fake {
     mem: GuestMemoryMmap<AtomicBitmap>,
     bytes: Vec<u8>,
     sink: Option<Arc<dyn IrqSink>>,
+    /// Where the test finds the sink the server wired (to signal as a device that runs on
+    /// its own would, outside any request).
+    export: Option<SinkSlot>,
 }
+
+type SinkSlot = Arc<Mutex<Option<Arc<dyn IrqSink>>>>;
 
 impl VfioDevice for Fake {
     fn device_info(&self) -> vfio_device_info {
@@ -108,6 +113,9 @@ impl VfioDevice for Fake {
         _c: u32,
         sink: Option<Arc<dyn IrqSink>>,
     ) -> Result<(), DeviceError> {
+        if let Some(slot) = &self.export {
+            *slot.lock().unwrap() = sink.clone();
+        }
         self.sink = sink;
         Ok(())
     }
@@ -126,6 +134,7 @@ impl VfioDevice for Fake {
 #[derive(Debug, Default)]
 struct FakeFactory {
     created: Mutex<u32>,
+    export: Option<SinkSlot>,
 }
 
 impl DeviceFactory for FakeFactory {
@@ -140,6 +149,7 @@ impl DeviceFactory for FakeFactory {
                 mem: mem.clone(),
                 bytes: vec![0; 4096],
                 sink: None,
+                export: self.export.clone(),
             }),
             hardware: None,
         })
@@ -433,4 +443,67 @@ fn irqs_arrive_on_the_clients_eventfd_and_region_io_is_bounded() {
     // Reset goes through.
     assert_eq!(p.call(Command::DeviceReset, &[], &[]).0, None);
     assert_eq!(read(&mut p, 0, 4).1[16..], [0, 0, 0, 0]);
+}
+
+/// Counts signals, as the VMM's irq queue would receive them.
+#[derive(Debug, Default)]
+struct Count(Mutex<Vec<(u32, u32)>>);
+
+impl IrqSink for Count {
+    fn signal(&self, index: u32, vector: u32) {
+        self.0.lock().unwrap().push((index, vector));
+    }
+}
+
+#[test]
+fn the_client_delivers_interrupts_raised_outside_any_request_when_polled() {
+    use vfio_user::client::{Client, ClientConfig};
+    let dir = std::env::temp_dir().join(format!("vfio-user-proto-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("async.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let slot: SinkSlot = Arc::default();
+    let factory = FakeFactory {
+        export: Some(slot.clone()),
+        ..FakeFactory::default()
+    };
+    let server = Server::new(
+        Arc::new(factory),
+        ServerConfig::default(),
+        Logger::root(Discard, o!()),
+    );
+    std::thread::spawn(move || server.serve(listener, Arc::default()));
+    let file = memfd(1 << 20, true);
+    let mem = GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files([(
+        GuestAddress(0),
+        1 << 20,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )])
+    .unwrap();
+    let mut client = Client::connect(
+        &path,
+        &mem,
+        &ClientConfig::default(),
+        &Logger::root(Discard, o!()),
+    )
+    .unwrap();
+    let got = Arc::new(Count::default());
+    client.set_irqs(0, 0, 1, Some(got.clone())).unwrap();
+    // The device signals on its own (the server's sink writes the client's eventfd).
+    let server_sink = slot
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the server wired a sink");
+    server_sink.signal(0, 0);
+    assert!(
+        got.0.lock().unwrap().is_empty(),
+        "no request went out: nothing delivered yet"
+    );
+    client.poll_irqs();
+    assert_eq!(*got.0.lock().unwrap(), vec![(0, 0)]);
+    client.poll_irqs();
+    assert_eq!(got.0.lock().unwrap().len(), 1, "delivered once");
+    let _ = std::fs::remove_dir_all(&dir);
 }

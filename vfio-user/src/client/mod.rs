@@ -183,6 +183,19 @@ impl Client {
             .map(|index| RemoteClock::new(self.conn.clone(), index))
     }
 
+    /// Deliver the interrupts waiting on the eventfds now, without a request (for a device
+    /// that signals on its own, outside any request: one without the clock region).
+    pub fn poll_irqs(&self) {
+        conn::lock(&self.conn).drain_irqs();
+    }
+
+    /// A handle that delivers waiting interrupts ([`Client::poll_irqs`]) from elsewhere.
+    pub fn irq_poller(&self) -> IrqPoller {
+        IrqPoller {
+            conn: self.conn.clone(),
+        }
+    }
+
     /// The connection (for tools that measure it).
     pub fn conn(&self) -> SharedConn {
         self.conn.clone()
@@ -269,6 +282,24 @@ impl Client {
             done += n;
         }
         Ok(())
+    }
+}
+
+/// Delivers the interrupts waiting on a client's eventfds (see [`Client::poll_irqs`]).
+#[derive(Debug, Clone)]
+pub struct IrqPoller {
+    conn: SharedConn,
+}
+
+impl IrqPoller {
+    /// Deliver what is waiting.
+    pub fn poll(&self) {
+        conn::lock(&self.conn).drain_irqs();
+    }
+
+    /// Whether the device process is still reachable; why not, if not.
+    pub fn alive(&self) -> Result<()> {
+        conn::lock(&self.conn).alive()
     }
 }
 
