@@ -213,3 +213,59 @@ fn an_arc_failing_with_the_last_state_kept_loses_nothing() {
         finish_and_check(&mut src, &format!("mtty-style failure into {fail_into}"));
     }
 }
+
+fn spawn_target_with(
+    factory: Arc<dyn vmm::platform::VmFactory>,
+) -> (String, JoinHandle<Result<Vm, String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", l.local_addr().unwrap());
+    let h = std::thread::spawn(move || {
+        let opts = TargetOptions {
+            bar_region_offset: 0,
+            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
+            stop_self_at: None,
+            mdev_type: "vgpu-64".into(),
+            irq_sink_base: 4000,
+            factory,
+            fail_at: None,
+            log: quiet(),
+        };
+        migration::incoming(&l, &opts)
+            .map(|(vm, _, _)| vm)
+            .map_err(|e| e.to_string())
+    });
+    (url, h)
+}
+
+// The target's arcs can fail too: into RESUMING (before any data), RESUMING -> STOP (the
+// commit) and STOP -> RUNNING (after the handover). Each time the target rejects the
+// migration, discards its VM, and the source runs the guest on to the reference's
+// checksums: after the handover too, since a rejection says the target will not run it.
+#[test]
+fn a_target_arc_that_fails_leaves_the_guest_on_the_source() {
+    for fail_into in [MigState::Resuming, MigState::Stop, MigState::Running] {
+        let double = DoubleFactory::new(
+            vgpu_platform::factory(DirtyTracking::ShadowPt),
+            Behaviour {
+                fail_into: Some(fail_into),
+                on_failure: OnFailure::Error,
+                ..Behaviour::default()
+            },
+        );
+        let (url, target) = spawn_target_with(Arc::new(double.clone()));
+        let mut cfg = vgpu_platform::vm_config("vgpu-64", quiet());
+        cfg.ram_size = 64 << 20;
+        let mut src = Vm::new(&cfg).unwrap();
+        src.boot(&small_params(OUT_OF_REACH, SEED)).unwrap();
+        src.run(StopAt::Frame(2)).unwrap();
+        let e = migration::migrate(&mut src, &url, &v2(), &mut |_| {})
+            .err()
+            .unwrap_or_else(|| panic!("target into {fail_into}: the migration should fail"))
+            .to_string();
+        let t = target.join().unwrap();
+        assert!(t.is_err(), "target into {fail_into}: the target discards");
+        assert!(e.contains("rejected"), "target into {fail_into}: {e}");
+        assert_eq!(double.record().failed_arcs, 1, "target into {fail_into}");
+        finish_and_check(&mut src, &format!("target arc into {fail_into} failed"));
+    }
+}
