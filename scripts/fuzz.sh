@@ -10,6 +10,8 @@
 #               the committed corpus in fuzz/corpus/ is only read.
 #   FUZZ_SEED   libFuzzer's -seed (default 0: a new one each run); CI sets 1, so that a
 #               finding there comes back on the same commit.
+#   FUZZ_TIMEOUT  seconds one input may take before it is a finding (default 30; CI uses
+#               120: on a shared 2-core machine a 1 s input once took 69 s under load).
 #
 # The toolchain here is stable rustc; cargo-fuzz's AddressSanitizer build passes
 # `-Zsanitizer=address`, a nightly flag, so the build sets RUSTC_BOOTSTRAP=1 (which lets
@@ -20,7 +22,7 @@
 # Caps: -rss_limit_mb=2048 (the whole process) and -malloc_limit_mb=256 (any single
 # allocation): every parser caps its lengths (a stream record at 16 MiB, a control message
 # at 1 MiB, a context section at its type's size) far below that, so an input that makes
-# one allocate more is a finding. -timeout=30: an input that runs longer is a finding too.
+# one allocate more is a finding. An input that runs longer than FUZZ_TIMEOUT is a finding too.
 # A finding stops that target, leaves the input in fuzz/artifacts/<target>/, and makes the
 # script exit non-zero after the others ran.
 set -uo pipefail
@@ -57,7 +59,7 @@ for t in "${targets[@]}"; do
     # The first directory is where new inputs go; the committed seeds are read only.
     "$bin_dir/$t" "$work/$t" "corpus/$t" \
         -max_total_time="$secs" -seed="${FUZZ_SEED:-0}" \
-        -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout=30 \
+        -rss_limit_mb=2048 -malloc_limit_mb=256 -timeout="${FUZZ_TIMEOUT:-30}" \
         -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     rc=$?
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
