@@ -70,9 +70,10 @@ fn one(
     migrate_at: u64,
     tracking: DirtyTracking,
     filled: bool,
+    prefault: bool,
     opts: &SourceOptions,
     log: &Logger,
-) -> Result<(SourceReport, Vec<Progress>)> {
+) -> Result<Run> {
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
     let url = format!(
@@ -91,9 +92,23 @@ fn one(
         fail_at: None,
         log: log.clone(),
     };
+    // With `prefault`, the target makes its VM and faults in its RAM before the source
+    // connects (as `incoming --ram-mib` does); else it makes it at the stream's header.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let target = std::thread::Builder::new()
         .name("target".into())
-        .spawn(move || migration::incoming(&listener, &topts).map(|(_, r, _)| r))
+        .spawn(move || {
+            let prepared = match prefault.then(|| migration::prepare(&topts, ram)) {
+                Some(Err(e)) => {
+                    let _ = ready_tx.send(());
+                    return Err(e);
+                }
+                Some(Ok(p)) => Some(p),
+                None => None,
+            };
+            let _ = ready_tx.send(());
+            migration::incoming_prepared(&listener, &topts, prepared).map(|(_, r, _)| r)
+        })
         .map_err(|e| CliError::Check { msg: e.to_string() })?;
     let mut cfg = vgpu_platform::vm_config(mdev_type, log.clone());
     cfg.ram_size = ram;
@@ -109,6 +124,8 @@ fn one(
     } else {
         vm.run(StopAt::Frame(migrate_at))?;
     }
+    // A hang guard, not a speed check: a target that fails says so through the join.
+    let _ = ready_rx.recv_timeout(Duration::from_secs(300));
     let mut rec = Recorder::new(false);
     rec.start();
     let res = migration::migrate(&mut vm, &url, opts, &mut |p| rec.progress(p));
@@ -118,11 +135,15 @@ fn one(
     let (rep, _) = res.map_err(|e| CliError::Check {
         msg: format!("benchmark migration failed: {e}"),
     })?;
-    t.map_err(|e| CliError::Check {
+    let t = t.map_err(|e| CliError::Check {
         msg: format!("benchmark target failed: {e}"),
     })?;
-    Ok((rep, rec.rounds().to_vec()))
+    Ok((rep, rec.rounds().to_vec(), t.prefault_ms))
 }
+
+/// One migration: the source's report, its rounds' live figures, and the target's
+/// preparation time before the stream (ms; 0 without `prefault`).
+type Run = (SourceReport, Vec<Progress>, f64);
 
 /// The last migration a bench ran, for `--timeline`.
 type Last = Option<(SourceReport, Vec<Progress>)>;
@@ -265,13 +286,14 @@ fn scenario(
 ) -> Result<Scenario> {
     let mut reps = Vec::new();
     for _ in 0..runs {
-        let (rep, rounds) = one(
+        let (rep, rounds, _) = one(
             "vgpu-512",
             ram,
             params,
             8,
             DirtyTracking::ShadowPt,
             filled,
+            true,
             opts,
             log,
         )?;
@@ -298,9 +320,10 @@ fn pipeline_figures(
     ram: u64,
     params: &Params,
     mut peer: Option<&mut PeerBench>,
+    compare_lazy: bool,
     last: &mut Last,
     log: &Logger,
-) -> Result<(f64, f64, f64)> {
+) -> Result<Pipeline> {
     let params = *params;
     // 2. Uncapped: our stream against raw TCP and its own checks on as many bytes.
     let free = SourceOptions {
@@ -308,25 +331,37 @@ fn pipeline_figures(
         ..SourceOptions::default()
     };
     let mut stream = Vec::new();
+    let mut lazy = Vec::new();
+    let mut prefault = Vec::new();
     let mut tcp = Vec::new();
     let mut sha = Vec::new();
-    for _ in 0..runs {
-        let idle = Params {
-            frame_limit: 4,
-            ..params
-        };
-        let (r, rounds) = one(
+    let idle = Params {
+        frame_limit: 4,
+        ..params
+    };
+    let once = |prefault: bool| {
+        one(
             "vgpu-512",
             ram,
             &idle,
             u64::MAX,
             DirtyTracking::ShadowPt,
             true,
+            prefault,
             &free,
             log,
-        )?;
+        )
+    };
+    let rate = |r: &SourceReport| r.bytes.total as f64 / (r.total_ms / 1e3);
+    for _ in 0..runs {
+        let (r, rounds, pf) = once(true)?;
         *last = Some((r.clone(), rounds));
-        stream.push(r.bytes.total as f64 / (r.total_ms / 1e3));
+        stream.push(rate(&r));
+        prefault.push(pf);
+        if compare_lazy {
+            // The same with the target faulting its RAM in while the stream arrives.
+            lazy.push(rate(&once(false)?.0));
+        }
         tcp.push(raw_tcp(r.bytes.total)?);
         sha.push(check_rate(r.bytes.ram, r.bytes.total - r.bytes.ram));
         if let Some(p) = peer.as_deref_mut() {
@@ -334,7 +369,28 @@ fn pipeline_figures(
             p.run(r.bytes.total);
         }
     }
-    Ok((median(stream), median(tcp), median(sha)))
+    Ok(Pipeline {
+        stream: median(stream),
+        lazy: (!lazy.is_empty()).then(|| median(lazy)),
+        prefault_ms: median(prefault),
+        tcp: median(tcp),
+        checks: median(sha),
+    })
+}
+
+/// The uncapped pipeline's figures, medians; rates in bytes/s.
+#[derive(Debug)]
+struct Pipeline {
+    /// Our stream into a target whose RAM was faulted in before it accepted.
+    stream: f64,
+    /// Our stream into a target that makes its VM at the stream's header.
+    lazy: Option<f64>,
+    /// The target's preparation before the stream, ms.
+    prefault_ms: f64,
+    /// Raw loopback TCP on as many bytes.
+    tcp: f64,
+    /// The stream's integrity checks on one core.
+    checks: f64,
 }
 
 /// `bench --what pipeline`: only the uncapped pipeline figures; with `qemu`, QEMU's own
@@ -352,12 +408,22 @@ pub fn pipeline(
     };
     let mut peer = qemu.then(|| PeerBench::new(log));
     let mut last = None;
-    let (s, t, h) = pipeline_figures(runs.max(1), 2 << 30, &params, peer.as_mut(), &mut last, log)?;
+    let p = pipeline_figures(
+        runs.max(1),
+        2 << 30,
+        &params,
+        peer.as_mut(),
+        true,
+        &mut last,
+        log,
+    )?;
+    let (s, t, h) = (p.stream, p.tcp, p.checks);
     let limit = SourceOptions::default().downtime_limit.as_secs_f64() * 1e3;
     draw_last(timeline, "bench pipeline (uncapped)", &last, limit)?;
     let peer = peer.as_ref().map(PeerBench::summary);
     if json {
-        let mut v = serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h)});
+        let mut v = serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h),
+            "target_prefault_ms": p.prefault_ms, "stream_target_not_prefaulted_mbps": p.lazy.map(|l| l / 1e6)});
         if let Some(p) = &peer {
             v["peer"] = serde_json::to_value(p).unwrap_or_default();
             if let Some(q) = p.mbps {
@@ -367,6 +433,17 @@ pub fn pipeline(
         println!("{v}");
     } else {
         println!("migration stream {:.0} MB/s, raw loopback TCP {:.0} MB/s, integrity checks {:.0} MB/s, stream/slower {:.2}", s / 1e6, t / 1e6, h / 1e6, s / t.min(h));
+        println!(
+            "  the target made its VM and faulted in its RAM before accepting: {:.0} ms, outside the stream's time",
+            p.prefault_ms
+        );
+        if let Some(l) = p.lazy {
+            println!(
+                "  the same stream into a target that makes its VM at the stream's header: {:.0} MB/s (prefaulted/not {:.2})",
+                l / 1e6,
+                s / l
+            );
+        }
         if let Some(p) = &peer {
             match p.mbps {
                 Some(q) => println!(
@@ -421,7 +498,8 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
     )?;
     let idle = scenario_idle(runs, ram, &params, &capped, log)?;
 
-    let (s, t, h) = pipeline_figures(runs, ram, &params, None, &mut None, log)?;
+    let p = pipeline_figures(runs, ram, &params, None, false, &mut None, log)?;
+    let (s, t, h) = (p.stream, p.tcp, p.checks);
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.
     let mut dma = Vec::new();
@@ -431,13 +509,14 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
             height: 360,
             ..params
         };
-        let (r, _) = one(
+        let (r, _, _) = one(
             "vgpu-64",
             256 << 20,
             &small,
             6,
             tracking,
             false,
+            true,
             &capped,
             log,
         )?;

@@ -45,7 +45,7 @@ pub use control::DEFAULT_PEER_TIMEOUT;
 pub use device_io::Protocol;
 pub use error::MigrationError;
 pub use source::{migrate, FailPoint, Progress, SourceOptions, SourceReport};
-pub use target::{incoming, TargetOptions, TargetReport};
+pub use target::{incoming, incoming_prepared, prepare, PreparedVm, TargetOptions, TargetReport};
 
 /// A point of the migration where a side can fault itself (testing `--stop-self-at` and
 /// `--kill-self-at`: the peer must then give up within its peer timeout, or see the

@@ -61,6 +61,49 @@ pub struct TargetReport {
     pub config_ms: f64,
     /// vCPU restore and RUNNING, ms.
     pub resume_ms: f64,
+    /// Creating the VM and faulting in its guest RAM before the stream was accepted
+    /// ([`prepare`]), ms; 0 when the VM was made after the stream's header. Not part of
+    /// the migration's figures.
+    pub prefault_ms: f64,
+}
+
+/// A target VM made before the migration arrives: created, with its guest RAM allocated
+/// and faulted in (as a VFIO target pins and maps guest RAM when its VM is created), so
+/// that neither the migration's total time nor its downtime pays for page faults and the
+/// kernel zeroing fresh pages.
+#[derive(Debug)]
+pub struct PreparedVm {
+    vm: Vm,
+    prefault_ms: f64,
+}
+
+impl PreparedVm {
+    /// The time the preparation took, ms.
+    pub fn prefault_ms(&self) -> f64 {
+        self.prefault_ms
+    }
+}
+
+/// Make the target's VM for a guest of `ram_size` bytes now: create it (device instance
+/// and memory), prepare its KVM machine where KVM is usable, and fault in all of guest RAM
+/// in parallel threads. A stream whose guest has another RAM size is then refused.
+pub fn prepare(opts: &TargetOptions, ram_size: u64) -> Result<PreparedVm> {
+    let t = Instant::now();
+    let mut vm = new_vm(opts, ram_size)?;
+    vm.prepare_kvm();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    crate::memory::prefault(vm.memory(), threads);
+    let prefault_ms = t.elapsed().as_secs_f64() * 1e3;
+    info!(opts.log, "target VM prepared"; "ram_size" => ram_size, "prefault_ms" => prefault_ms);
+    Ok(PreparedVm { vm, prefault_ms })
+}
+
+fn new_vm(opts: &TargetOptions, ram_size: u64) -> Result<Vm> {
+    let mut cfg = VmConfig::new(&opts.mdev_type, opts.factory.clone(), opts.log.clone());
+    cfg.ram_size = ram_size;
+    cfg.irq_sink_base = opts.irq_sink_base;
+    cfg.bar_region_offset = opts.bar_region_offset;
+    Ok(Vm::new(&cfg)?)
 }
 
 /// The connection to the source after a migration: write control messages to `ctrl`,
@@ -75,10 +118,21 @@ pub struct SourceLink {
 }
 
 /// Accept one migration on `listener`; returns the running VM, what happened, and the
-/// link to the source (for the final [`super::control::Outcome`]).
+/// link to the source (for the final [`super::control::Outcome`]). The VM is made once
+/// the stream's header says how much RAM the guest has.
 pub fn incoming(
     listener: &TcpListener,
     opts: &TargetOptions,
+) -> Result<(Vm, TargetReport, SourceLink)> {
+    incoming_prepared(listener, opts, None)
+}
+
+/// [`incoming`] into a VM made beforehand by [`prepare`] (when `prepared` is given): its
+/// RAM size must be the stream's.
+pub fn incoming_prepared(
+    listener: &TcpListener,
+    opts: &TargetOptions,
+    prepared: Option<PreparedVm>,
 ) -> Result<(Vm, TargetReport, SourceLink)> {
     let (sock, peer) = listener.accept().map_err(|e| MigrationError::Peer {
         what: format!("accept failed: {e}"),
@@ -107,7 +161,7 @@ pub fn incoming(
     })?;
     let keepalive = KeepAliveThread::spawn(ctrl.clone());
     let mut input = PrefetchReader::spawn(sock, 32, live);
-    match session(&mut input, &ctrl, opts) {
+    match session(&mut input, &ctrl, opts, prepared) {
         Ok((vm, report)) => Ok((
             vm,
             report,
@@ -137,6 +191,7 @@ fn session(
     input: &mut PrefetchReader,
     ctrl: &ControlWriter,
     opts: &TargetOptions,
+    prepared: Option<PreparedVm>,
 ) -> Result<(Vm, TargetReport)> {
     let start: Start = input.recv_control("source's start")?;
     let protocol = match start {
@@ -148,7 +203,7 @@ fn session(
         }
     };
     input.liveness().set_phase("pre-copy round 0");
-    let (mut vm, mut report, mut dio) = receive(input, ctrl, opts, protocol)?;
+    let (mut vm, mut report, mut dio) = receive(input, ctrl, opts, protocol, prepared)?;
     // The whole state is here and loaded; the guest runs here only once the source has
     // said it will not run it again (so it never runs on both sides).
     ctrl.send(&FromTarget::Ack(Ack::Prepared {
@@ -236,6 +291,7 @@ fn receive(
     ctrl: &ControlWriter,
     opts: &TargetOptions,
     protocol: Protocol,
+    prepared: Option<PreparedVm>,
 ) -> Result<(Vm, TargetReport, DeviceIo)> {
     let live = input.liveness().clone();
     let mut r = StreamReader::new(input, TrailerCheck::Enforce)?.without_eof_check();
@@ -249,13 +305,25 @@ fn receive(
         });
     }
     // Ready before the switchover: instance, memory, and the device's resume stream.
-    let mut cfg = VmConfig::new(&opts.mdev_type, opts.factory.clone(), opts.log.clone());
-    cfg.ram_size = h.ram_size;
-    cfg.irq_sink_base = opts.irq_sink_base;
-    cfg.bar_region_offset = opts.bar_region_offset;
-    let mut vm = Vm::new(&cfg)?;
+    let (mut vm, prefault_ms) = match prepared {
+        Some(p) => {
+            let have = crate::memory::size(p.vm.memory());
+            if have != h.ram_size {
+                return Err(MigrationError::Incompatible {
+                    why: format!(
+                        "the stream's guest has {} MiB of RAM, this target prepared {} MiB",
+                        h.ram_size >> 20,
+                        have >> 20
+                    ),
+                });
+            }
+            (p.vm, p.prefault_ms)
+        }
+        None => (new_vm(opts, h.ram_size)?, 0.0),
+    };
     // If the source's guest runs on KVM, its vCPU state comes at the end of the stream:
-    // the KVM machine it needs is made now, outside the downtime window.
+    // the KVM machine it needs is made now (or was, by `prepare`), outside the downtime
+    // window.
     vm.prepare_kvm();
     let mut dio = DeviceIo::new(&mut vm, protocol)?;
     dio.start_resume(&mut vm)?;
@@ -263,6 +331,7 @@ fn receive(
     let mut vcpu = None;
     let mut report = TargetReport {
         protocol: protocol.name().into(),
+        prefault_ms,
         ..Default::default()
     };
     while let Some(rec) = r.next_record()? {
