@@ -75,8 +75,21 @@ fn map_io(doing: &'static str, deadline: Duration, e: io::Error) -> WireError {
     }
 }
 
+/// Arm `sock`'s deadlines once (`SO_RCVTIMEO`, `SO_SNDTIMEO`): every later send and
+/// receive on it waits at most `deadline` for each part (one setsockopt per connection,
+/// not two per message).
+pub fn arm(sock: &UnixStream, deadline: Duration) -> Result<()> {
+    sock.set_read_timeout(Some(deadline)).context(IoSnafu {
+        doing: "arming the receive deadline",
+    })?;
+    sock.set_write_timeout(Some(deadline)).context(IoSnafu {
+        doing: "arming the send deadline",
+    })
+}
+
 /// Send one message: `header` then the `parts` of its payload, with `fds` attached.
-/// The header's size must already cover the parts.
+/// The header's size must already cover the parts. The socket must be [`arm`]ed with
+/// `deadline`.
 pub fn send(
     sock: &UnixStream,
     header: &Header,
@@ -84,9 +97,6 @@ pub fn send(
     fds: &[RawFd],
     deadline: Duration,
 ) -> Result<()> {
-    sock.set_write_timeout(Some(deadline)).context(IoSnafu {
-        doing: "arming the send deadline",
-    })?;
     let hdr = header.to_bytes();
     let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
     bufs.push(&hdr);
@@ -213,24 +223,27 @@ fn recv_iov(fd: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec
     Ok((n, fds, truncated))
 }
 
-/// Receive one message. `idle` bounds the wait for its first byte (`None`: wait as long as
-/// it takes); `deadline` bounds the wait for each later part. `cap` is the largest whole
-/// message accepted (checked before the payload is allocated); `max_fds` the most
-/// descriptors accepted. `Ok(None)` is a clean close before the first byte.
+/// Receive one message on a socket [`arm`]ed with `deadline`. With `idle_forever` the wait
+/// for its first byte has no end (a server waiting for its client's next command);
+/// otherwise it has the deadline too. Each later part waits at most `deadline`. `cap` is
+/// the largest whole message accepted (checked before the payload is allocated);
+/// `max_fds` the most descriptors accepted. `Ok(None)` is a clean close before the first
+/// byte.
 pub fn recv(
     sock: &UnixStream,
-    idle: Option<Duration>,
+    idle_forever: bool,
     deadline: Duration,
     cap: usize,
     max_fds: usize,
 ) -> Result<Option<Message>> {
     let mut hdr = [0u8; HEADER_SIZE];
-    sock.set_read_timeout(idle).context(IoSnafu {
-        doing: "arming the receive deadline",
-    })?;
-    let wait = idle.unwrap_or(deadline);
+    if idle_forever {
+        wait_readable(sock).context(IoSnafu {
+            doing: "waiting for a message",
+        })?;
+    }
     let (n, fds, fds_truncated) = recv_iov(sock.as_raw_fd(), &mut hdr, max_fds).map_err(|e| {
-        match map_io("receiving", wait, e) {
+        match map_io("receiving", deadline, e) {
             WireError::Closed { .. } => WireError::Closed { mid_message: false },
             other => other,
         }
@@ -238,9 +251,6 @@ pub fn recv(
     if n == 0 {
         return Ok(None);
     }
-    sock.set_read_timeout(Some(deadline)).context(IoSnafu {
-        doing: "arming the receive deadline",
-    })?;
     let mut s = sock;
     if n < HEADER_SIZE {
         read_all(&mut s, &mut hdr[n..], deadline)?;
@@ -254,6 +264,26 @@ pub fn recv(
         fds,
         fds_truncated,
     }))
+}
+
+/// Block until `sock` is readable (data, a close, or an error to collect).
+fn wait_readable(sock: &UnixStream) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: polls one live pollfd owned by this frame.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 fn read_all(s: &mut &UnixStream, buf: &mut [u8], deadline: Duration) -> Result<()> {
@@ -290,8 +320,10 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let f = std::fs::File::open("/dev/null").unwrap();
         let d = Duration::from_secs(2);
+        arm(&a, d).unwrap();
+        arm(&b, d).unwrap();
         send(&a, &hdr(16 + 5), &[b"he", b"llo"], &[f.as_raw_fd()], d).unwrap();
-        let m = recv(&b, Some(d), d, 4096, 4).unwrap().unwrap();
+        let m = recv(&b, false, d, 4096, 4).unwrap().unwrap();
         assert_eq!(m.payload, b"hello");
         assert_eq!(m.fds.len(), 1);
         assert!(!m.fds_truncated);
@@ -299,29 +331,41 @@ mod tests {
 
     #[test]
     fn oversize_short_and_extra_fds_are_reported() {
-        let (a, b) = UnixStream::pair().unwrap();
         let d = Duration::from_millis(300);
+        let pair = || {
+            let (a, b) = UnixStream::pair().unwrap();
+            arm(&a, d).unwrap();
+            arm(&b, d).unwrap();
+            (a, b)
+        };
+        let (a, b) = pair();
         send(&a, &hdr(1 << 20), &[], &[], d).unwrap();
         assert!(matches!(
-            recv(&b, Some(d), d, 4096, 4),
+            recv(&b, true, d, 4096, 4),
             Err(WireError::BadHeader { .. })
         ));
-        let (a, b) = UnixStream::pair().unwrap();
-        // Half a message, then silence: the deadline fires.
+        let (a, b) = pair();
+        // Half a message, then silence: the deadline fires, even for a receiver that
+        // waits forever for the first byte.
         (&a).write_all(&hdr(40).to_bytes()).unwrap();
         assert!(matches!(
-            recv(&b, Some(d), d, 4096, 4),
+            recv(&b, true, d, 4096, 4),
             Err(WireError::Timeout { .. })
         ));
         drop(a);
-        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = pair();
+        // Nothing at all: a receiver with a deadline gives up.
+        assert!(matches!(
+            recv(&b, false, d, 4096, 4),
+            Err(WireError::Timeout { .. })
+        ));
         let f = std::fs::File::open("/dev/null").unwrap();
         let fds = [f.as_raw_fd(); 6];
         send(&a, &hdr(16), &[], &fds, d).unwrap();
-        let m = recv(&b, Some(d), d, 4096, 2).unwrap().unwrap();
+        let m = recv(&b, true, d, 4096, 2).unwrap().unwrap();
         assert!(m.fds_truncated);
         assert!(m.fds.len() <= 2);
         drop(a);
-        assert!(recv(&b, Some(d), d, 4096, 2).unwrap().is_none());
+        assert!(recv(&b, true, d, 4096, 2).unwrap().is_none());
     }
 }

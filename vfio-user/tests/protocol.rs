@@ -178,6 +178,7 @@ impl Peer {
         let h = std::thread::spawn(move || {
             server.serve_connection(&b);
         });
+        wire::arm(&a, D).unwrap();
         (Self { sock: a, id: 0 }, h)
     }
 
@@ -192,7 +193,7 @@ impl Peer {
             error: 0,
         };
         wire::send(&self.sock, &h, &[payload], fds, D).unwrap();
-        let m = wire::recv(&self.sock, Some(D), D, 1 << 24, 4)
+        let m = wire::recv(&self.sock, false, D, 1 << 24, 4)
             .unwrap()
             .expect("a reply");
         assert_eq!(m.header.msg_id, self.id);

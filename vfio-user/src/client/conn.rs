@@ -184,7 +184,7 @@ impl Conn {
         wire::send(&self.sock, &h, parts, fds, self.deadline).map_err(|e| self.fail(e))?;
         let cap = HEADER_SIZE + self.caps.max_data_xfer_size as usize + 4096;
         let reply = loop {
-            let m = match wire::recv(&self.sock, Some(self.deadline), self.deadline, cap, 4) {
+            let m = match wire::recv(&self.sock, false, self.deadline, cap, 4) {
                 Ok(Some(m)) => m,
                 Ok(None) => return Err(self.fail(WireError::Closed { mid_message: false })),
                 Err(e) => return Err(self.fail(e)),

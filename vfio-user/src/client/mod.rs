@@ -96,6 +96,7 @@ impl Client {
                 }
             }
         };
+        crate::wire::arm(&sock, cfg.deadline).map_err(|source| ClientError::Wire { source })?;
         let mut c = Conn::new(sock, cfg.deadline, log.clone());
         let ours = Version {
             major: VERSION_MAJOR,

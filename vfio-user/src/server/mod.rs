@@ -174,8 +174,12 @@ impl Server {
         let mut session = Session::new(self.factory.clone(), self.cfg.caps.clone(), log.clone());
         let cap = HEADER_SIZE + self.cfg.caps.max_data_xfer_size as usize + MSG_SLACK;
         let max_fds = self.cfg.caps.max_msg_fds as usize;
+        if let Err(e) = wire::arm(sock, self.cfg.deadline) {
+            warn!(log, "connection dropped"; "why" => %e);
+            return SessionEnd::Dropped(e);
+        }
         let end = loop {
-            let msg = match wire::recv(sock, None, self.cfg.deadline, cap, max_fds) {
+            let msg = match wire::recv(sock, true, self.cfg.deadline, cap, max_fds) {
                 Ok(Some(m)) => m,
                 Ok(None) => break SessionEnd::Closed,
                 Err(e) => break SessionEnd::Dropped(e),
