@@ -45,6 +45,20 @@ impl EngineBus for Vgpu {
         })
     }
 
+    fn dma_read_to_gmem(&mut self, gaddr: u64, offset: usize, len: usize) -> Result<(), DmaFault> {
+        let off = Self::gtt_offset(gaddr)?;
+        let end = offset.checked_add(len).ok_or(DmaFault { addr: gaddr })?;
+        // The engine checked the range; refuse rather than panic anyway.
+        let dst = self
+            .gmem
+            .bytes_mut()
+            .get_mut(offset..end)
+            .ok_or(DmaFault { addr: gaddr })?;
+        self.gtt.dma_read(off, dst).map_err(|e| DmaFault {
+            addr: SYS_BASE + e.offset(),
+        })
+    }
+
     fn dma_write(&mut self, gaddr: u64, buf: &[u8]) -> Result<(), DmaFault> {
         let off = Self::gtt_offset(gaddr)?;
         self.gtt.dma_write(off, buf).map_err(|e| DmaFault {

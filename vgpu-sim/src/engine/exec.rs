@@ -400,6 +400,20 @@ pub(crate) fn dma_read(
     Ok(bus.dma_read(addr, buf)?)
 }
 
+/// DMA read into graphics memory at `offset`, with the GTT range checked first.
+pub(crate) fn dma_read_to_gmem(
+    bus: &mut dyn EngineBus,
+    addr: u64,
+    offset: usize,
+    len: usize,
+) -> Result<(), EngineError> {
+    if len == 0 {
+        return Ok(());
+    }
+    check_gtt(addr, len as u64)?;
+    Ok(bus.dma_read_to_gmem(addr, offset, len)?)
+}
+
 /// DMA write, with the GTT range checked first.
 pub(crate) fn dma_write(bus: &mut dyn EngineBus, addr: u64, buf: &[u8]) -> Result<(), EngineError> {
     check_gtt(addr, buf.len() as u64)?;

@@ -84,6 +84,18 @@ pub trait EngineBus {
     fn mark_gmem_dirty(&mut self, offset: u64, len: u64);
     /// DMA read from a graphics address in the GTT range into `buf` (may cross pages).
     fn dma_read(&mut self, gaddr: u64, buf: &mut [u8]) -> Result<(), DmaFault>;
+    /// DMA read of `len` bytes from a graphics address in the GTT range straight into
+    /// graphics memory at `offset` (which the caller checked lies inside it). On a fault
+    /// part of the range may have been written. The default reads through a buffer; a
+    /// device whose graphics memory and GTT are apart does it in one copy.
+    fn dma_read_to_gmem(&mut self, gaddr: u64, offset: usize, len: usize) -> Result<(), DmaFault> {
+        let mut buf = vec![0; len];
+        self.dma_read(gaddr, &mut buf)?;
+        if let Some(dst) = self.gmem().get_mut(offset..offset + len) {
+            dst.copy_from_slice(&buf);
+        }
+        Ok(())
+    }
     /// DMA write of `buf` to a graphics address in the GTT range (may cross pages).
     fn dma_write(&mut self, gaddr: u64, buf: &[u8]) -> Result<(), DmaFault>;
     /// Latch interrupt bits (`crate::regs::INT_*`) as events.

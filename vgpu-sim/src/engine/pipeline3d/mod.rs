@@ -59,8 +59,6 @@ pub(crate) struct Scratch3d {
     clip: Vec<geometry::ClipVertex>,
     /// Index bytes read by DMA.
     indices: Vec<u8>,
-    /// Rows of an upload.
-    row: Vec<u8>,
     /// Depth-buffer bytes written by the current command.
     depth_spans: super::surface::DirtySpans,
 }

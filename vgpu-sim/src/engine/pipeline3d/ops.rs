@@ -12,7 +12,7 @@ use super::super::error::{
     DrawIndexedFlagsSnafu, DrawVerticesSnafu, EngineError, IndexCountSnafu, LightRangeSnafu,
     MatrixSlotSnafu, NoTextureSnafu,
 };
-use super::super::exec::{check_gtt, dma_read, Command, Engine};
+use super::super::exec::{check_gtt, dma_read, dma_read_to_gmem, Command, Engine};
 use super::super::surface::Surface;
 use super::super::EngineBus;
 use super::geometry::{clip, inside, project, transform, ClipVertex, ScreenVertex};
@@ -167,27 +167,31 @@ impl Engine {
         if row_bytes == 0 {
             return Ok(());
         }
-        // Whole rows, about UPLOAD_CHUNK bytes per DMA (the source rows are packed).
-        let rows_per_read = (UPLOAD_CHUNK / row_bytes).max(1);
-        let buf = &mut self.scratch.p3d.row;
-        let mut y = 0u64;
+        // Straight into graphics memory: whole rows, about UPLOAD_CHUNK bytes per DMA when
+        // the destination rows are packed too, else a row per DMA. The bytes are reported
+        // dirty before the DMA, so a fault part-way leaves nothing written unreported.
         let height = u64::from(dst.height);
+        let packed = u64::from(dst.stride) == row_bytes;
+        let rows_per_read = if packed {
+            (UPLOAD_CHUNK / row_bytes).max(1)
+        } else {
+            1
+        };
+        let mut result = Ok(());
+        let mut y = 0u64;
         while y < height {
             let n = rows_per_read.min(height - y);
-            buf.resize((n * row_bytes) as usize, 0);
-            dma_read(bus, src + y * row_bytes, buf)?;
-            let gmem = bus.gmem();
-            for (k, row) in buf.chunks_exact(row_bytes as usize).enumerate() {
-                let range = dst.row((y + k as u64) as u16);
-                if let Some(out) = gmem.get_mut(range.clone()) {
-                    out.copy_from_slice(row);
-                    self.scratch.spans.push_range(&range);
-                }
+            let at = dst.row(y as u16).start;
+            let len = (n * row_bytes) as usize;
+            self.scratch.spans.push_range(&(at..at + len));
+            if let Err(e) = dma_read_to_gmem(bus, src + y * row_bytes, at, len) {
+                result = Err(e);
+                break;
             }
             y += n;
         }
         self.scratch.spans.flush(bus);
-        Ok(())
+        result
     }
 
     /// `DRAW_INDEXED`: `[first index, index count, base vertex, vertex count, flags]`.

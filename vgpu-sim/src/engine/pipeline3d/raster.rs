@@ -143,51 +143,42 @@ impl Raster3d<'_> {
     fn row(&mut self, z: &Plane, colour: &Colour, y: i64, x: i64, n: usize, rx: i64, ry: i64) {
         let cbase = self.target.row(y as u16).start + x as usize * BPP;
         let dbase = self.depth.map(|d| d.row(y as u16).start + x as usize * BPP);
-        let (test, write) = (self.test, self.write);
-        let mut zv = z.at(rx, ry);
-        let dz = z.dx;
-        let (mut c, dc) = match colour {
-            Colour::Smooth(p) | Colour::Textured(p, _, _) => {
-                (p.map(|p| p.at(rx, ry)), p.map(|p| p.dx))
-            }
-            Colour::Flat(_) => ([0; 4], [0; 4]),
+        let at = Span {
+            cbase,
+            dbase: dbase.unwrap_or(0),
+            n,
+            z: z.at(rx, ry),
+            dz: z.dx,
         };
-        let (mut t, dt) = match colour {
-            Colour::Textured(_, t, _) => (t.map(|p| p.at(rx, ry)), t.map(|p| p.dx)),
-            _ => ([0; 3], [0; 3]),
-        };
-        let (mut first, mut last) = (usize::MAX, 0);
+        let (test, write) = (dbase.is_some() && self.test, dbase.is_some() && self.write);
         let gmem = &mut *self.gmem;
-        for i in 0..n {
-            let depth = (zv.wrapping_add(ATTR_ROUND) >> ATTR_FRAC).clamp(0, i64::from(DEPTH_ONE));
-            let depth = depth as u32;
-            let d_at = dbase.map(|b| b + i * BPP);
-            let pass = match d_at {
-                Some(at) if test => read_u32(gmem, at).is_some_and(|stored| depth < stored),
-                _ => true,
-            };
-            if pass {
-                let px = match colour {
-                    Colour::Flat(f) => *f,
-                    Colour::Smooth(_) => pack(&c),
-                    Colour::Textured(_, _, s) => {
-                        let q = t[2] >> 16;
-                        let (u, v) = if q > 0 { (t[0] / q, t[1] / q) } else { (0, 0) };
-                        modulate(s.texel(gmem, u, v), pack(&c))
-                    }
-                };
-                write_u32(gmem, cbase + i * BPP, px);
-                if let (Some(at), true) = (d_at, write) {
-                    write_u32(gmem, at, depth);
-                }
-                first = first.min(i);
-                last = i;
-            }
-            zv = zv.wrapping_add(dz);
-            advance(&mut c, &dc);
-            advance(&mut t, &dt);
-        }
-        if first <= last {
+        let written = match colour {
+            Colour::Flat(c) => depth_modes(gmem, &at, test, write, Flat(*c)),
+            Colour::Smooth(p) => depth_modes(
+                gmem,
+                &at,
+                test,
+                write,
+                Smooth {
+                    c: p.map(|p| p.at(rx, ry)),
+                    dc: p.map(|p| p.dx),
+                },
+            ),
+            Colour::Textured(p, t, s) => depth_modes(
+                gmem,
+                &at,
+                test,
+                write,
+                Textured {
+                    c: p.map(|p| p.at(rx, ry)),
+                    dc: p.map(|p| p.dx),
+                    t: t.map(|p| p.at(rx, ry)),
+                    dt: t.map(|p| p.dx),
+                    s: *s,
+                },
+            ),
+        };
+        if let Some((first, last)) = written {
             let len = ((last - first + 1) * BPP) as u64;
             self.spans.push((cbase + first * BPP) as u64, len);
             if let (Some(b), true) = (dbase, write) {
@@ -197,7 +188,131 @@ impl Raster3d<'_> {
     }
 }
 
+/// Where one row's pixels go and the depth at its first pixel.
+struct Span {
+    /// Graphics-memory offset of the first colour pixel.
+    cbase: usize,
+    /// Graphics-memory offset of the first depth value (unused without depth).
+    dbase: usize,
+    /// Pixels.
+    n: usize,
+    /// Depth plane value at the first pixel, and its step.
+    z: i64,
+    dz: i64,
+}
+
+/// A pixel's colour, stepped along a row.
+trait Shader {
+    /// The colour of the current pixel.
+    fn colour(&self, gmem: &[u8]) -> u32;
+    /// Move to the next pixel.
+    fn step(&mut self);
+}
+
+/// One colour.
+struct Flat(u32);
+
+impl Shader for Flat {
+    #[inline(always)]
+    fn colour(&self, _: &[u8]) -> u32 {
+        self.0
+    }
+    #[inline(always)]
+    fn step(&mut self) {}
+}
+
+/// Interpolated A, R, G, B.
+struct Smooth {
+    c: [i64; 4],
+    dc: [i64; 4],
+}
+
+impl Shader for Smooth {
+    #[inline(always)]
+    fn colour(&self, _: &[u8]) -> u32 {
+        pack(&self.c)
+    }
+    #[inline(always)]
+    fn step(&mut self) {
+        advance(&mut self.c, &self.dc);
+    }
+}
+
+/// Interpolated colour times the texel at perspective-correct u, v.
+struct Textured {
+    c: [i64; 4],
+    dc: [i64; 4],
+    t: [i64; 3],
+    dt: [i64; 3],
+    s: Sampler,
+}
+
+impl Shader for Textured {
+    #[inline(always)]
+    fn colour(&self, gmem: &[u8]) -> u32 {
+        let q = self.t[2] >> 16;
+        let (u, v) = if q > 0 {
+            (self.t[0] / q, self.t[1] / q)
+        } else {
+            (0, 0)
+        };
+        modulate(self.s.texel(gmem, u, v), pack(&self.c))
+    }
+    #[inline(always)]
+    fn step(&mut self) {
+        advance(&mut self.c, &self.dc);
+        advance(&mut self.t, &self.dt);
+    }
+}
+
+/// [`pixels`] for the depth test and write modes (one loop each, no per-pixel branch on
+/// the mode).
+fn depth_modes<S: Shader>(
+    gmem: &mut [u8],
+    at: &Span,
+    test: bool,
+    write: bool,
+    sh: S,
+) -> Option<(usize, usize)> {
+    match (test, write) {
+        (false, false) => pixels::<S, false, false>(gmem, at, sh),
+        (true, false) => pixels::<S, true, false>(gmem, at, sh),
+        (false, true) => pixels::<S, false, true>(gmem, at, sh),
+        (true, true) => pixels::<S, true, true>(gmem, at, sh),
+    }
+}
+
+/// Test, shade and write one row's pixels; the first and last pixel written, if any.
+#[inline(always)]
+fn pixels<S: Shader, const TEST: bool, const WRITE: bool>(
+    gmem: &mut [u8],
+    at: &Span,
+    mut sh: S,
+) -> Option<(usize, usize)> {
+    let (mut first, mut last) = (usize::MAX, 0);
+    let mut zv = at.z;
+    for i in 0..at.n {
+        let depth = (zv.wrapping_add(ATTR_ROUND) >> ATTR_FRAC).clamp(0, i64::from(DEPTH_ONE));
+        let depth = depth as u32;
+        let d_at = at.dbase + i * BPP;
+        let pass = !TEST || read_u32(gmem, d_at).is_some_and(|stored| depth < stored);
+        if pass {
+            let px = sh.colour(gmem);
+            write_u32(gmem, at.cbase + i * BPP, px);
+            if WRITE {
+                write_u32(gmem, d_at, depth);
+            }
+            first = first.min(i);
+            last = i;
+        }
+        zv = zv.wrapping_add(at.dz);
+        sh.step();
+    }
+    (first <= last).then_some((first, last))
+}
+
 /// The little-endian u32 at `at`, if it lies in `gmem`.
+#[inline(always)]
 fn read_u32(gmem: &[u8], at: usize) -> Option<u32> {
     gmem.get(at..at + 4)
         .and_then(|b| b.try_into().ok())
@@ -205,6 +320,7 @@ fn read_u32(gmem: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Store `v` at `at` if it lies in `gmem`.
+#[inline(always)]
 fn write_u32(gmem: &mut [u8], at: usize, v: u32) {
     if let Some(d) = gmem.get_mut(at..at + 4) {
         d.copy_from_slice(&v.to_le_bytes());

@@ -477,6 +477,21 @@ fn every_bad_3d_command_halts_with_a_reason() {
             "does not cover",
         ),
         (
+            // Rows past the end of guest RAM: the DMA faults part-way.
+            setup(4, 4).op(
+                OP_UPLOAD,
+                &[
+                    (SYS_BASE + 0xff00) as u32,
+                    (SYS_BASE >> 32) as u32,
+                    0,
+                    64,
+                    16 | (16 << 16),
+                ],
+            ),
+            INT_GTT_ERROR,
+            "unmapped",
+        ),
+        (
             draw(
                 setup(4, 4).op(OP_SET_INDEX_BUFFER, &lo_hi(SYS_BASE + 0xfffc)),
                 0,
