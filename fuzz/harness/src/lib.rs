@@ -9,6 +9,7 @@
 //! device context, real save and resume sequences) for the corpus.
 
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod device;
 pub mod input;

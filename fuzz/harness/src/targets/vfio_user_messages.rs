@@ -68,9 +68,9 @@ impl DeviceFactory for VgpuFactory {
 }
 
 fn memfd(size: u64) -> Option<OwnedFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // SAFETY: memfd_create takes a NUL-terminated name and flags, and returns a new fd or
     // -1; the fd is owned by the OwnedFd below and by nothing else.
-    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     let fd = unsafe { libc::memfd_create(c"fuzz-dma".as_ptr(), flags) };
     if fd < 0 {
         return None;
