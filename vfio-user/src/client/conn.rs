@@ -183,7 +183,15 @@ impl Conn {
         let h = self.header(cmd, len, 0);
         wire::send(&self.sock, &h, parts, fds, self.deadline).map_err(|e| self.fail(e))?;
         let cap = HEADER_SIZE + self.caps.max_data_xfer_size as usize + 4096;
+        let started = std::time::Instant::now();
         let reply = loop {
+            // A server that keeps sending other messages cannot hold the client past the
+            // deadline either.
+            if started.elapsed() > self.deadline {
+                return Err(self.fail(WireError::Timeout {
+                    deadline: self.deadline,
+                }));
+            }
             let m = match wire::recv(&self.sock, false, self.deadline, cap, 4) {
                 Ok(Some(m)) => m,
                 Ok(None) => return Err(self.fail(WireError::Closed { mid_message: false })),
