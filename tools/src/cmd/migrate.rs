@@ -191,7 +191,12 @@ pub fn source(
             vm.run_kvm(StopAt::Frame(migrate_at))?;
         }
     }
-    let pb = progress_bar();
+    // The events are lines on stderr: no spinner redrawing over them.
+    let pb = if m.events {
+        ProgressBar::hidden()
+    } else {
+        progress_bar()
+    };
     let mut last = std::time::Instant::now();
     let mut rec = Recorder::new(m.events);
     rec.start();
