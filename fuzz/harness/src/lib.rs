@@ -22,8 +22,9 @@ pub use input::Input;
 pub type Target = fn(&[u8]);
 
 /// Every fuzz target by name, with its entry point.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("stream_reader", targets::stream_reader::run),
+    ("snapshot_restore", targets::snapshot_restore::run),
     ("control_messages", targets::control_messages::run),
     ("device_context", targets::device_context::run),
     ("v1_region", targets::v1_region::run),

@@ -383,6 +383,10 @@ pub fn all() -> Vec<(&'static str, Seeds)> {
                 ("live".into(), real_stream(true)),
             ],
         ),
+        (
+            "snapshot_restore",
+            vec![("serial".into(), crate::targets::snapshot_restore::seed())],
+        ),
         ("control_messages", control_seeds()),
         (
             "device_context",

@@ -86,3 +86,10 @@ fn the_vfio_user_seed_is_served_message_by_message() {
         "the register read returns its header and 4 bytes"
     );
 }
+
+#[test]
+fn the_serial_snapshot_seed_restores() {
+    let seed = crate::targets::snapshot_restore::seed();
+    vmm::snapshot::restore_with(&seed[..], &crate::targets::snapshot_restore::host())
+        .expect("the seed restores");
+}

@@ -5,6 +5,7 @@ pub mod control_messages;
 pub mod device_context;
 pub mod gpu_commands;
 pub mod guest_mmio;
+pub mod snapshot_restore;
 pub mod stream_reader;
 pub mod v1_region;
 pub mod v2_arcs;
