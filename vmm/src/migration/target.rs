@@ -176,9 +176,12 @@ pub fn incoming_prepared(
             warn!(opts.log, "incoming migration failed; discarding what was received"; "error" => %e);
             // A source that stopped answering would not read the rejection either.
             if !e.is_peer_timeout() {
-                let _ = ctrl.send(&FromTarget::Ack(Ack::Rejected {
-                    reason: e.to_string(),
-                }));
+                // The source says "the target rejected the migration: REASON" itself.
+                let reason = match &e {
+                    MigrationError::Rejected { reason } => reason.clone(),
+                    other => other.to_string(),
+                };
+                let _ = ctrl.send(&FromTarget::Ack(Ack::Rejected { reason }));
             }
             ctrl.shutdown();
             Err(e)
