@@ -14,6 +14,7 @@
 pub mod device;
 pub mod input;
 pub mod seeds;
+pub mod stream_fix;
 pub mod targets;
 
 pub use input::Input;

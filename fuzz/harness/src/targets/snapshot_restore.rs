@@ -5,6 +5,9 @@
 //! use): the vGPU's VM needs the platform crate, whose nested guest build cannot take the
 //! fuzz build's flags; the VMM code under test is the same.
 //!
+//! Each input runs twice: as it is, and resealed (`stream_fix`), so that mutations also
+//! reach what follows the digest check.
+//!
 //! Invariants: no panic; a refused file is one error; an accepted file gives a VM that
 //! saves again, and that save restores.
 
@@ -39,8 +42,17 @@ pub fn seed() -> Vec<u8> {
     out
 }
 
-/// The fuzz target's body.
+/// The fuzz target's body: the input as it is, and resealed (its end digests recomputed,
+/// so that a mutation reaches the commit, the config replay and the vCPU restore).
 pub fn run(data: &[u8]) {
+    restore(data);
+    let sealed = crate::stream_fix::reseal(data);
+    if sealed != data {
+        restore(&sealed);
+    }
+}
+
+fn restore(data: &[u8]) {
     let Ok(mut vm) = vmm::snapshot::restore_with(data, &host()) else {
         return;
     };
