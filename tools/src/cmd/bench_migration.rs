@@ -538,7 +538,13 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        println!("live migration, vgpu-512, 2 GiB guest RAM and graphics memory in use, 1280x720, 10 Gbit/s, medians of {runs} runs");
+        let p = Params::default();
+        println!(
+            "live migration, vgpu-512, 2 GiB guest RAM and graphics memory in use, the {} profile at {}x{}, 10 Gbit/s, medians of {runs} runs",
+            p.profile.name(),
+            p.width,
+            p.height
+        );
         println!(
             "  downtime            {:>9.2} ms   (GVT-g: 300-500 ms; aim <= 30 ms)",
             scenario.downtime_ms
