@@ -287,16 +287,17 @@ fn a_dead_target_is_a_clear_error() {
     );
 }
 
+/// Device commands the guest runs per pre-copy round (about four frames of the scene).
+const WORK_PER_ROUND: u32 = 400;
+
 #[test]
 fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
-    // The 3D scene at 640x360 rewrites its colour and depth buffers and re-uploads its
-    // textures every frame: each pre-copy round finds about 4.3 MB of graphics memory dirty
-    // (measured here, 2026-11-30), while a 32 MB/s link with a 50 ms limit takes about
-    // 1.6 MB, 1.2 MB of which is the fixed device state. A round at 32 MB/s lasts about
-    // 130 ms; pre-copy could converge unthrottled only if the guest rendered under a tenth
-    // of a frame in that time (below ~0.75 frames/s, some 25x slower than this machine
-    // renders it), so the outcome does not hang on the machine's speed within any
-    // realistic margin.
+    // The guest's work is paced by events, not by the machine's speed: each pre-copy round
+    // it runs WORK_PER_ROUND commands (SourceOptions::guest_work_per_round, scaled down by
+    // the throttle). At 640x360 those frames leave about 4.3 MB of graphics memory dirty
+    // per round, while a 32 MB/s link with a 50 ms limit takes about 1.6 MB (1.2 MB of it
+    // the fixed device state): unthrottled, pre-copy cannot converge on any machine that
+    // moves 32 MB/s over loopback; throttled, the work per round shrinks until it fits.
     let params = vgpu_sim::workload::Params {
         width: 640,
         height: 360,
@@ -306,6 +307,7 @@ fn auto_converge_throttles_the_engine_until_the_remainder_fits() {
         bandwidth: Some(32 << 20),
         downtime_limit: std::time::Duration::from_millis(50),
         max_rounds: 5,
+        guest_work_per_round: Some(WORK_PER_ROUND),
         ..opts(Protocol::V2)
     };
     let run = |o: SourceOptions| {

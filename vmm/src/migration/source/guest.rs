@@ -21,11 +21,51 @@ pub(super) const HIGH_WATER: u64 = 16 << 20;
 thread_local! {
     /// Time the guest ran on this thread during the current round (see [`guest_step`]).
     static GUEST_TIME: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    /// The guest runs only in [`paced_work`] (`SourceOptions::guest_work_per_round`).
+    static PACED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, the guest runs only when [`paced_work`] runs it.
+pub(super) struct Paced;
+
+impl Paced {
+    /// Pace the guest on this thread if `on`.
+    pub(super) fn new(on: bool) -> Self {
+        PACED.with(|p| p.set(on));
+        Self
+    }
+}
+
+impl Drop for Paced {
+    fn drop(&mut self) {
+        PACED.with(|p| p.set(false));
+    }
+}
+
+/// Run the guest for `work` units of its hardware's work (fewer if it goes idle, as at the
+/// end of its workload).
+pub(super) fn paced_work(vm: &mut Vm, work: u64) {
+    let t = Instant::now();
+    let mut left = work;
+    let mut idle = 0u32;
+    while left > 0 && idle < 100_000 {
+        let (_, ran) = vm.step(left.min(64) as usize);
+        if ran == 0 {
+            idle += 1;
+        } else {
+            idle = 0;
+            left = left.saturating_sub(ran as u64);
+        }
+    }
+    GUEST_TIME.with(|g| g.set(g.get() + t.elapsed()));
 }
 
 /// One guest step, with its time accounted: a round's transfer time is its wall time less
-/// the time the guest held this thread.
+/// the time the guest held this thread. Paced, the guest does not run here.
 pub(super) fn guest_step(vm: &mut Vm, budget: usize) -> usize {
+    if PACED.with(|p| p.get()) {
+        return 0;
+    }
     let t = Instant::now();
     let (_, ran) = vm.step(budget);
     GUEST_TIME.with(|g| g.set(g.get() + t.elapsed()));

@@ -83,6 +83,12 @@ pub struct SourceOptions {
     pub peer_timeout: Duration,
     /// Freeze this process there (testing).
     pub stop_self_at: Option<crate::migration::SelfFault>,
+    /// Testing: instead of running the guest whenever the link is busy (as fast as this
+    /// machine goes), run exactly this many units of its hardware's work (device commands)
+    /// at the start of each pre-copy round, scaled down by the auto-converge throttle. What
+    /// a round dirties then depends on events, not on the machine's speed, so whether
+    /// pre-copy converges does not either.
+    pub guest_work_per_round: Option<u32>,
 }
 
 impl Default for SourceOptions {
@@ -98,6 +104,7 @@ impl Default for SourceOptions {
             connect_timeout: Duration::from_secs(10),
             peer_timeout: control::DEFAULT_PEER_TIMEOUT,
             stop_self_at: None,
+            guest_work_per_round: None,
         }
     }
 }

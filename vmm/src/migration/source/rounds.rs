@@ -8,7 +8,7 @@ use std::time::Instant;
 use mdev_core::DirtyBitmap;
 use slog::{debug, info};
 
-use super::guest::{run_while_busy, sync, take_guest_time, HIGH_WATER};
+use super::guest::{paced_work, run_while_busy, sync, take_guest_time, Paced, HIGH_WATER};
 use super::options::{FailPoint, SourceOptions};
 use super::pages::send_pages;
 use super::peer;
@@ -58,6 +58,7 @@ pub(super) fn precopy(
     report: &mut SourceReport,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Precopy> {
+    let _paced = Paced::new(opts.guest_work_per_round.is_some());
     // Setup: device pre-copy, DMA log, a clean CPU log. Round 0 sends every page.
     dio.start_precopy(vm)?;
     *dma = Some(DmaTracker::start(vm, opts.protocol)?);
@@ -112,8 +113,17 @@ pub(super) fn precopy(
         // Let the link drain and the target catch up while the guest runs: the next
         // harvest then covers what was dirtied while this round was in flight, and the
         // round's time is the end-to-end time.
+        // Paced (testing), the guest's work of this round runs now, after the round's data
+        // went out: what it dirties is the next round's to send.
+        if let Some(work) = opts.guest_work_per_round {
+            paced_work(
+                vm,
+                u64::from(work) * u64::from(100 - throttle.min(100)) / 100,
+            );
+        }
         sync(vm, w, events, u64::from(round), opts)?;
         let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
+        let guest_s = take_guest_time().as_secs_f64();
 
         // What is dirty now: CPU log, device DMA log, device pre-copy data.
         let cpu = vm.harvest_cpu_dirty()?;
@@ -142,8 +152,7 @@ pub(super) fn precopy(
             // Transfer time: the round less the time the guest held this thread (bounded
             // below, as the guest and the transfer partly overlap on other cores). The best
             // round is the closest to the link's capacity: noise only slows rounds.
-            let guest = take_guest_time().as_secs_f64();
-            let transfer_s = (round_s - guest).max(round_s / 4.0);
+            let transfer_s = (round_s - guest_s).max(round_s / 4.0);
             let r = sent_round as f64 / transfer_s;
             bandwidth = if measured { bandwidth.max(r) } else { r };
             measured = true;
@@ -151,7 +160,14 @@ pub(super) fn precopy(
         if let Some(cap) = opts.bandwidth {
             bandwidth = bandwidth.min(cap as f64);
         }
-        let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / round_s;
+        // Paced (testing), the guest ran only for its measured work: the rate is over the
+        // round's link time, so it compares with the bandwidth whatever the machine's speed.
+        let rate_s = if opts.guest_work_per_round.is_some() {
+            (round_s - guest_s).max(1e-6)
+        } else {
+            round_s
+        };
+        let dirty_rate = (pending.count() * PAGE_SIZE + dev_pending) as f64 / rate_s;
         expected_downtime_ms = policy::expected_downtime_ms(remaining, bandwidth);
         report.bytes.dma_ram += sent.dma_nonzero * PAGE_SIZE;
         report.rounds.push(RoundStats {
