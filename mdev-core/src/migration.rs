@@ -388,6 +388,26 @@ pub trait MigrationDevice {
     fn stop_copy_size(&mut self) -> Result<u64, MigrationError>;
 }
 
+/// Write all of `buf` to the resuming data stream `stream` (the loop a VMM runs around
+/// `write(data_fd)`); a device that accepts no bytes is an error.
+pub fn write_all_data(
+    mig: &mut dyn MigrationDevice,
+    stream: DataStream,
+    buf: &[u8],
+) -> Result<(), MigrationError> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let n = mig.write_data(stream, rest)?;
+        if n == 0 {
+            return Err(MigrationError::BadData {
+                reason: "the device accepted no bytes".into(),
+            });
+        }
+        rest = &rest[n.min(rest.len())..];
+    }
+    Ok(())
+}
+
 /// The per-arc actions a device implements; [`MigrationController`] walks them.
 pub trait MigrationArcs {
     /// Carry out one direct arc `from -> to`.

@@ -21,24 +21,7 @@ const FRAMES: u64 = 6;
 const OUT_OF_REACH: u64 = 100_000;
 
 fn spawn_target() -> (String, JoinHandle<Result<Vm, String>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("tcp://{}", l.local_addr().unwrap());
-    let h = std::thread::spawn(move || {
-        let opts = TargetOptions {
-            bar_region_offset: 0,
-            peer_timeout: migration::DEFAULT_PEER_TIMEOUT,
-            stop_self_at: None,
-            mdev_type: "vgpu-64".into(),
-            irq_sink_base: 4000,
-            factory: vgpu_platform::factory(DirtyTracking::ShadowPt),
-            fail_at: None,
-            log: quiet(),
-        };
-        migration::incoming(&l, &opts)
-            .map(|(vm, _, _)| vm)
-            .map_err(|e| e.to_string())
-    });
-    (url, h)
+    spawn_target_with(vgpu_platform::factory(DirtyTracking::ShadowPt))
 }
 
 /// A source VM whose device is the double, booted and two frames in.

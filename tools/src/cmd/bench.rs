@@ -199,7 +199,7 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
                     .ok_or_else(|| err("RESUMING opened no data stream"))?;
                 let t = Instant::now();
                 for c in context.chunks(1 << 20) {
-                    mig.write_data(stream, c).map_err(err)?;
+                    mdev_core::write_all_data(mig, stream, c).map_err(err)?;
                 }
                 mig.set_mig_state(MigState::Stop).map_err(err)?;
                 load_v2.push(gbps(total, t.elapsed().as_secs_f64()));

@@ -327,19 +327,8 @@ impl DeviceIo {
                     .device()
                     .migration()
                     .ok_or_else(|| dev_err("loading device data")("no v2 interface".into()))?;
-                let mut rest = chunk;
-                while !rest.is_empty() {
-                    let n = mig
-                        .write_data(stream, rest)
-                        .map_err(|e| dev_err("loading device data")(e.to_string()))?;
-                    if n == 0 {
-                        return Err(dev_err("loading device data")(
-                            "the device accepted no bytes".into(),
-                        ));
-                    }
-                    rest = &rest[n..];
-                }
-                Ok(())
+                mdev_core::write_all_data(mig, stream, chunk)
+                    .map_err(|e| dev_err("loading device data")(e.to_string()))
             }
         }
     }

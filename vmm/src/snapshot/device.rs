@@ -144,17 +144,7 @@ impl SnapshotDevice {
         }
         let stream = self.stream("loading the device state")?;
         let mig = self.v2(vm)?;
-        let mut rest = chunk;
-        while !rest.is_empty() {
-            let n = mig
-                .write_data(stream, rest)
-                .map_err(|e| rejected(e.to_string()))?;
-            if n == 0 {
-                return Err(rejected("the device accepted no bytes".into()));
-            }
-            rest = &rest[n..];
-        }
-        Ok(())
+        mdev_core::write_all_data(mig, stream, chunk).map_err(|e| rejected(e.to_string()))
     }
 
     /// RESUMING -> STOP: the device validates the whole state and commits it.
