@@ -27,9 +27,9 @@ pub use dirty::{
 };
 pub use mdev::{MdevError, MdevRegistry, MdevType, Uuid};
 pub use migration::{
-    is_direct_arc, next_step, saving_read, v1_to_v2, v2_to_v1, write_all_data, DataStream,
-    MigState, MigTransition, MigrationArcs, MigrationController, MigrationDevice, MigrationError,
-    ALL_STATES,
+    follow_session, is_direct_arc, next_step, saving_read, session_kind, v1_to_v2, v2_to_v1,
+    write_all_data, DataStream, MigState, MigTransition, MigrationArcs, MigrationController,
+    MigrationDevice, MigrationError, ALL_STATES,
 };
 pub use shared::Shared;
 /// The VFIO uAPI as the kernel headers define it (re-exported from `vfio-bindings`).

@@ -351,8 +351,9 @@ pub struct MigTransition {
     pub stream: Option<DataStream>,
 }
 
-/// The direction of a state's data session, if it has one.
-fn session_kind(s: MigState) -> Option<bool> {
+/// The direction of a state's data session, if it has one: `Some(true)` saving (PRE_COPY,
+/// PRE_COPY_P2P, STOP_COPY), `Some(false)` resuming (RESUMING), `None` no session.
+pub fn session_kind(s: MigState) -> Option<bool> {
     match s {
         MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => Some(true),
         MigState::Resuming => Some(false),
@@ -386,6 +387,24 @@ pub trait MigrationDevice {
     fn precopy_info(&mut self) -> Result<vfio_precopy_info, MigrationError>;
     /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`: estimated length of the stop-copy stream.
     fn stop_copy_size(&mut self) -> Result<u64, MigrationError>;
+}
+
+/// The VMM's side of the data session: keep the handle a walk `opened` (closing the one
+/// held before), and close the held one once the device's state has no session (as QEMU
+/// closes the data_fd when it leaves the saving or resuming states).
+pub fn follow_session(
+    held: &mut Option<DataStream>,
+    mig: &mut dyn MigrationDevice,
+    opened: Option<DataStream>,
+) {
+    if opened.is_some() || session_kind(mig.mig_state()).is_none() {
+        if let Some(old) = held.take() {
+            mig.close_data(old);
+        }
+    }
+    if opened.is_some() {
+        *held = opened;
+    }
 }
 
 /// Write all of `buf` to the resuming data stream `stream` (the loop a VMM runs around

@@ -428,15 +428,8 @@ impl StateRegion {
         opened: Option<DataStream>,
         state: MigState,
     ) {
-        if let Some(s) = opened {
-            if let Some(old) = self.stream.replace(s) {
-                dev.close_data(old);
-            }
-        } else if Mode::of(state) == Mode::Idle {
-            if let Some(old) = self.stream.take() {
-                dev.close_data(old);
-            }
-        }
+        debug_assert_eq!(state, dev.mig_state());
+        mdev_core::follow_session(&mut self.stream, dev, opened);
     }
 
     /// The open data session, or the error naming why there is none.

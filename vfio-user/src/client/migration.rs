@@ -48,14 +48,7 @@ fn bad(e: crate::proto::ProtoError) -> ClientError {
     }
 }
 
-/// The kind of data session a state has: Some(true) saving, Some(false) resuming.
-fn session_kind(s: MigState) -> Option<bool> {
-    match s {
-        MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => Some(true),
-        MigState::Resuming => Some(false),
-        _ => None,
-    }
-}
+use mdev_core::session_kind;
 
 /// The v2 migration of a remote device.
 #[derive(Debug)]

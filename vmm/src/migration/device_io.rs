@@ -139,18 +139,7 @@ impl DeviceIo {
         mig: &mut dyn mdev_core::MigrationDevice,
         opened: Option<DataStream>,
     ) {
-        let keep = matches!(
-            mig.mig_state(),
-            MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy | MigState::Resuming
-        );
-        if opened.is_some() || !keep {
-            if let Some(old) = held.take() {
-                mig.close_data(old);
-            }
-        }
-        if opened.is_some() {
-            *held = opened;
-        }
+        mdev_core::follow_session(held, mig, opened);
     }
 
     /// The open v2 data session.

@@ -65,10 +65,7 @@ impl SnapshotDevice {
             None => {
                 let mig = self.v2(vm)?;
                 let t = mig.set_mig_state(state).context(MigrationSnafu { doing })?;
-                if let Some(old) = self.stream.take() {
-                    mig.close_data(old);
-                }
-                self.stream = t.stream;
+                mdev_core::follow_session(&mut self.stream, mig, t.stream);
                 Ok(())
             }
         }
