@@ -14,6 +14,7 @@
 
 mod guest;
 mod hardware;
+pub mod idle;
 mod image;
 pub mod parent;
 pub mod remote;
@@ -30,6 +31,7 @@ use vmm::{MachineParts, PlatformLayout, SimHardware, Vm, VmConfig, VmFactory};
 
 pub use guest::DriverProgram;
 pub use hardware::VgpuHardware;
+pub use idle::{device_digest, IdleFactory};
 pub use image::DriverImage;
 pub use parent::{available_instances, InstanceLease, ParentFactory, SharedParent};
 pub use remote::{device_factory, RemoteFactory, RemoteHardware};

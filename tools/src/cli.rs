@@ -102,6 +102,15 @@ impl WorkloadArgs {
     }
 }
 
+/// What a migrated guest runs (`--workload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// The 3D workload on the vGPU, checked frame by frame.
+    Vgpu,
+    /// No workload: only the device's state, RAM and config move.
+    Idle,
+}
+
 /// Options of a live migration's source.
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
@@ -163,6 +172,12 @@ pub struct MigrateArgs {
     /// round ({"event":"round",...}) on stderr while the migration runs.
     #[arg(long)]
     pub events: bool,
+    /// What the guest runs: `vgpu` (the 3D workload on the vGPU) or `idle` (no workload:
+    /// the device, whatever it is, e.g. `serve --type serial-16` over `--device
+    /// vfio-user:PATH`, only has its state moved; verified by comparing digests of the
+    /// device's full state on both sides). Source and target must agree.
+    #[arg(long, value_enum, default_value_t = Workload::Vgpu)]
+    pub workload: Workload,
 }
 
 /// Options of `soak`.
@@ -231,6 +246,12 @@ pub struct IncomingArgs {
     /// Where this target's device runs: `in-process` or `vfio-user:PATH` (see `serve`).
     #[arg(long, default_value = "in-process")]
     pub device: String,
+    /// What the guest runs: `vgpu` (the 3D workload on the vGPU) or `idle` (no workload:
+    /// the device, whatever it is, e.g. `serve --type serial-16` over `--device
+    /// vfio-user:PATH`, only has its state moved; verified by comparing digests of the
+    /// device's full state on both sides). Source and target must agree.
+    #[arg(long, value_enum, default_value_t = Workload::Vgpu)]
+    pub workload: Workload,
     /// The target vGPU's v1 region accepts out-of-order steps (see `run --lenient-v1`).
     #[arg(long)]
     pub lenient_v1: bool,
@@ -392,12 +413,12 @@ pub enum Command {
         /// Migration options.
         #[command(flatten)]
         m: MigrateArgs,
-        /// Frames in all.
+        /// Frames in all (not with `--workload idle`).
         #[arg(long)]
-        frames: u64,
-        /// Frame at which migration starts.
+        frames: Option<u64>,
+        /// Frame at which migration starts (not with `--workload idle`).
         #[arg(long)]
-        migrate_at: u64,
+        migrate_at: Option<u64>,
         /// Write the last frame displayed before switchover as PNG.
         #[arg(long)]
         png_before: Option<PathBuf>,
@@ -429,8 +450,8 @@ pub enum Command {
         /// mdev type.
         #[arg(long = "type", default_value = "vgpu-512")]
         mdev_type: String,
-        /// Which parts: context, migration, pipeline, kvm, render (the 3D workload per
-        /// profile), all.
+        /// Which parts: context, migration, pipeline, kvm, vfio-user, render (the 3D
+        /// workload per profile), all (context, render and migration).
         #[arg(long, default_value = "all")]
         what: String,
         /// Repetitions (the median is reported).

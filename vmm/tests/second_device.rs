@@ -175,6 +175,7 @@ fn spawn_target(factory: SerialFactory) -> (String, JoinHandle<Result<Vm, String
 const LIVE: SerialFactory = SerialFactory {
     v1_region: true,
     dma_log: true,
+    migration_features: serial_sim::device::MIGRATION_FEATURES,
 };
 
 #[test]
@@ -220,6 +221,7 @@ fn without_a_dma_log_or_a_v1_region_a_v2_migration_still_verifies() {
     let bare = SerialFactory {
         v1_region: false,
         dma_log: false,
+        ..SerialFactory::default()
     };
     let mut src = booted(bare, LOG_CAP);
     src.run(StopAt::Command(700)).unwrap();
@@ -329,6 +331,7 @@ fn without_the_v1_region_a_snapshot_goes_through_v2() {
     let no_v1 = SerialFactory {
         v1_region: false,
         dma_log: true,
+        ..SerialFactory::default()
     };
     let mut src = booted(no_v1, LIMIT);
     stop_mid_stream(&mut src, 777);

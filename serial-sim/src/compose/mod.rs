@@ -50,6 +50,9 @@ pub struct SerialFactory {
     pub v1_region: bool,
     /// Offer an (always clean) DMA dirty log (see [`SerialConfig::dma_log`]).
     pub dma_log: bool,
+    /// The v2 migration features the device offers (see
+    /// [`SerialConfig::migration_features`]).
+    pub migration_features: u32,
 }
 
 impl Default for SerialFactory {
@@ -58,6 +61,7 @@ impl Default for SerialFactory {
         Self {
             v1_region: true,
             dma_log: false,
+            migration_features: crate::device::MIGRATION_FEATURES,
         }
     }
 }
@@ -89,6 +93,7 @@ impl VmFactory for SerialFactory {
         let cfg = SerialConfig {
             v1_region: self.v1_region,
             dma_log: self.dma_log,
+            migration_features: self.migration_features,
             log: log.clone(),
         };
         let dev = SharedSerial::new(Serial::new(&cfg)?);

@@ -47,6 +47,9 @@ pub struct SerialConfig {
     /// Offer a DMA dirty log. The device does no DMA, so the log never reports a page;
     /// without it `dma_dirty_log()` is `None`.
     pub dma_log: bool,
+    /// The v2 migration features offered (`VFIO_MIGRATION_*`; STOP_COPY is mandatory).
+    /// Without PRE_COPY the state moves in stop-copy alone.
+    pub migration_features: u32,
     /// Logger.
     pub log: Logger,
 }
@@ -57,6 +60,7 @@ impl SerialConfig {
         Self {
             v1_region: true,
             dma_log: false,
+            migration_features: MIGRATION_FEATURES,
             log,
         }
     }
@@ -144,7 +148,7 @@ impl Serial {
             sinks: Default::default(),
             owed: false,
             rearm: false,
-            mig: MigrationController::new(MIGRATION_FEATURES).keeping_last_state_on_failure(),
+            mig: MigrationController::new(cfg.migration_features).keeping_last_state_on_failure(),
             save: None,
             resume: None,
             has_region: region.is_some(),

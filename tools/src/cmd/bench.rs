@@ -88,6 +88,7 @@ pub fn run(
         "render" => super::bench_render::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
+            super::bench_render::run(runs, json, log)?;
             super::bench_migration::run(runs, timeline, json, log)
         }
         other => Err(CliError::Usage {

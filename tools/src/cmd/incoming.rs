@@ -10,7 +10,7 @@ use vmm::StopAt;
 
 use super::migrate::{peer_timeout, stop_point};
 use super::{parse_tracking, CliError, FileSnafu, Result};
-use crate::cli::IncomingArgs;
+use crate::cli::{IncomingArgs, Workload};
 use crate::output::{write_png, RunReport};
 use crate::verify;
 
@@ -79,18 +79,24 @@ pub fn run(
     let stop_self_at = stop_point(args.stop_self_at.as_deref(), args.kill_self_at.as_deref())?;
     let listener =
         migration::transport::listen(listen).map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let opts = TargetOptions {
-        bar_region_offset: 0,
-        mdev_type: mdev_type.to_string(),
-        irq_sink_base: 500,
-        factory: super::serve::attach(
+    let idle = args.workload == Workload::Idle;
+    let factory = if idle {
+        super::idle_factory(&args.device, mdev_type, tracking, &args.migration_features)?
+    } else {
+        super::serve::attach(
             &args.device,
             vgpu_platform::factory_checked(
                 parse_tracking(tracking)?,
                 super::parse_features(&args.migration_features)?,
                 super::v1_checks(args.lenient_v1),
             ),
-        )?,
+        )?
+    };
+    let opts = TargetOptions {
+        bar_region_offset: 0,
+        mdev_type: mdev_type.to_string(),
+        irq_sink_base: 500,
+        factory,
         fail_at,
         peer_timeout,
         stop_self_at,
@@ -120,6 +126,9 @@ pub fn run(
         })?;
     // The source's figures follow its acknowledgement.
     let summary: Option<control::Summary> = link.input.recv_control("source's summary").ok();
+    if idle {
+        return finish_idle(&mut vm, &mut link, json);
+    }
     let params = vm.params().ok_or_else(|| CliError::Check {
         msg: "the migrated guest has no workload parameters".into(),
     })?;
@@ -201,6 +210,33 @@ pub fn run(
         return Err(CliError::Check {
             msg: format!("verification failed: {}", report.detail),
         });
+    }
+    Ok(())
+}
+
+/// The idle workload's end on the target: the guest runs on (it stays idle), and the
+/// source is told the digest of our device's full state, which it compares with its own.
+fn finish_idle(
+    vm: &mut vmm::Vm,
+    link: &mut migration::target::SourceLink,
+    json: bool,
+) -> Result<()> {
+    vm.run_guest(StopAt::Done)?;
+    let digest = vgpu_platform::device_digest(vm)?;
+    vmm::snapshot::resume_source(vm)?;
+    let _ = link
+        .ctrl
+        .send(&control::FromTarget::Outcome(control::Outcome {
+            frames: 0,
+            final_checksum: digest.clone(),
+            verified: true,
+            detail: "idle workload: the source compares the device-state digests".into(),
+        }));
+    if json {
+        let v = serde_json::json!({ "workload": "idle", "device_state_sha256": digest });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("device state sha256 {digest}");
     }
     Ok(())
 }

@@ -15,9 +15,9 @@ use vmm::{StopAt, Vm};
 
 use snafu::ResultExt;
 
-use super::{boot_with, parse_tracking, CliError, Result, TimelineSnafu};
-use crate::cli::Vcpu;
+use super::{boot_idle, boot_with, parse_tracking, CliError, Result, TimelineSnafu};
 use crate::cli::{MigrateArgs, WorkloadArgs};
+use crate::cli::{Vcpu, Workload};
 use crate::output::{write_png, RunReport};
 use crate::timeline::Recorder;
 use crate::verify;
@@ -70,6 +70,25 @@ pub fn peer_timeout(secs: f64) -> Result<Duration> {
         });
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--frames` and `--migrate-at`: both needed with the vGPU workload, neither with
+/// `--workload idle`.
+pub fn frames_given(
+    m: &MigrateArgs,
+    frames: Option<u64>,
+    migrate_at: Option<u64>,
+) -> Result<(u64, u64)> {
+    match (m.workload, frames, migrate_at) {
+        (Workload::Vgpu, Some(f), Some(k)) => Ok((f, k)),
+        (Workload::Vgpu, ..) => Err(CliError::Usage {
+            msg: "--frames and --migrate-at are needed (unless --workload idle)".into(),
+        }),
+        (Workload::Idle, None, None) => Ok((0, 0)),
+        (Workload::Idle, ..) => Err(CliError::Usage {
+            msg: "--frames and --migrate-at go with the vGPU workload, not --workload idle".into(),
+        }),
+    }
 }
 
 /// Parse `--stop-self-at PHASE` / `--kill-self-at PHASE` (at most one is given).
@@ -182,8 +201,20 @@ pub fn source(
             msg: format!("--migrate-at {migrate_at} is past --frames {frames}"),
         });
     }
-    let mut vm = boot_with(w, frames, parse_tracking(&m.dirty_tracking)?, log)?;
+    let idle = m.workload == Workload::Idle;
+    if idle && m.vcpu == Vcpu::Kvm {
+        return Err(CliError::Usage {
+            msg: "--workload idle runs on the simulated vCPU (the KVM guest image is the vGPU driver)"
+                .into(),
+        });
+    }
+    let mut vm = if idle {
+        boot_idle(w, &m.dirty_tracking, log)?
+    } else {
+        boot_with(w, frames, parse_tracking(&m.dirty_tracking)?, log)?
+    };
     match m.vcpu {
+        _ if idle => {}
         Vcpu::Sim => {
             vm.run(StopAt::Frame(migrate_at))?;
         }
@@ -229,11 +260,25 @@ pub fn source(
             }
             // The target finishes the workload and tells us how it ended (its keep-alives
             // say it is alive meanwhile).
-            let (outcome, error) = match migration::source::wait_outcome(&events) {
+            let (mut outcome, error) = match migration::source::wait_outcome(&events) {
                 Ok(o) => (Some(o), None),
                 Err(e) => (None, Some(e.to_string())),
             };
             timeline?;
+            if let (true, Some(o)) = (idle, outcome.as_mut()) {
+                // No workload to compare: the target's device must hold what ours held.
+                // Ours stays stopped (the guest is the target's now).
+                let ours = vgpu_platform::device_digest(&mut vm)?;
+                o.verified = o.final_checksum == ours;
+                o.detail = if o.verified {
+                    String::new()
+                } else {
+                    format!(
+                        "device state: the target's digest {} differs from the source's {ours}",
+                        o.final_checksum
+                    )
+                };
+            }
             Ok((
                 MigrateReport {
                     vcpu: m.vcpu.name(),
@@ -263,6 +308,9 @@ pub fn source(
                 msg: format!("migration unconfirmed: {e}"),
             })
         }
+        Err(e) if idle => Err(CliError::Check {
+            msg: format!("migration failed: {e}; the source's device runs on here"),
+        }),
         Err(e) => {
             // Nothing lost: the device is running again; the guest goes on here, to the
             // end, and is checked.
@@ -304,8 +352,7 @@ pub fn run(
     to: &str,
     w: &WorkloadArgs,
     m: &MigrateArgs,
-    frames: u64,
-    migrate_at: u64,
+    (frames, migrate_at): (u64, u64),
     png_before: Option<&Path>,
     json: bool,
     log: &Logger,
@@ -328,6 +375,9 @@ pub fn run(
             .and_then(|m| m.downtime_clock.as_ref())
         {
             println!("downtime measured on the {}", c.method);
+        }
+        if let Some(mig) = &rep.migration {
+            println!("{}", device_summary(mig));
         }
     }
     match (&rep.error, rep.verified) {
@@ -352,4 +402,23 @@ pub fn run(
         }),
         _ => Ok(()),
     }
+}
+
+/// One line on how the device's state moved: with or without pre-copy, with its own DMA
+/// log or with all backed guest RAM re-sent in the final pass.
+pub fn device_summary(rep: &SourceReport) -> String {
+    format!(
+        "device: {} ({}), {}",
+        if rep.device_precopy {
+            "pre-copy and stop-copy"
+        } else {
+            "no PRE_COPY: its state moved in stop-copy alone"
+        },
+        rep.protocol,
+        if rep.device_dma_log {
+            "DMA writes from its dirty log".to_string()
+        } else {
+            "no DMA logging: all backed guest RAM was re-sent in the final pass".to_string()
+        }
+    )
 }

@@ -179,8 +179,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             &to,
             &w,
             &m,
-            frames,
-            migrate_at,
+            migrate::frames_given(&m, frames, migrate_at)?,
             png_before.as_deref(),
             json,
             log,
@@ -265,12 +264,7 @@ pub fn boot_with(
     log: &Logger,
 ) -> Result<vmm::Vm> {
     let mut cfg = vgpu_platform::vm_config(&w.mdev_type, log.clone());
-    cfg.ram_size = w
-        .ram_mib
-        .checked_mul(1 << 20)
-        .ok_or_else(|| CliError::Usage {
-            msg: format!("--ram-mib {} is too large", w.ram_mib),
-        })?;
+    cfg.ram_size = ram_size(w)?;
     cfg.factory = serve::attach(
         &w.device,
         vgpu_platform::factory_checked(
@@ -281,5 +275,40 @@ pub fn boot_with(
     )?;
     let mut vm = vmm::Vm::new(&cfg)?;
     vm.boot(&w.params(frames))?;
+    Ok(vm)
+}
+
+fn ram_size(w: &WorkloadArgs) -> Result<u64> {
+    w.ram_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| CliError::Usage {
+            msg: format!("--ram-mib {} is too large", w.ram_mib),
+        })
+}
+
+/// The factory of a VM that runs no workload (`--workload idle`): the device of
+/// `device_type` (the serial device's type, or a vGPU type), in process or at `device`,
+/// with a guest that stays idle.
+pub fn idle_factory(
+    device: &str,
+    device_type: &str,
+    tracking: &str,
+    features: &str,
+) -> Result<std::sync::Arc<dyn vmm::VmFactory>> {
+    let inner = serve::factory_for(device_type, tracking, features)?;
+    serve::attach(
+        device,
+        std::sync::Arc::new(vgpu_platform::IdleFactory::new(inner)),
+    )
+}
+
+/// Boot a VM that runs no workload: the firmware places the BARs, the guest idles.
+pub fn boot_idle(w: &WorkloadArgs, tracking: &str, log: &Logger) -> Result<vmm::Vm> {
+    let mut cfg = vgpu_platform::vm_config(&w.mdev_type, log.clone());
+    cfg.ram_size = ram_size(w)?;
+    cfg.factory = idle_factory(&w.device, &w.mdev_type, tracking, &w.migration_features)?;
+    let mut vm = vmm::Vm::new(&cfg)?;
+    vm.firmware()?;
+    vm.run(vmm::StopAt::Done)?;
     Ok(vm)
 }

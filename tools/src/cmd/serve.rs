@@ -20,7 +20,10 @@ pub fn factory_for(
     features: &str,
 ) -> Result<Arc<dyn VmFactory>> {
     if device_type == serial_sim::compose::DEVICE_TYPE {
-        return Ok(Arc::new(serial_sim::compose::SerialFactory::default()));
+        return Ok(Arc::new(serial_sim::compose::SerialFactory {
+            migration_features: parse_features(features)?,
+            ..Default::default()
+        }));
     }
     vgpu_sim::VgpuType::by_name(device_type).map_err(|e| CliError::Usage {
         msg: format!("--type: {e}"),

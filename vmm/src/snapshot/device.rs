@@ -152,6 +152,12 @@ impl SnapshotDevice {
             })
     }
 
+    /// Stop the device (STOP; v1: `device_state` 0), ending any data session: a save
+    /// that follows is a whole new one.
+    pub fn stop(&mut self, vm: &mut Vm) -> Result<()> {
+        self.enter(vm, MigState::Stop, 0, "stopping the device")
+    }
+
     /// Set the device running (after a restore, or a save that is over).
     pub fn run(&mut self, vm: &mut Vm) -> Result<()> {
         self.enter(
