@@ -136,6 +136,15 @@ impl RegionInfo {
 pub trait IrqSink: Send + Sync + Debug {
     /// Signal vector `vector` of irq index `index` (e.g. `VFIO_PCI_MSI_IRQ_INDEX`).
     fn signal(&self, index: u32, vector: u32);
+
+    /// The eventfd behind vector `vector` of `index`, when the sink is one (a VMM that
+    /// wired it to KVM with an irqfd): a device in another process is then handed this
+    /// eventfd itself and its writes reach the guest without the VMM, as
+    /// `VFIO_DEVICE_SET_IRQS` with `VFIO_IRQ_SET_DATA_EVENTFD` does. `None` (the default):
+    /// the sink must be called.
+    fn eventfd(&self, _index: u32, _vector: u32) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// A VFIO-style device, as a VMM sees it.

@@ -5,6 +5,13 @@
 use vgpu_migrate_tests::{booted, outcome, quiet, reference};
 use vmm::{StopAt, Vm, VmmError};
 
+/// The interrupt causes the guest's handler has seen (its state block in guest RAM).
+fn irq_seen(vm: &mut Vm) -> u32 {
+    let mut b = [0u8; 4];
+    vm.guest_read(vgpu_sim::workload::layout::IRQ_SEEN_GPA, &mut b);
+    u32::from_le_bytes(b)
+}
+
 fn kvm_usable() -> bool {
     match vmm::kvm::available() {
         Ok(()) => true,
@@ -29,7 +36,16 @@ fn kvm_and_sim_give_the_same_checksum_log() {
         assert_eq!(got.checksums, want.checksums, "checksum log, seed {seed}");
         assert_eq!(got.gmem, want.gmem, "graphics memory, seed {seed}");
         assert!(rep.mmio_exits > 0, "the guest reached the device by MMIO");
-        assert!(rep.msis > 0, "interrupts went through KVM's local APIC");
+        assert!(
+            rep.irqfd_signals > 0,
+            "the device signalled its vectors' irqfds"
+        );
+        assert_eq!(rep.msis, 0, "no interrupt took the VMM's queue");
+        assert_ne!(
+            irq_seen(&mut vm),
+            0,
+            "KVM injected them: the guest's handler saw interrupt causes"
+        );
         assert!(rep.device_work > 0, "the device thread ran commands");
     }
 }

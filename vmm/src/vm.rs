@@ -23,6 +23,7 @@ use crate::platform::{
 use crate::ratelimit::RateLimit;
 use crate::vcpu::Vcpu;
 
+mod irqfd;
 mod kvm_run;
 
 /// The device as the VMM holds it: behind one lock, shared by the VMM's own thread and,
@@ -426,7 +427,9 @@ impl Vm {
             None => Ok(()),
             Some(s) if s.at_boundary && !s.is_running() => {
                 self.kvm = None;
-                Ok(())
+                // The irqfds went with the machine: the simulated vCPU takes the
+                // device's signals from the queue again.
+                self.wire_irqs()
             }
             Some(_) => Err(VmmError::StopPoint {
                 what: "on the simulated vCPU".into(),

@@ -459,7 +459,21 @@ impl VfioDevice for Client {
         let mut c = conn::lock(&self.conn);
         let flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
         let mut w = Writer::default();
+        // A sink that is eventfds already (the VMM wired them to KVM as irqfds) gives
+        // the device process those: its signals then reach the guest without us.
+        let given: Option<Vec<_>> = sink.as_ref().and_then(|s| {
+            (start..start + count)
+                .map(|v| s.eventfd(index, v))
+                .collect()
+        });
         match sink {
+            Some(_) if count > 0 && given.is_some() => {
+                let raw = given.unwrap_or_default();
+                w.u32(20).u32(flags).u32(index).u32(start).u32(count);
+                c.request(Command::DeviceSetIrqs, &[&w.0], &raw)
+                    .map_err(remote)?;
+                c.unwire_irqs(index, start, count);
+            }
             Some(sink) if count > 0 => {
                 let fds = (0..count)
                     .map(|_| conn::eventfd())

@@ -230,7 +230,7 @@ impl State {
             frame: bus.read_u64(STATE_GPA + 16),
             bar0: bus.read_u64(STATE_GPA + 24),
             bar2: bus.read_u64(STATE_GPA + 32),
-            irq_seen: bus.read_u32(STATE_GPA + 40),
+            irq_seen: bus.read_u32(IRQ_SEEN_GPA),
             errors_seen: bus.read_u32(STATE_GPA + 44),
         }
     }
@@ -242,7 +242,7 @@ impl State {
         bus.write_u64(STATE_GPA + 16, self.frame);
         bus.write_u64(STATE_GPA + 24, self.bar0);
         bus.write_u64(STATE_GPA + 32, self.bar2);
-        bus.write_u32(STATE_GPA + 40, self.irq_seen);
+        bus.write_u32(IRQ_SEEN_GPA, self.irq_seen);
         bus.write_u32(STATE_GPA + 44, self.errors_seen);
     }
 }

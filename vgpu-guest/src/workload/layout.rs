@@ -9,6 +9,10 @@ use super::profile::ProfileSpec;
 pub const PARAMS_GPA: u64 = 0x1000;
 /// The driver's own state block.
 pub const STATE_GPA: u64 = 0x2000;
+/// Where in the driver's state block it keeps the interrupt causes its handler has seen
+/// (a u32, the IIR bits or-ed together): a host tool can tell from it that interrupts
+/// reached the guest.
+pub const IRQ_SEEN_GPA: u64 = STATE_GPA + 40;
 /// Start of the guest RAM range the driver maps into the GTT.
 pub const GTT_MAPPED_BASE: u64 = 0x10_0000;
 /// Ring buffer (16 KiB).

@@ -46,6 +46,20 @@ impl KvmMachine {
         self.apply_routes(&routes)
     }
 
+    /// Set the routes of every GSI in `gsis` at once (one `KVM_SET_GSI_ROUTING`): `Some`
+    /// routes it to that MSI address/data, `None` removes its route (an irqfd on a GSI
+    /// without a route injects nothing). Routes of other GSIs are kept.
+    pub fn set_msi_routes(&self, gsis: &[(u32, Option<(u64, u32)>)]) -> Result<()> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        for &(gsi, route) in gsis {
+            match route {
+                Some(r) => routes.insert(gsi, r),
+                None => routes.remove(&gsi),
+            };
+        }
+        self.apply_routes(&routes)
+    }
+
     /// Remove the route of `gsi`.
     pub fn remove_msi_route(&self, gsi: u32) -> Result<()> {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,8 +8,12 @@
 //!   simulated vCPU's accesses (guest RAM, the BAR map, the ECAM window, the VMM's PCI
 //!   face), and a write to the image's status port parks it when the guest says it is done;
 //! * the **device thread** advances the device's hardware ([`SimHardware::advance`]) as real
-//!   hardware runs on its own, and delivers the device's interrupts through the guest's MSI
-//!   routes with `KVM_SIGNAL_MSI` into the in-kernel local APIC;
+//!   hardware runs on its own. The device's interrupts do not pass through it: every MSI
+//!   and MSI-X vector is an eventfd wired to KVM as an irqfd on a GSI routed to the message
+//!   the guest programmed ([`super::irqfd`]), so a signal (from the device in process, or
+//!   written by a device process that was handed the eventfd) lands in the in-kernel local
+//!   APIC directly. Signals that still reach the VMM's queue (none, once wired) go in
+//!   with `KVM_SIGNAL_MSI`;
 //! * the **VMM's own thread** (the caller) is free: it waits for a stop point
 //!   ([`Vm::run_kvm`]) or migrates the VM while the guest runs, and pauses it with a real
 //!   kick ([`Vm::pause_kvm`]).
@@ -23,10 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdev_core::DirtyBitmap;
+use mdev_core::{DirtyBitmap, VfioDevice};
 use serde::Serialize;
 use slog::{debug, info, Logger};
 
+use super::irqfd::Irqfds;
 use super::{deliver, SharedDevice, StopAt, Vm};
 use crate::bus::{lock_face, VmBus};
 use crate::error::{Result, VmmError};
@@ -55,8 +60,12 @@ const PAUSE_DEADLINE: Duration = Duration::from_secs(5);
 pub struct KvmRunReport {
     /// MMIO exits the vCPU took.
     pub mmio_exits: u64,
-    /// Interrupts delivered with `KVM_SIGNAL_MSI`.
+    /// Interrupts delivered with `KVM_SIGNAL_MSI` (signals that reached the VMM's queue
+    /// rather than an irqfd).
     pub msis: u64,
+    /// Signals an in-process device wrote to its vectors' irqfds (KVM injected them; a
+    /// device process writes its eventfds itself and is not counted here).
+    pub irqfd_signals: u64,
     /// Units of hardware work (commands) the device thread ran.
     pub device_work: u64,
     /// Wall time of the run, ms.
@@ -73,6 +82,8 @@ pub(super) struct KvmSession {
     pub(super) at_boundary: bool,
     /// While the guest runs: the device thread, and the report's starting points.
     running: Option<Running>,
+    /// The device's vectors as irqfds of this machine (from the first start).
+    irqfds: Option<Arc<Irqfds>>,
 }
 
 enum VcpuSlot {
@@ -89,6 +100,7 @@ struct Running {
     device: DeviceThread,
     started: Instant,
     exits_before: u64,
+    irqfd_before: u64,
 }
 
 impl KvmSession {
@@ -120,11 +132,22 @@ struct Exits {
     image: Arc<dyn GuestImage>,
     signal: Arc<Mutex<Option<GuestSignal>>>,
     mmio_exits: Arc<AtomicU64>,
+    irqfds: Arc<Irqfds>,
     warn_limit: RateLimit,
     log: Logger,
 }
 
 impl Exits {
+    /// After a write that may have reprogrammed an MSI or MSI-X vector: the irqfds' routes
+    /// follow before the guest's next access (a doorbell) can make the device signal.
+    fn sync_routes(&mut self) {
+        if let Err(e) = self.irqfds.sync_routes() {
+            if self.warn_limit.allow() {
+                slog::warn!(self.log, "cannot route the device's interrupts"; "error" => %e);
+            }
+        }
+    }
+
     fn bus(&mut self) -> VmBus<'_> {
         self.mmio_exits.fetch_add(1, Ordering::Relaxed);
         VmBus {
@@ -145,6 +168,7 @@ impl ExitHandler for Exits {
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
         self.bus().write(gpa, data);
+        self.sync_routes();
     }
 
     fn io_out(&mut self, port: u16, data: &[u8]) -> ExitAction {
@@ -248,6 +272,38 @@ fn spawn_device(mut hw: Box<dyn SimHardware>, path: IrqPath) -> Result<DeviceThr
     })
 }
 
+/// Wire the device's MSI and MSI-X vectors as irqfds of `machine` and hand the device
+/// their eventfds (`set_irqs`), as a VMM does before the guest's first instruction.
+fn wire_irqfds(
+    machine: &KvmMachine,
+    dev: &mut SharedDevice,
+    face: &Arc<Mutex<PciFace>>,
+    cfg: &super::VmConfig,
+) -> Result<Irqfds> {
+    use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
+    let count = |dev: &mut SharedDevice, index| dev.irq_info(index).map_or(0, |i| i.count);
+    let (msi, msix) = (
+        count(dev, VFIO_PCI_MSI_IRQ_INDEX),
+        count(dev, VFIO_PCI_MSIX_IRQ_INDEX),
+    );
+    let irqfds = Irqfds::wire(machine, face.clone(), cfg.irq_sink_base, msi, msix)?;
+    for (index, n) in [
+        (VFIO_PCI_MSI_IRQ_INDEX, msi),
+        (VFIO_PCI_MSIX_IRQ_INDEX, msix),
+    ] {
+        if n > 0 {
+            let sink: Arc<dyn mdev_core::IrqSink> = irqfds.sink();
+            dev.set_irqs(index, 0, n, Some(sink))
+                .map_err(|source| VmmError::Device {
+                    doing: "wiring interrupts to irqfds",
+                    source,
+                })?;
+        }
+    }
+    info!(cfg.log, "the device's interrupts go to KVM by irqfd"; "msi" => msi, "msix" => msix);
+    Ok(irqfds)
+}
+
 fn kvm_err(source: crate::kvm::KvmError) -> VmmError {
     VmmError::Kvm { source }
 }
@@ -282,6 +338,7 @@ impl Vm {
                 mmio_exits: Arc::new(AtomicU64::new(0)),
                 at_boundary: false,
                 running: None,
+                irqfds: None,
             });
         }
         let image = self.image.clone();
@@ -304,6 +361,14 @@ impl Vm {
                         why: "this guest program has no x86-64 image".into(),
                     });
                 };
+                let irqfds = match wire_irqfds(&machine, &mut self.dev, &self.face, &self.cfg) {
+                    Ok(i) => Arc::new(i),
+                    Err(e) => {
+                        session.vcpu = Some(VcpuSlot::Ready(machine));
+                        return Err(e);
+                    }
+                };
+                session.irqfds = Some(irqfds.clone());
                 let spawned = machine.spawn(Box::new(Exits {
                     dev: self.dev.clone(),
                     face: self.face.clone(),
@@ -312,14 +377,20 @@ impl Vm {
                     image,
                     signal: session.signal.clone(),
                     mmio_exits: session.mmio_exits.clone(),
+                    irqfds: irqfds.clone(),
                     warn_limit: RateLimit::default(),
                     log: self.cfg.log.clone(),
                 }));
                 match spawned {
-                    Ok(vcpu) => Some(VcpuSlot::Spawned {
-                        machine: Arc::new(machine),
-                        vcpu,
-                    }),
+                    Ok(vcpu) => {
+                        let machine = Arc::new(machine);
+                        if let Err(e) = irqfds.attach(machine.clone()) {
+                            let _ = vcpu.pause(PAUSE_DEADLINE);
+                            session.vcpu = Some(VcpuSlot::Spawned { machine, vcpu });
+                            return Err(e);
+                        }
+                        Some(VcpuSlot::Spawned { machine, vcpu })
+                    }
                     Err(e) => {
                         session.vcpu = Some(VcpuSlot::Ready(machine));
                         return Err(kvm_err(e));
@@ -347,6 +418,7 @@ impl Vm {
                     device,
                     started: Instant::now(),
                     exits_before: session.mmio_exits.load(Ordering::Relaxed),
+                    irqfd_before: session.irqfds.as_ref().map_or(0, |i| i.sink().signals()),
                 });
                 Ok(())
             }
@@ -381,6 +453,10 @@ impl Vm {
         let report = KvmRunReport {
             mmio_exits: session.mmio_exits.load(Ordering::Relaxed) - running.exits_before,
             msis: running.device.msis.load(Ordering::Relaxed),
+            irqfd_signals: session
+                .irqfds
+                .as_ref()
+                .map_or(0, |i| i.sink().signals() - running.irqfd_before),
             device_work: running.device.work.load(Ordering::Relaxed),
             wall_ms: running.started.elapsed().as_secs_f64() * 1e3,
         };
@@ -482,6 +558,7 @@ impl Vm {
             mmio_exits: Arc::new(AtomicU64::new(0)),
             at_boundary: false,
             running: None,
+            irqfds: None,
         });
         self.kvm_booted = true;
         Ok(())
