@@ -4,7 +4,7 @@
 //!
 //! The scenario is smaller than the reference one (`bench --what migration`): on hosts
 //! where KVM itself runs nested and emulates the guest (this project's CI machines), the
-//! image's boot (texture upload through the aperture, one MMIO exit per 8 bytes) and each
+//! image's boot (the GTT programmed through BAR0, one MMIO exit per entry) and each
 //! 1280x720 frame take seconds. Both vCPUs run the same scenario, so the ratio is fair.
 
 use std::net::TcpListener;
