@@ -85,6 +85,7 @@ pub fn run(
         irq_sink_base: 500,
         factory: super::serve::attach(
             &args.device,
+            args.dma_by_message,
             vgpu_platform::factory_checked(
                 parse_tracking(tracking)?,
                 super::parse_features(&args.migration_features)?,

@@ -273,6 +273,7 @@ pub fn boot_with(
         })?;
     cfg.factory = serve::attach(
         &w.device,
+        w.dma_by_message,
         vgpu_platform::factory_checked(
             tracking,
             parse_features(&w.migration_features)?,

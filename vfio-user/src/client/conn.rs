@@ -6,6 +6,10 @@
 //! reply, so draining the eventfds right after the reply delivers every interrupt at the
 //! same point of the guest's execution as an in-process device would: runs stay
 //! deterministic.
+//!
+//! While it waits for a reply, the client answers the server's `DMA_READ`/`DMA_WRITE`
+//! requests (the device running inside the request reaches guest RAM mapped without a
+//! descriptor) from guest RAM, bounds-checked against its maps ([`super::dma`]).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -20,6 +24,8 @@ use crate::proto::{
     Caps, Command, Header, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
 };
 use crate::wire::{self, WireError};
+
+use super::dma::DmaServe;
 
 /// Errors of the client.
 #[derive(Debug, Snafu)]
@@ -107,6 +113,10 @@ pub struct Conn {
     pub(crate) caps: Caps,
     deadline: Duration,
     irqs: Vec<IrqWire>,
+    /// Guest RAM for the server's DMA requests.
+    dma: Option<DmaServe>,
+    /// DMA requests served so far.
+    dma_served: u64,
     dead: Option<String>,
     /// Requests sent so far: a snapshot of device state taken at one value is current
     /// only while no other request went out.
@@ -131,6 +141,8 @@ impl Conn {
             caps: Caps::default(),
             deadline,
             irqs: Vec::new(),
+            dma: None,
+            dma_served: 0,
             dead: None,
             generation: 0,
             log,
@@ -200,6 +212,15 @@ impl Conn {
             if m.header.is_reply() && m.header.msg_id == h.msg_id {
                 break m;
             }
+            if !m.header.is_reply()
+                && matches!(
+                    Command::from_u16(m.header.command),
+                    Command::DmaRead | Command::DmaWrite
+                )
+            {
+                self.serve_dma(&m)?;
+                continue;
+            }
             warn!(self.log, "unexpected message from the device process ignored";
                   "id" => m.header.msg_id, "command" => m.header.command);
         };
@@ -217,6 +238,31 @@ impl Conn {
             });
         }
         Ok(reply.payload)
+    }
+
+    /// Answer one of the server's DMA requests (an error reply without guest RAM).
+    fn serve_dma(&mut self, m: &wire::Message) -> Result<()> {
+        let max = self.max_xfer();
+        let (h, payload) = match &self.dma {
+            Some(d) => d.answer(m, max),
+            None => DmaServe::new(Default::default(), Vec::new()).answer(m, max),
+        };
+        if h.flags & FLAGS_ERROR != 0 {
+            warn!(self.log, "DMA request from the device process refused";
+                  "command" => m.header.command, "errno" => h.error);
+        }
+        self.dma_served += 1;
+        wire::send(&self.sock, &h, &[&payload], &[], self.deadline).map_err(|e| self.fail(e))
+    }
+
+    /// Serve the server's DMA requests from `dma`.
+    pub(crate) fn set_dma(&mut self, dma: DmaServe) {
+        self.dma = Some(dma);
+    }
+
+    /// DMA requests from the server answered so far.
+    pub fn dma_served(&self) -> u64 {
+        self.dma_served
     }
 
     /// The negotiated largest data transfer.

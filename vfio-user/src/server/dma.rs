@@ -5,6 +5,10 @@
 //! file the descriptor names (a mapping past the end of a file raises SIGBUS on access),
 //! sealed against shrinking (`F_SEAL_SHRINK`, so the client cannot truncate it later),
 //! readable and writeable, not overlapping another map, within `max_dma_maps`.
+//!
+//! A map without a descriptor (the spec's "not mappable" memory) passes the same checks
+//! but the file ones; the device reaches it by `DMA_READ`/`DMA_WRITE` messages to the
+//! client ([`super::remote`]).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,7 +31,8 @@ struct DmaMap {
     iova: u64,
     size: u64,
     offset: u64,
-    file: File,
+    /// `None`: reached by messages.
+    file: Option<File>,
 }
 
 /// The DMA maps of one client.
@@ -60,12 +65,6 @@ impl DmaTable {
         flags: u32,
         fd: Option<OwnedFd>,
     ) -> Result<(), (i32, String)> {
-        let Some(fd) = fd else {
-            return Err((
-                libc::ENOTSUP,
-                "a map without a file descriptor (DMA through messages) is not supported".into(),
-            ));
-        };
         if flags & (DMA_FLAG_READ | DMA_FLAG_WRITE) != DMA_FLAG_READ | DMA_FLAG_WRITE
             || flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0
         {
@@ -107,6 +106,15 @@ impl DmaTable {
                 format!("already {} maps (max_dma_maps)", self.max),
             ));
         }
+        let Some(fd) = fd else {
+            self.maps.push(DmaMap {
+                iova,
+                size,
+                offset,
+                file: None,
+            });
+            return Ok(());
+        };
         let file = File::from(fd);
         let len = file
             .metadata()
@@ -127,14 +135,23 @@ impl DmaTable {
             iova,
             size,
             offset,
-            file,
+            file: Some(file),
         });
         Ok(())
     }
 
-    /// The mapped ranges (iova, size).
+    /// The mapped ranges (iova, size), with and without descriptors.
     pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
         self.maps.iter().map(|m| (m.iova, m.size)).collect()
+    }
+
+    /// The ranges (iova, size) mapped without a descriptor: reached by messages.
+    pub(crate) fn remote_ranges(&self) -> Vec<(u64, u64)> {
+        self.maps
+            .iter()
+            .filter(|m| m.file.is_none())
+            .map(|m| (m.iova, m.size))
+            .collect()
     }
 
     /// Remove the map that is exactly `iova`+`size`.
@@ -155,15 +172,13 @@ impl DmaTable {
         }
     }
 
-    /// Map every accepted region into this process as guest memory at its iova.
+    /// Map every region accepted with a descriptor into this process as guest memory at
+    /// its iova.
     pub(crate) fn guest_mem(&self) -> Result<GuestMemoryMmap<AtomicBitmap>, String> {
-        if self.maps.is_empty() {
-            return Ok(GuestMemoryMmap::new());
-        }
         let mut ranges = Vec::with_capacity(self.maps.len());
         for m in &self.maps {
-            let f = m
-                .file
+            let Some(file) = &m.file else { continue };
+            let f = file
                 .try_clone()
                 .map_err(|e| format!("cannot duplicate a map's file: {e}"))?;
             ranges.push((
@@ -171,6 +186,9 @@ impl DmaTable {
                 m.size as usize,
                 Some(FileOffset::new(f, m.offset)),
             ));
+        }
+        if ranges.is_empty() {
+            return Ok(GuestMemoryMmap::new());
         }
         GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files(ranges)
             .map_err(|e| format!("cannot map the client's memory: {e}"))

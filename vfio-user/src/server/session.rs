@@ -13,6 +13,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use super::dma::DmaTable;
+use super::remote::{self, Peer, SocketPort};
 use super::{DeviceFactory, ServedDevice};
 use crate::clock::{self, ClockRegs};
 use crate::proto::{Caps, Command, Reader, Version, Writer, VERSION_MAJOR, VERSION_MINOR};
@@ -94,6 +95,10 @@ pub struct Session {
     /// The data session the last state change opened (vfio-user has no data_fd: the
     /// MIG_DATA_* messages go to the open session).
     pub(super) stream: Option<DataStream>,
+    /// The client's socket, for DMA by message (none for a session driven by hand).
+    peer: Option<Peer>,
+    /// The port of DMA by message, once the device is built on maps without descriptors.
+    port: Option<Arc<SocketPort>>,
     pub(super) log: Logger,
 }
 
@@ -113,8 +118,21 @@ impl Session {
             dev: None,
             clock: ClockRegs::default(),
             stream: None,
+            peer: None,
+            port: None,
             log,
         }
+    }
+
+    /// Reach the client on `peer` for DMA by message (maps without descriptors).
+    pub(super) fn attach_peer(&mut self, peer: Peer) {
+        self.peer = Some(peer);
+    }
+
+    /// A client command that arrived while the device waited for a DMA reply: the next
+    /// one to handle.
+    pub(super) fn take_deferred(&self) -> Option<Message> {
+        self.port.as_ref().and_then(|p| p.take_deferred())
     }
 
     /// Number of DMA maps.
@@ -138,11 +156,17 @@ impl Session {
     pub(super) fn dev(&mut self) -> Result<&mut ServedDevice, Refusal> {
         if self.dev.is_none() {
             let mem = self.dma.guest_mem().map_err(|e| (libc::ENOMEM, e))?;
-            let d = self
-                .factory
-                .create(&mem, &self.log)
+            let ranges = self.dma.remote_ranges();
+            let by_message = ranges.len();
+            let (remote, port) =
+                remote::remote_memory(ranges, self.peer.as_ref(), self.max_xfer(), &self.log)
+                    .map_err(|e| (libc::ENOMEM, e))?;
+            // The factory chain passes only mapped memory; the rest is installed for the
+            // build (shadow_pt::remote).
+            let d = shadow_pt::remote::install(remote, || self.factory.create(&mem, &self.log))
                 .map_err(|e| (libc::ENODEV, e))?;
-            info!(self.log, "device created"; "dma_maps" => self.dma.len());
+            info!(self.log, "device created"; "dma_maps" => self.dma.len(), "by_message" => by_message);
+            self.port = port;
             self.dev = Some(d);
         }
         self.dev
