@@ -241,7 +241,9 @@ impl Server {
         };
         match &end {
             SessionEnd::Closed => {
-                info!(log, "client disconnected"; "dma_maps" => session.dma_maps())
+                let (messages, bytes) = session.dma_by_message();
+                info!(log, "client disconnected"; "dma_maps" => session.dma_maps(),
+                      "dma_messages" => messages, "dma_message_bytes" => bytes)
             }
             SessionEnd::Dropped(e) => warn!(log, "connection dropped"; "why" => %e),
         }

@@ -53,6 +53,8 @@ struct PortState {
     next_id: u16,
     dead: Option<String>,
     deferred: VecDeque<Message>,
+    /// Requests answered well, and their data bytes.
+    served: (u64, u64),
 }
 
 /// The server's [`RemoteDma`]: `DMA_READ`/`DMA_WRITE` to the client (see the module docs).
@@ -75,6 +77,7 @@ impl SocketPort {
                 next_id: 0,
                 dead: None,
                 deferred: VecDeque::new(),
+                served: (0, 0),
             }),
             deadline: peer.deadline,
             max_xfer: max_xfer.max(1),
@@ -86,6 +89,11 @@ impl SocketPort {
 
     fn lock(&self) -> MutexGuard<'_, PortState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests the client answered well so far, and their data bytes.
+    pub(crate) fn served(&self) -> (u64, u64) {
+        self.lock().served
     }
 
     /// The oldest client command that arrived while the port waited for a reply.
@@ -148,7 +156,10 @@ impl SocketPort {
             }
             debug!(self.log, "stale reply skipped"; "id" => m.header.msg_id, "want" => id);
         };
-        check_reply(&reply, cmd, gpa, count, into)
+        check_reply(&reply, cmd, gpa, count, into)?;
+        st.served.0 += 1;
+        st.served.1 += count as u64;
+        Ok(())
     }
 
     fn kill(&self, st: &mut PortState, why: String) -> String {

@@ -129,6 +129,11 @@ impl Session {
         self.peer = Some(peer);
     }
 
+    /// DMA requests by message the client answered, and their data bytes.
+    pub(super) fn dma_by_message(&self) -> (u64, u64) {
+        self.port.as_ref().map_or((0, 0), |p| p.served())
+    }
+
     /// A client command that arrived while the device waited for a DMA reply: the next
     /// one to handle.
     pub(super) fn take_deferred(&self) -> Option<Message> {
