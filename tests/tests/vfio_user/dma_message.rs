@@ -27,10 +27,16 @@ fn out_of_process_run_with_dma_by_message_has_the_in_process_checksum_log() {
 
 #[test]
 fn live_migration_with_dma_by_message_on_the_source_verifies() {
-    let (got, want, rep) = migrate_between(Protocol::V2, "shadow-pt", true)
-        .unwrap_or_else(|e| panic!("V2/shadow-pt by message: {e}"));
-    assert_eq!(got, want, "as the run that never migrated");
-    assert!(rep.bytes.device_stopcopy > 0, "device data moved");
+    // Precise tracking over v2, and the pinned set (remote pages count) over the v1 region.
+    for (protocol, tracking) in [(Protocol::V2, "shadow-pt"), (Protocol::Region, "pinned")] {
+        let (got, want, rep) = migrate_between(protocol, tracking, true)
+            .unwrap_or_else(|e| panic!("{protocol:?}/{tracking} by message: {e}"));
+        assert_eq!(
+            got, want,
+            "{protocol:?}/{tracking}: as the run that never migrated"
+        );
+        assert!(rep.bytes.device_stopcopy > 0, "device data moved");
+    }
 }
 
 /// How the proxy spoils the client's `DMA_READ` replies.
