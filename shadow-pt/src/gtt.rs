@@ -304,18 +304,22 @@ impl ShadowGtt {
     }
 
     /// Bytes from `in_page` of entry `page` on through the run of remote entries whose
-    /// guest pages follow each other, at most `left`.
+    /// guest pages follow each other inside one remote range, at most `left`.
     fn remote_run(&self, page: usize, in_page: usize, left: usize) -> usize {
         let Translation::Remote { gpa: first, .. } = self.shadow[page] else {
             return 0;
         };
+        let range_end = self
+            .remote
+            .as_ref()
+            .and_then(|r| r.range_of(first))
+            .map_or(first + PAGE_SIZE, |(start, size)| start + size);
         let mut n = (PAGE_SIZE as usize - in_page).min(left);
         let mut next = page + 1;
         while n < left {
+            let want = first + (next - page) as u64 * PAGE_SIZE;
             match self.shadow.get(next) {
-                Some(Translation::Remote { gpa, .. })
-                    if *gpa == first + (next - page) as u64 * PAGE_SIZE =>
-                {
+                Some(Translation::Remote { gpa, .. }) if *gpa == want && want < range_end => {
                     n = (n + PAGE_SIZE as usize).min(left);
                     next += 1;
                 }

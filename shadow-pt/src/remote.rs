@@ -68,12 +68,17 @@ impl RemoteMemory {
 
     /// Whether the whole page at `gpa` lies inside one range.
     pub fn contains_page(&self, gpa: u64) -> bool {
-        let Some(last) = gpa.checked_add(PAGE_SIZE - 1) else {
-            return false;
-        };
+        self.range_of(gpa).is_some()
+    }
+
+    /// The range `(start, size)` that holds the whole page at `gpa`. One port call never
+    /// crosses a range's end (the peer checks each access against one of its maps).
+    pub fn range_of(&self, gpa: u64) -> Option<(u64, u64)> {
+        let last = gpa.checked_add(PAGE_SIZE - 1)?;
         self.ranges
             .iter()
-            .any(|&(start, size)| gpa >= start && size > 0 && last <= start + (size - 1))
+            .copied()
+            .find(|&(start, size)| gpa >= start && size > 0 && last <= start + (size - 1))
     }
 }
 

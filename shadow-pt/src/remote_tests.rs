@@ -201,7 +201,36 @@ fn install_scopes_the_remote_memory_to_the_build() {
     assert_eq!(seen, Some(vec![(REMOTE, MB)]));
     assert!(remote::installed().is_none());
     let r = RemoteMemory::new(vec![(REMOTE, 0x1000)], FakePort::new());
+    assert_eq!(r.range_of(REMOTE), Some((REMOTE, 0x1000)));
     assert!(r.contains_page(REMOTE));
     assert!(!r.contains_page(REMOTE + 1));
     assert!(!r.contains_page(u64::MAX - 10));
+}
+
+#[test]
+fn a_run_stops_at_the_end_of_its_range() {
+    // Two adjacent ranges: consecutive pages across their border go in two calls (the
+    // peer checks each access against one map).
+    let port = FakePort::new();
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MB as usize)]).unwrap();
+    let remote = RemoteMemory::new(
+        vec![(REMOTE, 0x2000), (REMOTE + 0x2000, MB - 0x2000)],
+        port.clone(),
+    );
+    let mut g = ShadowGtt::new(
+        8,
+        mem,
+        DirtyTracking::ShadowPt,
+        Logger::root(slog::Discard, slog::o!()),
+    )
+    .unwrap()
+    .with_remote(Some(remote));
+    for i in 0..4 {
+        g.write_entry(i, pte(REMOTE + i * 0x1000, true)).unwrap();
+    }
+    g.dma_write(0, &[3; 4 * 4096]).unwrap();
+    assert_eq!(
+        *port.calls.lock().unwrap(),
+        vec![(true, REMOTE, 0x2000), (true, REMOTE + 0x2000, 0x2000)]
+    );
 }
