@@ -25,6 +25,8 @@ use crate::proto::{
 };
 use crate::wire::{self, WireError};
 
+use vm_memory::GuestMemoryMmap;
+
 use super::dma::DmaServe;
 
 /// Errors of the client.
@@ -195,10 +197,10 @@ impl Conn {
         let h = self.header(cmd, len, 0);
         wire::send(&self.sock, &h, parts, fds, self.deadline).map_err(|e| self.fail(e))?;
         let cap = HEADER_SIZE + self.caps.max_data_xfer_size as usize + 4096;
-        let started = std::time::Instant::now();
+        let mut started = std::time::Instant::now();
         let reply = loop {
             // A server that keeps sending other messages cannot hold the client past the
-            // deadline either.
+            // deadline either (a DMA request it answers is progress: the device runs).
             if started.elapsed() > self.deadline {
                 return Err(self.fail(WireError::Timeout {
                     deadline: self.deadline,
@@ -219,6 +221,7 @@ impl Conn {
                 )
             {
                 self.serve_dma(&m)?;
+                started = std::time::Instant::now();
                 continue;
             }
             warn!(self.log, "unexpected message from the device process ignored";
@@ -245,13 +248,16 @@ impl Conn {
         let max = self.max_xfer();
         let (h, payload) = match &self.dma {
             Some(d) => d.answer(m, max),
-            None => DmaServe::new(Default::default(), Vec::new()).answer(m, max),
+            None => DmaServe::new(GuestMemoryMmap::new(), Vec::new()).answer(m, max),
         };
         if h.flags & FLAGS_ERROR != 0 {
             warn!(self.log, "DMA request from the device process refused";
                   "command" => m.header.command, "errno" => h.error);
         }
         self.dma_served += 1;
+        if m.header.flags & FLAGS_NO_REPLY != 0 {
+            return Ok(());
+        }
         wire::send(&self.sock, &h, &[&payload], &[], self.deadline).map_err(|e| self.fail(e))
     }
 

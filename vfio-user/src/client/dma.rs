@@ -234,4 +234,66 @@ mod tests {
         s.mem.read_slice(&mut all, GuestAddress(0)).unwrap();
         assert!(all.iter().all(|&b| b == 0));
     }
+
+    #[test]
+    fn a_waiting_client_answers_dma_requests_then_takes_its_reply() {
+        use crate::client::conn::Conn;
+        use crate::wire;
+        use std::os::unix::net::UnixStream;
+        use std::time::Duration;
+        let d = Duration::from_secs(5);
+        let (a, b) = UnixStream::pair().unwrap();
+        wire::arm(&a, d).unwrap();
+        wire::arm(&b, d).unwrap();
+        let s = serve();
+        let mem = s.mem.clone();
+        let mut c = Conn::new(a, d, slog::Logger::root(slog::Discard, slog::o!()));
+        c.set_dma(s);
+        // The server: three DMA requests (a write, a read, one outside guest RAM), then
+        // the reply to the client's request; it returns what the client answered.
+        let server = std::thread::spawn(move || {
+            let m = wire::recv(&b, false, d, 1 << 21, 4).unwrap().unwrap();
+            let mut answers = Vec::new();
+            let reqs = [
+                (Command::DmaWrite, req(0x100, 2, &[4, 5])),
+                (Command::DmaRead, req(0x100, 3, &[])),
+                (Command::DmaWrite, req(MB + 8, 1, &[1])),
+            ];
+            for (i, (cmd, p)) in reqs.iter().enumerate() {
+                let h = Header {
+                    msg_id: 100 + i as u16,
+                    command: *cmd as u16,
+                    size: (HEADER_SIZE + p.len()) as u32,
+                    flags: 0,
+                    error: 0,
+                };
+                wire::send(&b, &h, &[p], &[], d).unwrap();
+                let r = wire::recv(&b, false, d, 1 << 21, 4).unwrap().unwrap();
+                answers.push((
+                    r.header.msg_id,
+                    r.header.flags & FLAGS_ERROR != 0,
+                    r.payload,
+                ));
+            }
+            let h = Header {
+                msg_id: m.header.msg_id,
+                command: m.header.command,
+                size: (HEADER_SIZE + 2) as u32,
+                flags: FLAGS_TYPE_REPLY,
+                error: 0,
+            };
+            wire::send(&b, &h, &[&[7, 7]], &[], d).unwrap();
+            answers
+        });
+        let reply = c.request(Command::RegionRead, &[&[0; 16]], &[]).unwrap();
+        assert_eq!(reply, vec![7, 7]);
+        assert_eq!(c.dma_served(), 3);
+        let answers = server.join().unwrap();
+        assert_eq!(answers[0], (100, false, req(0x100, 2, &[])));
+        assert_eq!(answers[1], (101, false, req(0x100, 3, &[4, 5, 0])));
+        assert_eq!((answers[2].0, answers[2].1), (102, true));
+        let mut b2 = [0u8; 2];
+        mem.read_slice(&mut b2, GuestAddress(0x100)).unwrap();
+        assert_eq!(b2, [4, 5]);
+    }
 }
