@@ -161,3 +161,35 @@ fn bad_or_missing_dma_replies_fault_the_device_and_nothing_hangs() {
     vm.run(StopAt::Done).unwrap();
     assert_eq!(outcome(&mut vm, FRAMES), want);
 }
+
+#[test]
+fn the_cli_runs_with_dma_by_message_and_refuses_it_in_process() {
+    use vgpu_migrate_tests::process::Proc;
+    let dev = DeviceProcess::start("cli-by-message", "vgpu-64", &[]);
+    let device = format!("vfio-user:{}", dev.socket.display());
+    let common = [
+        "run",
+        "--type",
+        "vgpu-64",
+        "--frames",
+        "2",
+        "--profile",
+        "light",
+        "--ram-mib",
+        "64",
+    ];
+    let by_message = [&common[..], &["--device", &device, "--dma-by-message"]].concat();
+    let remote = Proc::start("run by message", &by_message).wait().ok();
+    let local = Proc::start("run in process", &common).wait().ok();
+    assert!(!local.stdout.trim().is_empty());
+    assert_eq!(remote.stdout, local.stdout, "the same final checksum");
+    let refused = [&common[..], &["--dma-by-message"]].concat();
+    let out = Proc::start("refused", &refused).wait();
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.one_error_line()
+            .contains("--dma-by-message needs --device vfio-user:PATH"),
+        "{}",
+        out.stderr
+    );
+}
