@@ -1,5 +1,6 @@
 //! The server's DMA map table: the client memory the device may reach, checked before it
-//! is mapped, and turned into the guest memory the device is built on.
+//! is mapped, and turned into the guest memory the device is built on; and the session's
+//! `DMA_MAP`/`DMA_UNMAP` handlers.
 //!
 //! A map is accepted only if the device could never fault on it: page-aligned, inside the
 //! file the descriptor names (a mapping past the end of a file raises SIGBUS on access),
@@ -16,7 +17,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
-use crate::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
+use slog::debug;
+
+use super::session::{inval, short, Refusal, Reply, Session};
+use crate::proto::{Reader, Writer, DMA_FLAG_READ, DMA_FLAG_WRITE};
 
 /// DMA page size.
 pub(crate) const DMA_PAGE: u64 = 4096;
@@ -192,5 +196,54 @@ impl DmaTable {
         }
         GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files(ranges)
             .map_err(|e| format!("cannot map the client's memory: {e}"))
+    }
+}
+
+impl Session {
+    pub(super) fn dma_map(&mut self, p: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, Refusal> {
+        let mut r = Reader::new(p, "DMA_MAP");
+        let (_argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
+        let (offset, address, size) = (
+            r.u64().map_err(short)?,
+            r.u64().map_err(short)?,
+            r.u64().map_err(short)?,
+        );
+        if fds.len() > 1 {
+            return Err(inval(format!(
+                "DMA_MAP with {} descriptors (one at most)",
+                fds.len()
+            )));
+        }
+        if self.dev.is_some() {
+            return Err((
+                libc::EBUSY,
+                "the device is built on the current maps; map before the first device request"
+                    .into(),
+            ));
+        }
+        self.dma.map(address, size, offset, flags, fds.pop())?;
+        debug!(self.log, "dma map"; "iova" => format!("{address:#x}"), "size" => format!("{size:#x}"));
+        Reply::data(Vec::new())
+    }
+
+    pub(super) fn dma_unmap(&mut self, p: &[u8]) -> Result<Reply, Refusal> {
+        let mut r = Reader::new(p, "DMA_UNMAP");
+        let (argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
+        let (address, size) = (r.u64().map_err(short)?, r.u64().map_err(short)?);
+        if flags != 0 {
+            return Err(inval(format!(
+                "DMA_UNMAP flags {flags:#x} (none are defined)"
+            )));
+        }
+        if self.dev.is_some() {
+            return Err((
+                libc::EBUSY,
+                "the device's DMA uses this memory; unmapping under it is refused".into(),
+            ));
+        }
+        self.dma.unmap(address, size)?;
+        let mut w = Writer::default();
+        w.u32(argsz).u32(flags).u64(address).u64(size);
+        Reply::data(w.0)
     }
 }

@@ -32,7 +32,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn data(payload: Vec<u8>) -> Result<Self, Refusal> {
+    pub(crate) fn data(payload: Vec<u8>) -> Result<Self, Refusal> {
         Ok(Self {
             payload,
             fds: Vec::new(),
@@ -89,7 +89,7 @@ pub struct Session {
     factory: Arc<dyn DeviceFactory>,
     ours: Caps,
     caps: Option<Caps>,
-    dma: DmaTable,
+    pub(super) dma: DmaTable,
     pub(super) dev: Option<ServedDevice>,
     clock: ClockRegs,
     /// The data session the last state change opened (vfio-user has no data_fd: the
@@ -259,53 +259,6 @@ impl Session {
               "client_max_msg_fds" => v.caps.max_msg_fds);
         self.caps = Some(caps);
         Reply::data(reply.encode())
-    }
-
-    fn dma_map(&mut self, p: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, Refusal> {
-        let mut r = Reader::new(p, "DMA_MAP");
-        let (_argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
-        let (offset, address, size) = (
-            r.u64().map_err(short)?,
-            r.u64().map_err(short)?,
-            r.u64().map_err(short)?,
-        );
-        if fds.len() > 1 {
-            return Err(inval(format!(
-                "DMA_MAP with {} descriptors (one at most)",
-                fds.len()
-            )));
-        }
-        if self.dev.is_some() {
-            return Err((
-                libc::EBUSY,
-                "the device is built on the current maps; map before the first device request"
-                    .into(),
-            ));
-        }
-        self.dma.map(address, size, offset, flags, fds.pop())?;
-        debug!(self.log, "dma map"; "iova" => format!("{address:#x}"), "size" => format!("{size:#x}"));
-        Reply::data(Vec::new())
-    }
-
-    fn dma_unmap(&mut self, p: &[u8]) -> Result<Reply, Refusal> {
-        let mut r = Reader::new(p, "DMA_UNMAP");
-        let (argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
-        let (address, size) = (r.u64().map_err(short)?, r.u64().map_err(short)?);
-        if flags != 0 {
-            return Err(inval(format!(
-                "DMA_UNMAP flags {flags:#x} (none are defined)"
-            )));
-        }
-        if self.dev.is_some() {
-            return Err((
-                libc::EBUSY,
-                "the device's DMA uses this memory; unmapping under it is refused".into(),
-            ));
-        }
-        self.dma.unmap(address, size)?;
-        let mut w = Writer::default();
-        w.u32(argsz).u32(flags).u64(address).u64(size);
-        Reply::data(w.0)
     }
 
     fn get_info(&mut self, p: &[u8]) -> Result<Reply, Refusal> {
