@@ -4,8 +4,9 @@
 //! vGPU's, the serial device's) and replaces its device with a [`vfio_user::client::Client`]
 //! connected to the device process, and its hardware with [`RemoteHardware`], which
 //! advances the device's engine through the server's clock region. Guest RAM is shared
-//! memory, mapped into the device process with `DMA_MAP`. The VMM above the VFIO contract
-//! sees no difference.
+//! memory, mapped into the device process with `DMA_MAP`, or, with
+//! `ClientConfig::dma_by_message`, private memory the device reaches by `DMA_READ`/
+//! `DMA_WRITE` messages. The VMM above the VFIO contract sees no difference.
 
 use std::any::Any;
 use std::path::PathBuf;
@@ -65,8 +66,10 @@ impl VmFactory for RemoteFactory {
         })
     }
 
+    /// Shared memory for the descriptors of `DMA_MAP`; private memory when the device
+    /// reaches guest RAM by message (`ClientConfig::dma_by_message`).
     fn shared_memory(&self) -> bool {
-        true
+        !self.client.dma_by_message
     }
 }
 

@@ -49,6 +49,13 @@ pub enum DmaError {
         /// Faulting offset.
         offset: u64,
     },
+    /// The entry maps guest memory reached through a port ([`crate::RemoteDma`]), and the
+    /// port failed (its peer answered with an error or garbage, or not at all).
+    #[snafu(display("remote DMA at GTT offset {offset:#x} failed"))]
+    Remote {
+        /// Faulting offset (the start of the failed run of pages).
+        offset: u64,
+    },
     /// The access runs past the last entry.
     #[snafu(display("DMA at GTT offset {offset:#x} is beyond the last GTT entry"))]
     OutOfRange {
@@ -63,6 +70,7 @@ impl DmaError {
         match *self {
             DmaError::NotPresent { offset }
             | DmaError::ReadOnly { offset }
+            | DmaError::Remote { offset }
             | DmaError::OutOfRange { offset } => offset,
         }
     }

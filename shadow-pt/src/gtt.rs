@@ -1,6 +1,6 @@
 //! The shadow GTT: guest values, host translations, and DMA through them.
 
-use slog::{debug, Logger};
+use slog::{debug, warn, Logger};
 use snafu::ensure;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{
@@ -16,6 +16,7 @@ use crate::error::{
     DmaError, EntryCountSnafu, EntryIndexSnafu, NotPresentSnafu, ReadOnlySnafu, Result,
     TableSizeSnafu,
 };
+use crate::remote::{RemoteDma, RemoteDmaError, RemoteMemory};
 
 /// Largest table this crate builds (4 GiB of mappable space).
 pub const MAX_ENTRIES: usize = 1 << 20;
@@ -34,6 +35,14 @@ pub enum Translation {
         /// Host virtual address of the page (as an integer: it is never dereferenced
         /// outside this crate and never saved).
         host: usize,
+        /// Whether device writes are allowed.
+        writable: bool,
+    },
+    /// A page of guest RAM the device cannot map, reached through the table's
+    /// [`RemoteMemory`] port (vfio-user's `DMA_READ`/`DMA_WRITE`).
+    Remote {
+        /// Guest-physical page address.
+        gpa: u64,
         /// Whether device writes are allowed.
         writable: bool,
     },
@@ -59,6 +68,7 @@ pub struct ShadowGttState {
 #[derive(Debug)]
 pub struct ShadowGtt {
     guest_mem: GuestMemoryMmap<AtomicBitmap>,
+    remote: Option<RemoteMemory>,
     guest: Vec<u64>,
     shadow: Vec<Translation>,
     log: DmaLog,
@@ -83,6 +93,7 @@ impl ShadowGtt {
         );
         Ok(Self {
             guest_mem,
+            remote: None,
             guest: vec![0; entries],
             shadow: vec![Translation::NotPresent; entries],
             log: DmaLog::new(tracking),
@@ -100,6 +111,21 @@ impl ShadowGtt {
         let mut gtt = Self::new(state.entries.len(), guest_mem, tracking, logger)?;
         gtt.rebuild(&state.entries)?;
         Ok(gtt)
+    }
+
+    /// Serve pages inside `remote`'s ranges (and not inside mapped guest memory) through
+    /// its port ([`Translation::Remote`]). Every entry is re-validated.
+    pub fn with_remote(mut self, remote: Option<RemoteMemory>) -> Self {
+        self.remote = remote;
+        let entries = self.guest.clone();
+        let shadow = entries.iter().map(|&v| self.validate(v).1).collect();
+        self.shadow = shadow;
+        self
+    }
+
+    /// The memory reached through a port, if any.
+    pub fn remote(&self) -> Option<&RemoteMemory> {
+        self.remote.as_ref()
     }
 
     /// The saved form: the guest's values.
@@ -194,7 +220,9 @@ impl ShadowGtt {
     }
 
     /// Read `buf.len()` bytes of GTT-mapped space at `offset` (may cross pages). Scratch
-    /// pages read as zeros; a non-present entry faults before anything is read.
+    /// pages read as zeros; a non-present entry faults before anything is read. Remote
+    /// pages are read through the port, a run of consecutive ones in one call; a port
+    /// failure faults (what was read before it stays in `buf`).
     pub fn dma_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         self.check(offset, buf.len(), false)?;
         let mut done = 0usize;
@@ -202,9 +230,9 @@ impl ShadowGtt {
             let off = offset + done as u64;
             let (page, in_page) = ((off / PAGE_SIZE) as usize, (off % PAGE_SIZE) as usize);
             let n = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
-            let dst = &mut buf[done..done + n];
             match self.shadow[page] {
                 Translation::Ram { host, .. } => {
+                    let dst = &mut buf[done..done + n];
                     // SAFETY: `host` is the host address of a whole guest page that
                     // `validate` found inside one region of `self.guest_mem`, and
                     // `in_page + n <= PAGE_SIZE`, so the slice lies inside that mapping. The
@@ -215,8 +243,17 @@ impl ShadowGtt {
                     let src = unsafe { VolatileSlice::new((host + in_page) as *mut u8, n) };
                     src.copy_to(dst);
                 }
+                Translation::Remote { gpa, .. } => {
+                    let n = self.remote_run(page, in_page, buf.len() - done);
+                    let at = gpa + in_page as u64;
+                    self.remote_port(off)?
+                        .read(at, &mut buf[done..done + n])
+                        .map_err(|e| self.remote_fault(off, &e))?;
+                    done += n;
+                    continue;
+                }
                 // `check` rejected non-present entries before the first byte moved.
-                Translation::Scratch | Translation::NotPresent => dst.fill(0),
+                Translation::Scratch | Translation::NotPresent => buf[done..done + n].fill(0),
             }
             done += n;
         }
@@ -225,7 +262,10 @@ impl ShadowGtt {
 
     /// Write `buf` to GTT-mapped space at `offset` (may cross pages), bypassing guest
     /// memory's dirty bitmap, and log the pages written. Writes to scratch pages are
-    /// dropped; a non-present or read-only entry faults before anything is written.
+    /// dropped; a non-present or read-only entry faults before anything is written. Remote
+    /// pages are written through the port (a run of consecutive ones in one call) and
+    /// logged once the port took them; a port failure faults (pages before it stay
+    /// written, and logged).
     pub fn dma_write(&mut self, offset: u64, buf: &[u8]) -> Result<(), DmaError> {
         self.check(offset, buf.len(), true)?;
         let mut done = 0usize;
@@ -233,17 +273,73 @@ impl ShadowGtt {
             let off = offset + done as u64;
             let (page, in_page) = ((off / PAGE_SIZE) as usize, (off % PAGE_SIZE) as usize);
             let n = (PAGE_SIZE as usize - in_page).min(buf.len() - done);
-            if let Translation::Ram { gpa, host, .. } = self.shadow[page] {
-                // SAFETY: as in `dma_read`: `host + in_page .. + n` lies inside one page of a
-                // guest RAM mapping kept alive by our `GuestMemoryMmap` clone; the slice
-                // has the unit bitmap `()`, so vm-memory's dirty bitmap is not touched.
-                let dst = unsafe { VolatileSlice::new((host + in_page) as *mut u8, n) };
-                dst.copy_from(&buf[done..done + n]);
-                self.log.dma_wrote(gpa);
+            match self.shadow[page] {
+                Translation::Ram { gpa, host, .. } => {
+                    // SAFETY: as in `dma_read`: `host + in_page .. + n` lies inside one page
+                    // of a guest RAM mapping kept alive by our `GuestMemoryMmap` clone; the
+                    // slice has the unit bitmap `()`, so vm-memory's dirty bitmap is not
+                    // touched.
+                    let dst = unsafe { VolatileSlice::new((host + in_page) as *mut u8, n) };
+                    dst.copy_from(&buf[done..done + n]);
+                    self.log.dma_wrote(gpa);
+                }
+                Translation::Remote { gpa, .. } => {
+                    let n = self.remote_run(page, in_page, buf.len() - done);
+                    let at = gpa + in_page as u64;
+                    self.remote_port(off)?
+                        .write(at, &buf[done..done + n])
+                        .map_err(|e| self.remote_fault(off, &e))?;
+                    let pages = (in_page + n).div_ceil(PAGE_SIZE as usize) as u64;
+                    for p in 0..pages {
+                        self.log.dma_wrote(gpa + p * PAGE_SIZE);
+                    }
+                    done += n;
+                    continue;
+                }
+                Translation::Scratch | Translation::NotPresent => {}
             }
             done += n;
         }
         Ok(())
+    }
+
+    /// Bytes from `in_page` of entry `page` on through the run of remote entries whose
+    /// guest pages follow each other inside one remote range, at most `left`.
+    fn remote_run(&self, page: usize, in_page: usize, left: usize) -> usize {
+        let Translation::Remote { gpa: first, .. } = self.shadow[page] else {
+            return 0;
+        };
+        let range_end = self
+            .remote
+            .as_ref()
+            .and_then(|r| r.range_of(first))
+            .map_or(first + PAGE_SIZE, |(start, size)| start + size);
+        let mut n = (PAGE_SIZE as usize - in_page).min(left);
+        let mut next = page + 1;
+        while n < left {
+            let want = first + (next - page) as u64 * PAGE_SIZE;
+            match self.shadow.get(next) {
+                Some(Translation::Remote { gpa, .. }) if *gpa == want && want < range_end => {
+                    n = (n + PAGE_SIZE as usize).min(left);
+                    next += 1;
+                }
+                _ => break,
+            }
+        }
+        n
+    }
+
+    fn remote_port(&self, offset: u64) -> Result<&dyn RemoteDma, DmaError> {
+        self.remote
+            .as_ref()
+            .map(|r| r.port().as_ref())
+            .ok_or(DmaError::Remote { offset })
+    }
+
+    fn remote_fault(&self, offset: u64, e: &RemoteDmaError) -> DmaError {
+        warn!(self.logger, "remote DMA failed: the device sees a DMA fault";
+            "gtt_offset" => format!("{offset:#x}"), "why" => %e);
+        DmaError::Remote { offset }
     }
 
     /// Check an access of `len` bytes at `offset` before touching memory.
@@ -261,6 +357,9 @@ impl ShadowGtt {
             match self.shadow[page as usize] {
                 Translation::NotPresent => return NotPresentSnafu { offset: at }.fail(),
                 Translation::Ram {
+                    writable: false, ..
+                }
+                | Translation::Remote {
                     writable: false, ..
                 } if write => return ReadOnlySnafu { offset: at }.fail(),
                 _ => {}
@@ -304,6 +403,10 @@ impl ShadowGtt {
                     writable,
                 },
             ),
+            None if self.remote.as_ref().is_some_and(|r| r.contains_page(gpa)) => (
+                EntryStatus::Mapped { gpa, writable },
+                Translation::Remote { gpa, writable },
+            ),
             None => scratch(ScratchReason::OutsideRam { gpa }),
         }
     }
@@ -330,7 +433,7 @@ impl ShadowGtt {
     /// Guest-physical addresses of every page a present entry maps (the pinned set).
     pub(crate) fn pinned_pages(&self) -> impl Iterator<Item = u64> + '_ {
         self.shadow.iter().filter_map(|t| match t {
-            Translation::Ram { gpa, .. } => Some(*gpa),
+            Translation::Ram { gpa, .. } | Translation::Remote { gpa, .. } => Some(*gpa),
             _ => None,
         })
     }
@@ -349,3 +452,7 @@ impl ShadowGtt {
 #[cfg(test)]
 #[path = "gtt_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "remote_tests.rs"]
+mod remote_tests;

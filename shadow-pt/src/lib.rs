@@ -20,6 +20,10 @@
 //! told by the crate's own DMA dirty log ([`mdev_core::DmaDirtyLog`]), in one of three ways
 //! ([`DirtyTracking`]): precise per-write tracking through the shadow, the conservative
 //! "every pinned page" query GVT-g used, or nothing (a negative control).
+//!
+//! Guest RAM the device cannot map (a device in another process that was given bare ranges
+//! instead of file descriptors) is reached through a port ([`remote`]): the same checks,
+//! the same dirty log, one port call per run of consecutive pages.
 
 #![deny(missing_docs)]
 
@@ -27,6 +31,7 @@ mod dirty;
 pub mod entry;
 mod error;
 mod gtt;
+pub mod remote;
 
 pub use dirty::{tracking_page_size, DirtyTracking};
 pub use entry::{
@@ -35,3 +40,4 @@ pub use entry::{
 };
 pub use error::{DmaError, Result, ShadowError};
 pub use gtt::{RebuildSummary, ShadowGtt, ShadowGttState, Translation, MAX_ENTRIES};
+pub use remote::{RemoteDma, RemoteDmaError, RemoteMemory};

@@ -75,6 +75,11 @@ pub struct WorkloadArgs {
     /// it on the socket PATH, see `serve`; guest RAM is then shared memory).
     #[arg(long, default_value = "in-process")]
     pub device: String,
+    /// With `--device vfio-user:PATH`: map guest RAM to the device process without its
+    /// file descriptors; the device reaches it by DMA_READ/DMA_WRITE messages (guest RAM
+    /// is then private memory; every device DMA is a round trip).
+    #[arg(long, hide = true)]
+    pub dma_by_message: bool,
     /// Let the vGPU's v1 migration region accept the out-of-order steps it refuses by
     /// default to catch VMM bugs (`data_size` or data read before `data_offset`, a
     /// `data_size` above what was written); see docs/UAPI.md.
@@ -252,6 +257,9 @@ pub struct IncomingArgs {
     /// device's full state on both sides). Source and target must agree.
     #[arg(long, value_enum, default_value_t = Workload::Vgpu)]
     pub workload: Workload,
+    /// With `--device vfio-user:PATH`: DMA by message (see `run --dma-by-message`).
+    #[arg(long, hide = true)]
+    pub dma_by_message: bool,
     /// The target vGPU's v1 region accepts out-of-order steps (see `run --lenient-v1`).
     #[arg(long)]
     pub lenient_v1: bool,

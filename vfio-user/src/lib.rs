@@ -3,8 +3,10 @@
 //!
 //! The protocol is QEMU's `docs/interop/vfio-user.rst` (version 0.1, as libvfio-user and
 //! QEMU 10.1 speak it): a 16-byte header, `VERSION` with JSON capabilities, DMA maps whose
-//! memory comes as file descriptors, region and irq info, region reads and writes, irqs on
-//! eventfds, reset, and migration v2 through `DEVICE_FEATURE` and `MIG_DATA_READ/WRITE`.
+//! memory comes as file descriptors or, without one, is reached by `DMA_READ/WRITE`
+//! messages from the server to the client, region and irq info, region reads and writes,
+//! irqs on eventfds, reset, and migration v2 through `DEVICE_FEATURE` and
+//! `MIG_DATA_READ/WRITE`.
 //!
 //! * [`proto`]: header, command numbers, capabilities, bounded payload readers.
 //! * [`wire`]: one message per `sendmsg` with `SCM_RIGHTS`; bounded receive with deadlines.

@@ -1,6 +1,6 @@
 //! The server against a hand-driven client on a socket pair, with a small fake device:
 //! negotiation, the DMA map checks (seals, file size, overlap, descriptor counts, maps
-//! after the device exists), eventfd interrupts, region I/O bounds, unsupported features.
+//! without a descriptor, maps after the device exists), eventfd interrupts, region I/O bounds, unsupported features.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -319,11 +319,25 @@ fn dma_maps_are_checked_before_they_are_mapped() {
         Some(libc::EINVAL as u32),
         "two fds"
     );
+    // A map without a descriptor (DMA by message) passes the same checks but the file's.
     assert_eq!(
-        refused(&mut p, map_payload(0, 4096, 0, rw), &[]),
-        Some(libc::ENOTSUP as u32),
+        refused(&mut p, map_payload(0x800, 4096, 0, rw), &[]),
+        Some(libc::EINVAL as u32),
+        "no fd, unaligned"
+    );
+    assert_eq!(
+        refused(&mut p, map_payload(0, 4096, 0, 1), &[]),
+        Some(libc::EINVAL as u32),
+        "no fd, read-only"
+    );
+    assert_eq!(
+        refused(&mut p, map_payload(8 << 20, 4096, 0, rw), &[]),
+        None,
         "no fd"
     );
+    let mut w = Writer::default();
+    w.u32(24).u32(0).u64(8 << 20).u64(4096);
+    assert_eq!(p.call(Command::DmaUnmap, &w.0, &[]).0, None);
     let many = [sealed.as_raw_fd(); 20];
     assert_eq!(
         refused(&mut p, map_payload(0, 4096, 0, rw), &many),

@@ -2,11 +2,13 @@
 //! VMM's client: the same checksum log as in process; live migration between two VMMs,
 //! each with its own device process, over v2 and the v1 region, verified against a run
 //! that never migrated; the negative control; a non-vGPU device; a device process killed
-//! during pre-copy; and malformed messages sent to a live server.
+//! during pre-copy; malformed messages sent to a live server; and guest RAM reached by
+//! `DMA_READ`/`DMA_WRITE` messages instead of mapped descriptors.
 //!
 //! `main.rs` holds the device-process helpers and the plain runs; `live.rs`,
-//! `faults.rs` and `protocol.rs` the rest.
+//! `faults.rs`, `protocol.rs` and `dma_message.rs` the rest.
 
+mod dma_message;
 mod faults;
 mod live;
 mod protocol;
@@ -78,8 +80,22 @@ fn vgpu_remote(dev: &DeviceProcess) -> Arc<dyn VmFactory> {
     remote(vgpu_platform::factory(DirtyTracking::ShadowPt), dev)
 }
 
+/// A vGPU in `dev` whose guest RAM is private memory it reaches by message.
+fn vgpu_by_message(dev: &DeviceProcess) -> Arc<dyn VmFactory> {
+    let mut f = RemoteFactory::new(
+        vgpu_platform::factory(DirtyTracking::ShadowPt),
+        dev.socket.clone(),
+    );
+    f.client.dma_by_message = true;
+    Arc::new(f)
+}
+
 fn booted_remote(dev: &DeviceProcess, frames: u64) -> Vm {
-    let mut cfg = VmConfig::new("vgpu-64", vgpu_remote(dev), quiet());
+    booted_with(vgpu_remote(dev), frames)
+}
+
+fn booted_with(factory: Arc<dyn VmFactory>, frames: u64) -> Vm {
+    let mut cfg = VmConfig::new("vgpu-64", factory, quiet());
     cfg.ram_size = 64 << 20;
     let mut vm = Vm::new(&cfg).expect("VM with a vfio-user device");
     vm.boot(&small_params(frames, SEED)).expect("boot");
@@ -123,11 +139,27 @@ fn migrate_between_device_processes(
     protocol: Protocol,
     tracking: &str,
 ) -> Result<(Outcome, Outcome, migration::SourceReport), String> {
+    migrate_between(protocol, tracking, false)
+}
+
+/// [`migrate_between_device_processes`], the source's device reaching guest RAM by message
+/// if `src_by_message`.
+fn migrate_between(
+    protocol: Protocol,
+    tracking: &str,
+    src_by_message: bool,
+) -> Result<(Outcome, Outcome, migration::SourceReport), String> {
     let args = ["--dirty-tracking", tracking];
-    let src_dev = DeviceProcess::start(&format!("src-{tracking}-{protocol:?}"), "vgpu-64", &args);
-    let dst_dev = DeviceProcess::start(&format!("dst-{tracking}-{protocol:?}"), "vgpu-64", &args);
+    let tag = format!("{tracking}-{protocol:?}-{src_by_message}");
+    let src_dev = DeviceProcess::start(&format!("src-{tag}"), "vgpu-64", &args);
+    let dst_dev = DeviceProcess::start(&format!("dst-{tag}"), "vgpu-64", &args);
     let (url, target) = spawn_target(vgpu_remote(&dst_dev), "vgpu-64");
-    let mut src = booted_remote(&src_dev, OUT_OF_REACH);
+    let src_factory = if src_by_message {
+        vgpu_by_message(&src_dev)
+    } else {
+        vgpu_remote(&src_dev)
+    };
+    let mut src = booted_with(src_factory, OUT_OF_REACH);
     src.run(StopAt::Frame(2)).map_err(|e| e.to_string())?;
     let o = SourceOptions {
         protocol,

@@ -7,6 +7,9 @@
 //!    `max_data_xfer_size` values (the larger transfer is the protocol's fast path here).
 //! 3. The reference live migration (vgpu-512, 2 GiB, 10 Gbit/s): in process on both sides,
 //!    and with a device process on each side; downtime with its breakdown, and total.
+//! 4. Device DMA: the workload's run time in process, with guest RAM mapped into the device
+//!    process by descriptor (DMA is a memory copy), and reached by `DMA_READ`/`DMA_WRITE`
+//!    messages (every DMA a round trip); runs interleaved, medians, checksums compared.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -57,11 +60,23 @@ struct Live {
 }
 
 #[derive(Debug, Serialize)]
+struct Dma {
+    where_: &'static str,
+    frames: u64,
+    median_ms: f64,
+    frames_per_s: f64,
+    runs_ms: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
 struct Report {
     mmio: Vec<Mmio>,
     mig_data_read: Vec<MigRead>,
     live: Vec<Live>,
     downtime_ratio: f64,
+    dma: Vec<Dma>,
+    /// Run time with DMA by message / with descriptor maps.
+    dma_by_message_ratio: f64,
 }
 
 fn check(e: impl std::fmt::Display) -> CliError {
@@ -97,12 +112,78 @@ fn vm(mdev_type: &str, ram: u64, factory: Arc<dyn VmFactory>, log: &Logger) -> R
 }
 
 fn remote(dev: &DeviceProcess, xfer: u32) -> Arc<dyn VmFactory> {
+    remote_with(dev, xfer, false)
+}
+
+fn remote_with(dev: &DeviceProcess, xfer: u32, dma_by_message: bool) -> Arc<dyn VmFactory> {
     let mut f = vgpu_platform::RemoteFactory::new(
         vgpu_platform::factory(DirtyTracking::ShadowPt),
         dev.socket().into(),
     );
     f.client.max_data_xfer_size = xfer;
+    f.client.dma_by_message = dma_by_message;
     Arc::new(f)
+}
+
+/// Frames of the DMA measurement's workload.
+const DMA_FRAMES: u64 = 6;
+
+/// Run the DMA measurement's workload to its end; (milliseconds, checksum log).
+fn dma_run(mut vm: Vm) -> Result<(f64, Vec<u64>)> {
+    let params = Params {
+        frame_limit: DMA_FRAMES,
+        seed: 11,
+        ..Params::for_profile(vgpu_sim::workload::Profile::Medium)
+    };
+    vm.boot(&params)?;
+    let s = Instant::now();
+    vm.run(StopAt::Done)?;
+    let ms = s.elapsed().as_secs_f64() * 1e3;
+    Ok((ms, vm.checksums(DMA_FRAMES)))
+}
+
+/// 4. The workload in process, over descriptor maps and by message, interleaved.
+fn dma(runs: usize, sock: &dyn Fn(&str) -> std::path::PathBuf, log: &Logger) -> Result<Vec<Dma>> {
+    let inproc = vgpu_platform::factory(DirtyTracking::ShadowPt);
+    let fd_dev = DeviceProcess::start(&sock("dma-fd"), "vgpu-64", &[])?;
+    let msg_dev = DeviceProcess::start(&sock("dma-msg"), "vgpu-64", &[])?;
+    let ram = 64 << 20;
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut logs: [Vec<u64>; 3] = Default::default();
+    for _ in 0..runs {
+        let factories = [
+            inproc.clone(),
+            remote_with(&fd_dev, 1 << 20, false),
+            remote_with(&msg_dev, 1 << 20, true),
+        ];
+        for (i, f) in factories.into_iter().enumerate() {
+            let (ms, log_i) = dma_run(vm("vgpu-64", ram, f, log)?)?;
+            times[i].push(ms);
+            logs[i] = log_i;
+        }
+    }
+    if logs[1] != logs[0] || logs[2] != logs[0] {
+        return Err(check("the checksum logs of the DMA runs differ"));
+    }
+    let names = [
+        "in process",
+        "vfio-user, fd maps",
+        "vfio-user, DMA by message",
+    ];
+    Ok(names
+        .into_iter()
+        .zip(times)
+        .map(|(where_, t)| {
+            let m = median(t.clone());
+            Dma {
+                where_,
+                frames: DMA_FRAMES,
+                median_ms: m,
+                frames_per_s: DMA_FRAMES as f64 / (m / 1e3).max(1e-9),
+                runs_ms: t,
+            }
+        })
+        .collect())
 }
 
 fn mmio(mut vm: Vm) -> Result<(f64, f64)> {
@@ -322,12 +403,17 @@ pub fn run(runs: usize, json: bool, log: &Logger) -> Result<()> {
         live("in process", a),
         live("device processes (vfio-user)", b),
     ];
+
+    // 4. Device DMA through descriptor maps and by message.
+    let dma = dma(runs, &sock, log)?;
     let _ = std::fs::remove_dir_all(&dir);
     let report = Report {
         downtime_ratio: live[1].downtime_ms / live[0].downtime_ms.max(1e-9),
+        dma_by_message_ratio: dma[2].median_ms / dma[1].median_ms.max(1e-9),
         mmio,
         mig_data_read: reads,
         live,
+        dma,
     };
     if json {
         println!(
@@ -373,5 +459,16 @@ fn print(r: &Report, runs: usize, _dir: &Path) {
     println!(
         "  downtime out of process / in process: {:.2}x",
         r.downtime_ratio
+    );
+    println!("  device DMA, vgpu-64, medium workload, same checksum log in each:");
+    for d in &r.dma {
+        println!(
+            "    {:<26} {} frames in {:>8.1} ms  {:>7.1} frames/s",
+            d.where_, d.frames, d.median_ms, d.frames_per_s
+        );
+    }
+    println!(
+        "  run time with DMA by message / with fd maps: {:.2}x",
+        r.dma_by_message_ratio
     );
 }

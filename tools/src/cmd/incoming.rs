@@ -85,6 +85,7 @@ pub fn run(
     } else {
         super::serve::attach(
             &args.device,
+            args.dma_by_message,
             vgpu_platform::factory_checked(
                 parse_tracking(tracking)?,
                 super::parse_features(&args.migration_features)?,

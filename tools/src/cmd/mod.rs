@@ -267,6 +267,7 @@ pub fn boot_with(
     cfg.ram_size = ram_size(w)?;
     cfg.factory = serve::attach(
         &w.device,
+        w.dma_by_message,
         vgpu_platform::factory_checked(
             tracking,
             parse_features(&w.migration_features)?,
@@ -298,6 +299,7 @@ pub fn idle_factory(
     let inner = serve::factory_for(device_type, tracking, features)?;
     serve::attach(
         device,
+        false,
         std::sync::Arc::new(vgpu_platform::IdleFactory::new(inner)),
     )
 }

@@ -89,13 +89,23 @@ pub fn run(
 }
 
 /// The factory for `--device`: `inner` itself for `in-process`, or a VM whose device is
-/// the one served at `vfio-user:PATH` (with `inner`'s guest and layout).
-pub fn attach(device: &str, inner: Arc<dyn VmFactory>) -> Result<Arc<dyn VmFactory>> {
+/// the one served at `vfio-user:PATH` (with `inner`'s guest and layout), reaching guest
+/// RAM by message if `dma_by_message`.
+pub fn attach(
+    device: &str,
+    dma_by_message: bool,
+    inner: Arc<dyn VmFactory>,
+) -> Result<Arc<dyn VmFactory>> {
     match device.split_once(':') {
-        _ if device == "in-process" => Ok(inner),
-        Some(("vfio-user", path)) if !path.is_empty() => Ok(Arc::new(
-            vgpu_platform::RemoteFactory::new(inner, path.into()),
-        )),
+        _ if device == "in-process" && !dma_by_message => Ok(inner),
+        Some(("vfio-user", path)) if !path.is_empty() => {
+            let mut f = vgpu_platform::RemoteFactory::new(inner, path.into());
+            f.client.dma_by_message = dma_by_message;
+            Ok(Arc::new(f))
+        }
+        _ if device == "in-process" => Err(CliError::Usage {
+            msg: "--dma-by-message needs --device vfio-user:PATH".into(),
+        }),
         _ => Err(CliError::Usage {
             msg: format!("--device '{device}' is not in-process or vfio-user:PATH"),
         }),

@@ -6,6 +6,10 @@
 //! reply, so draining the eventfds right after the reply delivers every interrupt at the
 //! same point of the guest's execution as an in-process device would: runs stay
 //! deterministic.
+//!
+//! While it waits for a reply, the client answers the server's `DMA_READ`/`DMA_WRITE`
+//! requests (the device running inside the request reaches guest RAM mapped without a
+//! descriptor) from guest RAM, bounds-checked against its maps ([`super::dma`]).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -20,6 +24,10 @@ use crate::proto::{
     Caps, Command, Header, FLAGS_ERROR, FLAGS_NO_REPLY, FLAGS_TYPE_COMMAND, HEADER_SIZE,
 };
 use crate::wire::{self, WireError};
+
+use vm_memory::GuestMemoryMmap;
+
+use super::dma::DmaServe;
 
 /// Errors of the client.
 #[derive(Debug, Snafu)]
@@ -107,6 +115,10 @@ pub struct Conn {
     pub(crate) caps: Caps,
     deadline: Duration,
     irqs: Vec<IrqWire>,
+    /// Guest RAM for the server's DMA requests.
+    dma: Option<DmaServe>,
+    /// DMA requests served so far.
+    dma_served: u64,
     dead: Option<String>,
     /// Requests sent so far: a snapshot of device state taken at one value is current
     /// only while no other request went out.
@@ -131,6 +143,8 @@ impl Conn {
             caps: Caps::default(),
             deadline,
             irqs: Vec::new(),
+            dma: None,
+            dma_served: 0,
             dead: None,
             generation: 0,
             log,
@@ -183,10 +197,10 @@ impl Conn {
         let h = self.header(cmd, len, 0);
         wire::send(&self.sock, &h, parts, fds, self.deadline).map_err(|e| self.fail(e))?;
         let cap = HEADER_SIZE + self.caps.max_data_xfer_size as usize + 4096;
-        let started = std::time::Instant::now();
+        let mut started = std::time::Instant::now();
         let reply = loop {
             // A server that keeps sending other messages cannot hold the client past the
-            // deadline either.
+            // deadline either (a DMA request it answers is progress: the device runs).
             if started.elapsed() > self.deadline {
                 return Err(self.fail(WireError::Timeout {
                     deadline: self.deadline,
@@ -199,6 +213,16 @@ impl Conn {
             };
             if m.header.is_reply() && m.header.msg_id == h.msg_id {
                 break m;
+            }
+            if !m.header.is_reply()
+                && matches!(
+                    Command::from_u16(m.header.command),
+                    Command::DmaRead | Command::DmaWrite
+                )
+            {
+                self.serve_dma(&m)?;
+                started = std::time::Instant::now();
+                continue;
             }
             warn!(self.log, "unexpected message from the device process ignored";
                   "id" => m.header.msg_id, "command" => m.header.command);
@@ -217,6 +241,34 @@ impl Conn {
             });
         }
         Ok(reply.payload)
+    }
+
+    /// Answer one of the server's DMA requests (an error reply without guest RAM).
+    fn serve_dma(&mut self, m: &wire::Message) -> Result<()> {
+        let max = self.max_xfer();
+        let (h, payload) = match &self.dma {
+            Some(d) => d.answer(m, max),
+            None => DmaServe::new(GuestMemoryMmap::new(), Vec::new()).answer(m, max),
+        };
+        if h.flags & FLAGS_ERROR != 0 {
+            warn!(self.log, "DMA request from the device process refused";
+                  "command" => m.header.command, "errno" => h.error);
+        }
+        self.dma_served += 1;
+        if m.header.flags & FLAGS_NO_REPLY != 0 {
+            return Ok(());
+        }
+        wire::send(&self.sock, &h, &[&payload], &[], self.deadline).map_err(|e| self.fail(e))
+    }
+
+    /// Serve the server's DMA requests from `dma`.
+    pub(crate) fn set_dma(&mut self, dma: DmaServe) {
+        self.dma = Some(dma);
+    }
+
+    /// DMA requests from the server answered so far.
+    pub fn dma_served(&self) -> u64 {
+        self.dma_served
     }
 
     /// The negotiated largest data transfer.

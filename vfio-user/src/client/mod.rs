@@ -1,14 +1,17 @@
 //! The client: a device served by another process, as a [`VfioDevice`].
 //!
 //! [`Client::connect`] negotiates `VERSION`, maps every region of guest RAM to the server
-//! with its file descriptor (guest RAM must be shared memory), and reads the device, region
-//! and irq info once (they do not change). Region accesses, irqs and reset are one request
+//! with its file descriptor (guest RAM must be shared memory) or, with
+//! [`ClientConfig::dma_by_message`], without one (the client then answers the device's
+//! `DMA_READ`/`DMA_WRITE` requests, see [`conn`]), and reads the device, region and irq
+//! info once (they do not change). Region accesses, irqs and reset are one request
 //! each; the v2 migration, the DMA dirty log and the simulation clock are in
 //! [`migration`]. Every wait has the configured deadline; after the first socket failure
 //! the client answers every request with an error at once, so a dead or hung device
 //! process costs one deadline, never a hang.
 
 mod conn;
+mod dma;
 pub mod migration;
 
 use std::os::fd::AsRawFd;
@@ -45,6 +48,10 @@ pub struct ClientConfig {
     pub connect_wait: Duration,
     /// The largest data transfer the client proposes.
     pub max_data_xfer_size: u32,
+    /// Map guest RAM without its file descriptors: the device reaches it by
+    /// `DMA_READ`/`DMA_WRITE` messages the client answers while it waits for its replies
+    /// (guest RAM need not be shared memory; every DMA is a round trip).
+    pub dma_by_message: bool,
 }
 
 impl Default for ClientConfig {
@@ -53,6 +60,7 @@ impl Default for ClientConfig {
             deadline: Duration::from_secs(5),
             connect_wait: Duration::from_secs(5),
             max_data_xfer_size: 1 << 20,
+            dma_by_message: false,
         }
     }
 }
@@ -130,16 +138,23 @@ impl Client {
             .max_data_xfer_size
             .min(cfg.max_data_xfer_size)
             .max(4096);
+        let ranges = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        c.set_dma(dma::DmaServe::new(mem.clone(), ranges));
         for region in mem.iter() {
             let gpa = region.start_addr().0;
-            let fo = region.file_offset().ok_or(ClientError::NotShared { gpa })?;
+            let fo = match (cfg.dma_by_message, region.file_offset()) {
+                (true, _) => None,
+                (false, Some(fo)) => Some(fo),
+                (false, None) => return Err(ClientError::NotShared { gpa }),
+            };
             let mut w = Writer::default();
             w.u32(32)
                 .u32(DMA_FLAG_READ | DMA_FLAG_WRITE)
-                .u64(fo.start())
+                .u64(fo.map_or(0, |f| f.start()))
                 .u64(gpa)
                 .u64(region.len());
-            c.request(Command::DmaMap, &[&w.0], &[fo.file().as_raw_fd()])?;
+            let fds: Vec<_> = fo.iter().map(|f| f.file().as_raw_fd()).collect();
+            c.request(Command::DmaMap, &[&w.0], &fds)?;
         }
         let conn = Arc::new(Mutex::new(c));
         let mut g = conn::lock(&conn);
@@ -164,7 +179,7 @@ impl Client {
         let mig = RemoteMigration::probe(&conn)?;
         let dirty = RemoteDirtyLog::probe(&conn)?;
         info!(log, "vfio-user device attached"; "socket" => %path.display(), "regions" => info.num_regions,
-              "migration" => mig.is_some(), "dma_log" => dirty.is_some(), "clock" => clock.is_some(),
+              "migration" => mig.is_some(), "dma_log" => dirty.is_some(), "clock" => clock.is_some(), "dma_by_message" => cfg.dma_by_message,
               "max_data_xfer_size" => conn::lock(&conn).max_xfer());
         Ok(Self {
             conn,

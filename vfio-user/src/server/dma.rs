@@ -1,10 +1,15 @@
 //! The server's DMA map table: the client memory the device may reach, checked before it
-//! is mapped, and turned into the guest memory the device is built on.
+//! is mapped, and turned into the guest memory the device is built on; and the session's
+//! `DMA_MAP`/`DMA_UNMAP` handlers.
 //!
 //! A map is accepted only if the device could never fault on it: page-aligned, inside the
 //! file the descriptor names (a mapping past the end of a file raises SIGBUS on access),
 //! sealed against shrinking (`F_SEAL_SHRINK`, so the client cannot truncate it later),
 //! readable and writeable, not overlapping another map, within `max_dma_maps`.
+//!
+//! A map without a descriptor (the spec's "not mappable" memory) passes the same checks
+//! but the file ones; the device reaches it by `DMA_READ`/`DMA_WRITE` messages to the
+//! client ([`super::remote`]).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,7 +17,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
-use crate::proto::{DMA_FLAG_READ, DMA_FLAG_WRITE};
+use slog::debug;
+
+use super::session::{inval, short, Refusal, Reply, Session};
+use crate::proto::{Reader, Writer, DMA_FLAG_READ, DMA_FLAG_WRITE};
 
 /// DMA page size.
 pub(crate) const DMA_PAGE: u64 = 4096;
@@ -27,7 +35,8 @@ struct DmaMap {
     iova: u64,
     size: u64,
     offset: u64,
-    file: File,
+    /// `None`: reached by messages.
+    file: Option<File>,
 }
 
 /// The DMA maps of one client.
@@ -60,12 +69,6 @@ impl DmaTable {
         flags: u32,
         fd: Option<OwnedFd>,
     ) -> Result<(), (i32, String)> {
-        let Some(fd) = fd else {
-            return Err((
-                libc::ENOTSUP,
-                "a map without a file descriptor (DMA through messages) is not supported".into(),
-            ));
-        };
         if flags & (DMA_FLAG_READ | DMA_FLAG_WRITE) != DMA_FLAG_READ | DMA_FLAG_WRITE
             || flags & !(DMA_FLAG_READ | DMA_FLAG_WRITE) != 0
         {
@@ -107,6 +110,15 @@ impl DmaTable {
                 format!("already {} maps (max_dma_maps)", self.max),
             ));
         }
+        let Some(fd) = fd else {
+            self.maps.push(DmaMap {
+                iova,
+                size,
+                offset,
+                file: None,
+            });
+            return Ok(());
+        };
         let file = File::from(fd);
         let len = file
             .metadata()
@@ -127,14 +139,23 @@ impl DmaTable {
             iova,
             size,
             offset,
-            file,
+            file: Some(file),
         });
         Ok(())
     }
 
-    /// The mapped ranges (iova, size).
+    /// The mapped ranges (iova, size), with and without descriptors.
     pub(crate) fn ranges(&self) -> Vec<(u64, u64)> {
         self.maps.iter().map(|m| (m.iova, m.size)).collect()
+    }
+
+    /// The ranges (iova, size) mapped without a descriptor: reached by messages.
+    pub(crate) fn remote_ranges(&self) -> Vec<(u64, u64)> {
+        self.maps
+            .iter()
+            .filter(|m| m.file.is_none())
+            .map(|m| (m.iova, m.size))
+            .collect()
     }
 
     /// Remove the map that is exactly `iova`+`size`.
@@ -155,15 +176,13 @@ impl DmaTable {
         }
     }
 
-    /// Map every accepted region into this process as guest memory at its iova.
+    /// Map every region accepted with a descriptor into this process as guest memory at
+    /// its iova.
     pub(crate) fn guest_mem(&self) -> Result<GuestMemoryMmap<AtomicBitmap>, String> {
-        if self.maps.is_empty() {
-            return Ok(GuestMemoryMmap::new());
-        }
         let mut ranges = Vec::with_capacity(self.maps.len());
         for m in &self.maps {
-            let f = m
-                .file
+            let Some(file) = &m.file else { continue };
+            let f = file
                 .try_clone()
                 .map_err(|e| format!("cannot duplicate a map's file: {e}"))?;
             ranges.push((
@@ -172,7 +191,59 @@ impl DmaTable {
                 Some(FileOffset::new(f, m.offset)),
             ));
         }
+        if ranges.is_empty() {
+            return Ok(GuestMemoryMmap::new());
+        }
         GuestMemoryMmap::<AtomicBitmap>::from_ranges_with_files(ranges)
             .map_err(|e| format!("cannot map the client's memory: {e}"))
+    }
+}
+
+impl Session {
+    pub(super) fn dma_map(&mut self, p: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, Refusal> {
+        let mut r = Reader::new(p, "DMA_MAP");
+        let (_argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
+        let (offset, address, size) = (
+            r.u64().map_err(short)?,
+            r.u64().map_err(short)?,
+            r.u64().map_err(short)?,
+        );
+        if fds.len() > 1 {
+            return Err(inval(format!(
+                "DMA_MAP with {} descriptors (one at most)",
+                fds.len()
+            )));
+        }
+        if self.dev.is_some() {
+            return Err((
+                libc::EBUSY,
+                "the device is built on the current maps; map before the first device request"
+                    .into(),
+            ));
+        }
+        self.dma.map(address, size, offset, flags, fds.pop())?;
+        debug!(self.log, "dma map"; "iova" => format!("{address:#x}"), "size" => format!("{size:#x}"));
+        Reply::data(Vec::new())
+    }
+
+    pub(super) fn dma_unmap(&mut self, p: &[u8]) -> Result<Reply, Refusal> {
+        let mut r = Reader::new(p, "DMA_UNMAP");
+        let (argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
+        let (address, size) = (r.u64().map_err(short)?, r.u64().map_err(short)?);
+        if flags != 0 {
+            return Err(inval(format!(
+                "DMA_UNMAP flags {flags:#x} (none are defined)"
+            )));
+        }
+        if self.dev.is_some() {
+            return Err((
+                libc::EBUSY,
+                "the device's DMA uses this memory; unmapping under it is refused".into(),
+            ));
+        }
+        self.dma.unmap(address, size)?;
+        let mut w = Writer::default();
+        w.u32(argsz).u32(flags).u64(address).u64(size);
+        Reply::data(w.0)
     }
 }

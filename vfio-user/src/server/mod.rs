@@ -7,6 +7,7 @@
 //!        └─ connection thread: recv (bounded, deadline once a message started)
 //!              └─ Session::handle ──► DmaTable (checked maps) ──► the device, built on
 //!                                     the first device request from the mapped memory
+//!                                     (maps without a descriptor: DMA by message, remote.rs)
 //!              └─ reply (error bit + errno, or the payload)
 //! ```
 //!
@@ -20,6 +21,7 @@
 
 mod dma;
 mod feature;
+mod remote;
 mod session;
 
 use std::fmt::Debug;
@@ -178,8 +180,22 @@ impl Server {
             warn!(log, "connection dropped"; "why" => %e);
             return SessionEnd::Dropped(e);
         }
+        match sock.try_clone() {
+            Ok(s) => session.attach_peer(remote::Peer {
+                sock: s,
+                deadline: self.cfg.deadline,
+                cap,
+                max_fds,
+            }),
+            Err(e) => warn!(log, "no DMA by message on this connection"; "why" => %e),
+        }
         let end = loop {
-            let msg = match wire::recv(sock, true, self.cfg.deadline, cap, max_fds) {
+            // Commands that came while the device waited for a DMA reply go first.
+            let next = match session.take_deferred() {
+                Some(m) => Ok(Some(m)),
+                None => wire::recv(sock, true, self.cfg.deadline, cap, max_fds),
+            };
+            let msg = match next {
                 Ok(Some(m)) => m,
                 Ok(None) => break SessionEnd::Closed,
                 Err(e) => break SessionEnd::Dropped(e),
@@ -225,7 +241,9 @@ impl Server {
         };
         match &end {
             SessionEnd::Closed => {
-                info!(log, "client disconnected"; "dma_maps" => session.dma_maps())
+                let (messages, bytes) = session.dma_by_message();
+                info!(log, "client disconnected"; "dma_maps" => session.dma_maps(),
+                      "dma_messages" => messages, "dma_message_bytes" => bytes)
             }
             SessionEnd::Dropped(e) => warn!(log, "connection dropped"; "why" => %e),
         }

@@ -13,6 +13,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use super::dma::DmaTable;
+use super::remote::{self, Peer, SocketPort};
 use super::{DeviceFactory, ServedDevice};
 use crate::clock::{self, ClockRegs};
 use crate::proto::{Caps, Command, Reader, Version, Writer, VERSION_MAJOR, VERSION_MINOR};
@@ -31,7 +32,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn data(payload: Vec<u8>) -> Result<Self, Refusal> {
+    pub(crate) fn data(payload: Vec<u8>) -> Result<Self, Refusal> {
         Ok(Self {
             payload,
             fds: Vec::new(),
@@ -88,12 +89,16 @@ pub struct Session {
     factory: Arc<dyn DeviceFactory>,
     ours: Caps,
     caps: Option<Caps>,
-    dma: DmaTable,
+    pub(super) dma: DmaTable,
     pub(super) dev: Option<ServedDevice>,
     clock: ClockRegs,
     /// The data session the last state change opened (vfio-user has no data_fd: the
     /// MIG_DATA_* messages go to the open session).
     pub(super) stream: Option<DataStream>,
+    /// The client's socket, for DMA by message (none for a session driven by hand).
+    peer: Option<Peer>,
+    /// The port of DMA by message, once the device is built on maps without descriptors.
+    port: Option<Arc<SocketPort>>,
     pub(super) log: Logger,
 }
 
@@ -113,8 +118,26 @@ impl Session {
             dev: None,
             clock: ClockRegs::default(),
             stream: None,
+            peer: None,
+            port: None,
             log,
         }
+    }
+
+    /// Reach the client on `peer` for DMA by message (maps without descriptors).
+    pub(super) fn attach_peer(&mut self, peer: Peer) {
+        self.peer = Some(peer);
+    }
+
+    /// DMA requests by message the client answered, and their data bytes.
+    pub(super) fn dma_by_message(&self) -> (u64, u64) {
+        self.port.as_ref().map_or((0, 0), |p| p.served())
+    }
+
+    /// A client command that arrived while the device waited for a DMA reply: the next
+    /// one to handle.
+    pub(super) fn take_deferred(&self) -> Option<Message> {
+        self.port.as_ref().and_then(|p| p.take_deferred())
     }
 
     /// Number of DMA maps.
@@ -138,11 +161,17 @@ impl Session {
     pub(super) fn dev(&mut self) -> Result<&mut ServedDevice, Refusal> {
         if self.dev.is_none() {
             let mem = self.dma.guest_mem().map_err(|e| (libc::ENOMEM, e))?;
-            let d = self
-                .factory
-                .create(&mem, &self.log)
+            let ranges = self.dma.remote_ranges();
+            let by_message = ranges.len();
+            let (remote, port) =
+                remote::remote_memory(ranges, self.peer.as_ref(), self.max_xfer(), &self.log)
+                    .map_err(|e| (libc::ENOMEM, e))?;
+            // The factory chain passes only mapped memory; the rest is installed for the
+            // build (shadow_pt::remote).
+            let d = shadow_pt::remote::install(remote, || self.factory.create(&mem, &self.log))
                 .map_err(|e| (libc::ENODEV, e))?;
-            info!(self.log, "device created"; "dma_maps" => self.dma.len());
+            info!(self.log, "device created"; "dma_maps" => self.dma.len(), "by_message" => by_message);
+            self.port = port;
             self.dev = Some(d);
         }
         self.dev
@@ -230,53 +259,6 @@ impl Session {
               "client_max_msg_fds" => v.caps.max_msg_fds);
         self.caps = Some(caps);
         Reply::data(reply.encode())
-    }
-
-    fn dma_map(&mut self, p: &[u8], mut fds: Vec<OwnedFd>) -> Result<Reply, Refusal> {
-        let mut r = Reader::new(p, "DMA_MAP");
-        let (_argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
-        let (offset, address, size) = (
-            r.u64().map_err(short)?,
-            r.u64().map_err(short)?,
-            r.u64().map_err(short)?,
-        );
-        if fds.len() > 1 {
-            return Err(inval(format!(
-                "DMA_MAP with {} descriptors (one at most)",
-                fds.len()
-            )));
-        }
-        if self.dev.is_some() {
-            return Err((
-                libc::EBUSY,
-                "the device is built on the current maps; map before the first device request"
-                    .into(),
-            ));
-        }
-        self.dma.map(address, size, offset, flags, fds.pop())?;
-        debug!(self.log, "dma map"; "iova" => format!("{address:#x}"), "size" => format!("{size:#x}"));
-        Reply::data(Vec::new())
-    }
-
-    fn dma_unmap(&mut self, p: &[u8]) -> Result<Reply, Refusal> {
-        let mut r = Reader::new(p, "DMA_UNMAP");
-        let (argsz, flags) = (r.u32().map_err(short)?, r.u32().map_err(short)?);
-        let (address, size) = (r.u64().map_err(short)?, r.u64().map_err(short)?);
-        if flags != 0 {
-            return Err(inval(format!(
-                "DMA_UNMAP flags {flags:#x} (none are defined)"
-            )));
-        }
-        if self.dev.is_some() {
-            return Err((
-                libc::EBUSY,
-                "the device's DMA uses this memory; unmapping under it is refused".into(),
-            ));
-        }
-        self.dma.unmap(address, size)?;
-        let mut w = Writer::default();
-        w.u32(argsz).u32(flags).u64(address).u64(size);
-        Reply::data(w.0)
     }
 
     fn get_info(&mut self, p: &[u8]) -> Result<Reply, Refusal> {

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use mdev_core::uapi::{VFIO_MIGRATION_STOP_COPY, VFIO_PCI_NUM_IRQS};
 use mdev_core::{IrqSink, MigState, MigrationController};
 use pci_config_replay::ConfigSpace;
-use shadow_pt::{DirtyTracking, ShadowGtt};
+use shadow_pt::{DirtyTracking, RemoteMemory, ShadowGtt};
 use slog::{o, Discard, Logger};
 use state_region::{StateRegion, V1Checks, DEFAULT_WINDOW};
 use vm_memory::bitmap::AtomicBitmap;
@@ -70,6 +70,11 @@ pub struct VgpuConfig {
     pub mdev_type: VgpuType,
     /// Guest RAM, which the device reaches by DMA through its GTT.
     pub guest_mem: GuestMemoryMmap<AtomicBitmap>,
+    /// Guest RAM the device cannot map, reached through a port (a device served over
+    /// vfio-user with DMA by message). [`VgpuConfig::new`] takes what the building thread
+    /// has installed ([`shadow_pt::remote::install`]), so factories that pass only mapped
+    /// memory need no change.
+    pub remote_dma: Option<RemoteMemory>,
     /// How the device's DMA writes are tracked for migration.
     pub dirty_tracking: DirtyTracking,
     /// Where the device logs.
@@ -87,12 +92,14 @@ pub struct VgpuConfig {
 }
 
 impl VgpuConfig {
-    /// A config with precise (shadow page table) dirty tracking, no logging, and the default
-    /// 1 MiB migration window.
+    /// A config with precise (shadow page table) dirty tracking, no logging, the default
+    /// 1 MiB migration window, and the remote memory installed on this thread (normally
+    /// none).
     pub fn new(mdev_type: VgpuType, guest_mem: GuestMemoryMmap<AtomicBitmap>) -> Self {
         Self {
             mdev_type,
             guest_mem,
+            remote_dma: shadow_pt::remote::installed(),
             dirty_tracking: DirtyTracking::ShadowPt,
             logger: Logger::root(Discard, o!()),
             state_window: DEFAULT_WINDOW,
@@ -157,7 +164,8 @@ impl Vgpu {
         )
         .map_err(|e| VgpuError::Gtt {
             reason: e.to_string(),
-        })?;
+        })?
+        .with_remote(cfg.remote_dma);
         let region = StateRegion::new(cfg.state_window)
             .with_index(MIGRATION_REGION_INDEX)
             .with_checks(cfg.v1_checks)
