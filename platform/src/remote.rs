@@ -51,7 +51,10 @@ impl VmFactory for RemoteFactory {
         log: &Logger,
     ) -> Result<MachineParts, Box<dyn std::error::Error + Send + Sync>> {
         let local = self.inner.parts(device_type, mem, log)?;
-        let client = Client::connect(&self.socket, mem, &self.client, log)?;
+        let mut client = Client::connect(&self.socket, mem, &self.client, log)?;
+        // A device process keeps a device's state across clients (the spec's "retained");
+        // a new VM starts from a reset device, as vfio-pci resets a device at VM start.
+        mdev_core::VfioDevice::reset(&mut client)?;
         let hardware: Box<dyn SimHardware> = match client.clock() {
             Some(clock) => Box::new(RemoteHardware { clock }),
             None => Box::new(RemoteEvents {

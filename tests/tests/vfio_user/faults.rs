@@ -33,8 +33,8 @@ fn a_device_process_killed_during_pre_copy_fails_the_migration_in_one_line() {
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("device"), "says the device failed: {err}");
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "bounded by deadlines"
+        started.elapsed() < vgpu_migrate_tests::process::HANG_GUARD,
+        "bounded by deadlines (a hang guard, not a speed check)"
     );
     // The target discards the migration.
     assert!(target.join().unwrap().is_err());
@@ -123,8 +123,10 @@ fn a_hung_source_device_process_costs_one_deadline_not_a_hang() {
     assert!(stopped);
     assert!(!err.contains('\n'), "one line: {err}");
     assert!(err.contains("device"), "{err}");
+    // Deadlines bound every wait: the migration ended at all (a hang guard, not a speed
+    // check: on a loaded machine this has taken over a minute).
     assert!(
-        started.elapsed() < Duration::from_secs(60),
+        started.elapsed() < vgpu_migrate_tests::process::HANG_GUARD,
         "deadlines bound every wait"
     );
     assert!(target.join().unwrap().is_err());
@@ -165,8 +167,8 @@ fn a_source_device_process_dying_at_stop_copy_fails_the_migration_in_one_line() 
     assert!(err.contains("device"), "{err}");
     assert!(t.is_err(), "the target discards");
     assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "bounded by deadlines"
+        started.elapsed() < vgpu_migrate_tests::process::HANG_GUARD,
+        "bounded by deadlines (a hang guard, not a speed check)"
     );
 }
 

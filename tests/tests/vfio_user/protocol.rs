@@ -129,3 +129,47 @@ fn a_second_client_is_refused_while_one_is_served() {
     let mut vm = booted_remote(&dev, 1);
     vm.run(StopAt::Done).unwrap();
 }
+
+/// A scratch register of the vGPU's BAR0, read and written as the VMM does.
+fn scratch(client: &mut vfio_user::client::Client, write: Option<u32>) -> u32 {
+    use mdev_core::VfioDevice;
+    use vfio_bindings::bindings::vfio::VFIO_PCI_BAR0_REGION_INDEX;
+    let at = u64::from(vgpu_sim::regs::REG_SCRATCH0);
+    if let Some(v) = write {
+        client
+            .region_write(VFIO_PCI_BAR0_REGION_INDEX, at, &v.to_le_bytes())
+            .unwrap();
+    }
+    let mut b = [0u8; 4];
+    client
+        .region_read(VFIO_PCI_BAR0_REGION_INDEX, at, &mut b)
+        .unwrap();
+    u32::from_le_bytes(b)
+}
+
+#[test]
+fn the_device_state_outlives_a_client_and_a_reset_clears_it() {
+    // The spec's "Client Disconnection": the maps and eventfds go, the device state stays,
+    // so a client that reconnects (a VMM upgrading itself) finds the device as it left it.
+    use vfio_user::client::{Client, ClientConfig};
+    let dev = DeviceProcess::start("keep", "vgpu-64", &[]);
+    let mem = vmm::memory::create_shared(64 << 20, 1 << 32).unwrap();
+    let cfg = ClientConfig::default();
+    let mut a = Client::connect(&dev.socket, &mem, &cfg, &quiet()).unwrap();
+    assert_eq!(scratch(&mut a, Some(0x00c0_ffee)), 0x00c0_ffee);
+    drop(a);
+    // The server saves the device when it sees the close; a client that comes back within
+    // the grace period waits for the slot.
+    let mut b = Client::connect(&dev.socket, &mem, &cfg, &quiet()).unwrap();
+    assert_eq!(
+        scratch(&mut b, None),
+        0x00c0_ffee,
+        "the register written by the last client"
+    );
+    // A VMM that starts a new VM resets the device first (RemoteFactory does).
+    mdev_core::VfioDevice::reset(&mut b).unwrap();
+    assert_eq!(scratch(&mut b, None), 0, "a reset device is at power-on");
+    drop(b);
+    let mut c = Client::connect(&dev.socket, &mem, &cfg, &quiet()).unwrap();
+    assert_eq!(scratch(&mut c, None), 0, "the reset state is what was kept");
+}

@@ -14,14 +14,16 @@
 //! A message the server cannot frame (a size outside the cap, a peer that stops or leaves
 //! mid-message) ends the connection; a message it can frame but not honour (unknown
 //! command, wrong length, out-of-range offset, too many descriptors, a device error) gets
-//! an error reply and the connection goes on. When the client leaves, its maps, its irq
-//! eventfds and the device built on its memory are dropped; the next client gets a device
-//! at power-on (the device model takes its guest memory when it is built, so state cannot
-//! outlive the memory it points into).
+//! an error reply and the connection goes on. When the client leaves, its maps and its irq
+//! eventfds are dropped and the device's state is kept for the next client ([`retain`]:
+//! saved whole through the device's own migration interface, since the device model is
+//! built on the client's memory and cannot outlive it, and loaded into the next client's
+//! device).
 
 mod dma;
 mod feature;
 mod remote;
+mod retain;
 mod session;
 
 use std::fmt::Debug;
@@ -110,13 +112,20 @@ pub enum SessionEnd {
 pub struct Server {
     factory: Arc<dyn DeviceFactory>,
     cfg: ServerConfig,
+    /// The device state the last client left, for the next one (see [`retain`]).
+    kept: Arc<Mutex<Option<retain::Retained>>>,
     log: Logger,
 }
 
 impl Server {
     /// A server that builds its device with `factory`.
     pub fn new(factory: Arc<dyn DeviceFactory>, cfg: ServerConfig, log: Logger) -> Self {
-        Self { factory, cfg, log }
+        Self {
+            factory,
+            cfg,
+            kept: Arc::new(Mutex::new(None)),
+            log,
+        }
     }
 
     /// Accept clients on `listener` until `stop` is set (checked between accepts), one at
@@ -180,6 +189,7 @@ impl Server {
             warn!(log, "connection dropped"; "why" => %e);
             return SessionEnd::Dropped(e);
         }
+        session.keep(self.kept.lock().unwrap_or_else(|p| p.into_inner()).take());
         match sock.try_clone() {
             Ok(s) => session.attach_peer(remote::Peer {
                 sock: s,
@@ -239,6 +249,9 @@ impl Server {
                 break SessionEnd::Dropped(e);
             }
         };
+        // The device's state outlives the client (the spec's "retained"); its maps and
+        // eventfds do not.
+        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = session.park();
         match &end {
             SessionEnd::Closed => {
                 let (messages, bytes) = session.dma_by_message();
