@@ -194,3 +194,65 @@ pub fn incoming(args: &[&str]) -> (Proc, String) {
     let _ = std::fs::remove_file(&ready);
     (p, url)
 }
+
+/// A `vgpu-migrate serve` device process on a socket of its own; killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct DeviceProcess {
+    child: Child,
+    /// Where it serves.
+    pub socket: PathBuf,
+}
+
+impl DeviceProcess {
+    /// Start `serve --type device_type` with `extra` arguments on a socket named after
+    /// `name` and wait (at most [`HANG_GUARD`]) until it listens.
+    pub fn start(name: &str, device_type: &str, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("vgpu-devices-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a socket directory");
+        let socket = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(binary())
+            .args(["--log-level", "critical", "serve", "--type", device_type])
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the device process");
+        let mut me = Self { child, socket };
+        let started = Instant::now();
+        while !me.socket.exists() {
+            assert!(
+                matches!(me.child.try_wait(), Ok(None)),
+                "the device process exited before it listened"
+            );
+            assert!(started.elapsed() < HANG_GUARD, "the device never listened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        me
+    }
+
+    /// The `--device` argument that attaches it.
+    pub fn device_arg(&self) -> String {
+        format!("vfio-user:{}", self.socket.display())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kill it now (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -4,53 +4,7 @@
 //! source reports how the device moved and compares the digest of its device's full state
 //! with the target's.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use vgpu_migrate_tests::process::{self, Proc, HANG_GUARD};
-
-/// A `vgpu-migrate serve` child, killed when dropped.
-struct Served {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Served {
-    fn start(name: &str, device_type: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("idle-workload-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join(format!("{name}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new(process::binary())
-            .args(["--log-level", "critical", "serve", "--type", device_type])
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the device process");
-        let started = Instant::now();
-        while !socket.exists() {
-            assert!(started.elapsed() < HANG_GUARD, "the device never listened");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Self { child, socket }
-    }
-
-    fn device_arg(&self) -> String {
-        format!("vfio-user:{}", self.socket.display())
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use vgpu_migrate_tests::process::{self, DeviceProcess, Proc};
 
 fn migrate(url: &str, extra: &[&str]) -> process::Out {
     let mut args = vec![
@@ -70,8 +24,8 @@ fn migrate(url: &str, extra: &[&str]) -> process::Out {
 fn a_serial_device_process_migrates_with_an_idle_guest_over_v2() {
     // Without PRE_COPY (and the serial device never offers DMA logging).
     let features = ["--migration-features", "stop-copy,p2p"];
-    let src_dev = Served::start("serial-src", "serial-16", &features);
-    let dst_dev = Served::start("serial-dst", "serial-16", &features);
+    let src_dev = DeviceProcess::start("serial-src", "serial-16", &features);
+    let dst_dev = DeviceProcess::start("serial-dst", "serial-16", &features);
     let (dst_device, src_device) = (dst_dev.device_arg(), src_dev.device_arg());
     let (target, url) = process::incoming(&[
         "--type",
@@ -126,7 +80,7 @@ fn an_in_process_vgpu_with_an_idle_guest_migrates_over_the_v1_region() {
 fn the_target_must_run_the_same_device() {
     // A target that builds a vGPU refuses the serial device's stream; the source's device
     // runs on and the source says the migration failed.
-    let src_dev = Served::start("serial-alone", "serial-16", &[]);
+    let src_dev = DeviceProcess::start("serial-alone", "serial-16", &[]);
     let src_device = src_dev.device_arg();
     let (target, url) = process::incoming(&["--type", "vgpu-64", "--workload", "idle"]);
     let src = migrate(

@@ -106,7 +106,7 @@ fn a_hung_source_device_process_costs_one_deadline_not_a_hang() {
         auto_converge: false,
         ..SourceOptions::default()
     };
-    let pid = src_dev.child.id() as i32;
+    let pid = src_dev.pid() as i32;
     let mut stopped = false;
     let started = Instant::now();
     let res = migration::migrate(&mut src, &url, &o, &mut |_| {

@@ -17,7 +17,6 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,45 +31,7 @@ const SEED: u64 = 9;
 const FRAMES: u64 = 5;
 const OUT_OF_REACH: u64 = 100_000;
 
-/// A `vgpu-migrate serve` child, killed when dropped.
-struct DeviceProcess {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl DeviceProcess {
-    fn start(name: &str, device_type: &str, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("vfio-user-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join(format!("{name}.sock"));
-        let _ = std::fs::remove_file(&socket);
-        let child = Command::new(vgpu_migrate_tests::process::binary())
-            .args(["serve", "--type", device_type, "--socket"])
-            .arg(&socket)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the device process");
-        let started = Instant::now();
-        while !socket.exists() && started.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Self { child, socket }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for DeviceProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use vgpu_migrate_tests::process::DeviceProcess;
 
 fn remote(inner: Arc<dyn VmFactory>, dev: &DeviceProcess) -> Arc<dyn VmFactory> {
     Arc::new(RemoteFactory::new(inner, dev.socket.clone()))
