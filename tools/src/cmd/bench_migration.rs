@@ -437,6 +437,19 @@ pub fn pipeline(
             "  the target made its VM and faulted in its RAM before accepting: {:.0} ms, outside the stream's time",
             p.prefault_ms
         );
+        if let Some((r, _)) = &last {
+            let rounds: Vec<String> = r.rounds.iter().map(|x| format!("{:.0} ms", x.ms)).collect();
+            println!(
+                "  the last run: {} MiB ({} MiB guest pages, {} MiB device data), total {:.0} ms: rounds {}, downtime {:.1} ms (target load {:.1} ms)",
+                r.bytes.total >> 20,
+                r.bytes.ram >> 20,
+                (r.bytes.device_precopy + r.bytes.device_stopcopy) >> 20,
+                r.total_ms,
+                rounds.join(" + "),
+                r.downtime_ms,
+                r.breakdown.target_load_ms
+            );
+        }
         if let Some(l) = p.lazy {
             println!(
                 "  the same stream into a target that makes its VM at the stream's header: {:.0} MB/s (prefaulted/not {:.2})",

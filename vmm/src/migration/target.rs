@@ -18,7 +18,9 @@ use super::source::FailPoint;
 use super::transport::PrefetchReader;
 use super::StopPoint;
 use crate::snapshot::{apply_record_ram, replay_config, restore_vcpu};
-use crate::stream::{Record, StreamReader, TrailerCheck, STREAM_MAJOR, STREAM_MINOR};
+use crate::stream::{
+    Record, RecordSink, SinkError, StreamReader, TrailerCheck, STREAM_MAJOR, STREAM_MINOR,
+};
 use crate::vm::{Vm, VmConfig};
 
 /// How the target runs.
@@ -288,6 +290,28 @@ fn resume(vm: &mut Vm, dio: &mut DeviceIo, report: &mut TargetReport) -> Result<
     Ok(())
 }
 
+/// Applies the bulk bytes of the stream as they arrive (see [`RecordSink`]).
+struct Apply<'a> {
+    vm: &'a mut Vm,
+    dio: &'a DeviceIo,
+    /// The device's error, kept whole.
+    failed: Option<MigrationError>,
+}
+
+impl RecordSink for Apply<'_> {
+    fn ram(&mut self, gpa: u64, bytes: &[u8]) -> std::result::Result<(), SinkError> {
+        crate::memory::write(self.vm.memory(), gpa, bytes).map_err(|e| e.into())
+    }
+
+    fn device(&mut self, bytes: &[u8]) -> std::result::Result<(), SinkError> {
+        self.dio.write_chunk(self.vm, bytes).map_err(|e| {
+            let text = e.to_string();
+            self.failed = Some(e);
+            text.into()
+        })
+    }
+}
+
 /// The stream, loaded: device committed, config replayed, vCPU restored; not yet running.
 fn receive(
     input: &mut PrefetchReader,
@@ -337,7 +361,20 @@ fn receive(
         prefault_ms,
         ..Default::default()
     };
-    while let Some(rec) = r.next_record()? {
+    loop {
+        // Guest pages and device data go from the prefetch buffer straight into guest RAM
+        // and the device; the rest comes back as records.
+        let mut sink = Apply {
+            vm: &mut vm,
+            dio: &dio,
+            failed: None,
+        };
+        let rec = match r.next_record_into(&mut sink) {
+            Ok(Some(rec)) => rec,
+            Ok(None) => break,
+            // The device's refusal is reported as the device said it.
+            Err(e) => return Err(sink.failed.take().unwrap_or_else(|| e.into())),
+        };
         match rec {
             Record::DeviceData(chunk) => {
                 dio.write_chunk(&mut vm, &chunk)?;

@@ -140,13 +140,25 @@ impl SendFailure {
     }
 }
 
+/// What the sender thread writes: a frame whose buffer starts with room for its header,
+/// or a bulk buffer (`buf[..len]`) taken whole, whose frame header it writes first.
+#[derive(Debug)]
+enum Out {
+    Frame(Vec<u8>),
+    Bulk(Vec<u8>, usize),
+}
+
 /// A `Write` that hands buffers to a sender thread, which writes them as data frames.
 #[derive(Debug)]
 pub struct ChannelWriter {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Out>>,
     /// Buffers the sender thread has written, back for reuse (a fresh 256 KiB buffer per
     /// ship would cost an mmap, 64 page faults and an munmap).
     spent: Receiver<Vec<u8>>,
+    /// Bulk buffers the sender thread has written, back for reuse.
+    spent_bulk: Receiver<Vec<u8>>,
+    /// Bulk buffers handed back by the caller, for reuse.
+    kept: Vec<Vec<u8>>,
     /// The next frame: a header's room, then stream bytes.
     buf: Vec<u8>,
     counters: Arc<Counters>,
@@ -176,8 +188,9 @@ impl ChannelWriter {
     /// under `live`'s deadline; it sends a keep-alive after [`KEEPALIVE_INTERVAL`] without
     /// data.
     pub fn spawn(sock: TcpStream, rate: Option<u64>, live: Arc<Liveness>) -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(64);
+        let (tx, rx) = sync_channel::<Out>(64);
         let (back, spent) = channel::<Vec<u8>>();
+        let (back_bulk, spent_bulk) = channel::<Vec<u8>>();
         let counters = Arc::new(Counters::default());
         let error = Arc::new(Mutex::new(None));
         let (c, e) = (counters.clone(), error.clone());
@@ -187,6 +200,7 @@ impl ChannelWriter {
             .spawn(move || {
                 // The channel's receiver lives until the error is recorded: whoever finds
                 // the channel closed then finds the reason too.
+                let back = [back, back_bulk];
                 if let Err(err) = send_loop(sock, &rx, rate, &live, &c, &back) {
                     if let Ok(mut slot) = e.lock() {
                         *slot = Some(SendFailure::of(err));
@@ -198,11 +212,30 @@ impl ChannelWriter {
         Self {
             tx: Some(tx),
             spent,
+            spent_bulk,
+            kept: Vec::new(),
             buf: frame_buf(Vec::with_capacity(FRAME_HEADER + BUF)),
             counters,
             error,
             handle,
         }
+    }
+
+    /// A buffer of at least `len` bytes to fill and hand to
+    /// [`write_bulk`](crate::stream::BulkWrite::write_bulk): a spent one when there is one
+    /// (already faulted in), else a fresh one.
+    pub fn bulk_buffer(&mut self, len: usize) -> Vec<u8> {
+        while let Some(b) = self.kept.pop().or_else(|| self.spent_bulk.try_recv().ok()) {
+            if b.len() >= len {
+                return b;
+            }
+        }
+        vec![0u8; len]
+    }
+
+    /// Keep `buf` (from [`Self::bulk_buffer`], not handed on) for the next one.
+    pub fn keep_bulk_buffer(&mut self, buf: Vec<u8>) {
+        self.kept.push(buf);
     }
 
     /// The shared counters.
@@ -246,7 +279,7 @@ impl ChannelWriter {
             return Err(e);
         }
         match &self.tx {
-            Some(tx) => tx.send(buf).map_err(|_| self.peer_error()),
+            Some(tx) => tx.send(Out::Frame(buf)).map_err(|_| self.peer_error()),
             None => Err(self.peer_error()),
         }
     }
@@ -288,16 +321,16 @@ impl ChannelWriter {
 /// [`KEEPALIVE_INTERVAL`].
 fn send_loop(
     mut sock: TcpStream,
-    rx: &Receiver<Vec<u8>>,
+    rx: &Receiver<Out>,
     rate: Option<u64>,
     live: &Liveness,
     c: &Counters,
-    back: &std::sync::mpsc::Sender<Vec<u8>>,
+    back: &[std::sync::mpsc::Sender<Vec<u8>>; 2],
 ) -> io::Result<()> {
     let mut bucket = rate.map(TokenBucket::new);
     let mut seq = 0u64;
     loop {
-        let buf = match rx.recv_timeout(KEEPALIVE_INTERVAL) {
+        let out = match rx.recv_timeout(KEEPALIVE_INTERVAL) {
             Ok(b) => b,
             Err(RecvTimeoutError::Timeout) => {
                 seq += 1;
@@ -308,19 +341,56 @@ fn send_loop(
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        match (bucket.as_mut(), rate) {
-            (Some(b), Some(r)) => {
-                for p in buf.chunks(piece(r)) {
-                    b.take(p.len());
-                    write_all_live(&mut sock, p, live)?;
-                }
+        let (head, body, pool) = match &out {
+            Out::Frame(b) => (None, &b[..], 0),
+            Out::Bulk(b, len) => {
+                let mut h = [0u8; FRAME_HEADER];
+                h[..8].copy_from_slice(&DATA_MAGIC);
+                h[8..].copy_from_slice(&(*len as u32).to_le_bytes());
+                (Some(h), &b[..*len], 1)
             }
-            _ => write_all_live(&mut sock, &buf, live)?,
+        };
+        for part in head.as_ref().map(|h| &h[..]).into_iter().chain([body]) {
+            match (bucket.as_mut(), rate) {
+                (Some(b), Some(r)) => {
+                    for p in part.chunks(piece(r)) {
+                        b.take(p.len());
+                        write_all_live(&mut sock, p, live)?;
+                    }
+                }
+                _ => write_all_live(&mut sock, part, live)?,
+            }
         }
-        let n = (buf.len() - FRAME_HEADER) as u64;
+        let n = (body.len() - if pool == 0 { FRAME_HEADER } else { 0 }) as u64;
         c.sent.fetch_add(n, Ordering::Relaxed);
         c.backlog.fetch_sub(n, Ordering::Relaxed);
-        let _ = back.send(buf);
+        let _ = back[pool].send(match out {
+            Out::Frame(b) | Out::Bulk(b, _) => b,
+        });
+    }
+}
+
+impl crate::stream::BulkWrite for ChannelWriter {
+    fn write_bulk(&mut self, buf: Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(buf);
+        }
+        // What was written before goes first.
+        self.ship()?;
+        let next = self.bulk_buffer(buf.len());
+        self.counters
+            .backlog
+            .fetch_add(len as u64, Ordering::Relaxed);
+        if let Some(e) = self.peer_error_now() {
+            return Err(e);
+        }
+        match &self.tx {
+            Some(tx) => tx
+                .send(Out::Bulk(buf, len))
+                .map_err(|_| self.peer_error())?,
+            None => return Err(self.peer_error()),
+        }
+        Ok(next)
     }
 }
 
@@ -391,6 +461,36 @@ mod tests {
         assert_eq!(w.backlog(), 0);
         drop(w);
         assert_eq!(reader.join().unwrap(), data);
+    }
+
+    #[test]
+    fn bulk_buffers_go_out_in_order_with_copied_writes() {
+        use crate::stream::BulkWrite;
+        let (mut w, mut r) = pair(Duration::from_secs(60));
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            r.read_to_end(&mut all).unwrap();
+            all
+        });
+        let mut want = Vec::new();
+        for i in 0..40u32 {
+            let small: Vec<u8> = (0..1000 + i).map(|j| (i ^ j) as u8).collect();
+            w.write_all(&small).unwrap();
+            want.extend_from_slice(&small);
+            let mut buf = w.bulk_buffer(1 << 20);
+            let len = (i as usize * 9973) % buf.len();
+            for (j, b) in buf[..len].iter_mut().enumerate() {
+                *b = (j as u32 * 7 + i) as u8;
+            }
+            want.extend_from_slice(&buf[..len]);
+            let next = w.write_bulk(buf, len).unwrap();
+            assert!(next.len() >= 1 << 20);
+            w.keep_bulk_buffer(next);
+        }
+        w.finish().unwrap();
+        assert_eq!(w.backlog(), 0);
+        drop(w);
+        assert_eq!(reader.join().unwrap(), want);
     }
 
     #[test]

@@ -31,13 +31,15 @@
 
 mod reader;
 mod record;
+mod sink;
 mod writer;
 
 pub use reader::{StreamReader, TrailerCheck};
 pub use record::{
     Header, RamHash, Record, RecordKind, StreamError, END_LEN, MAX_RECORD, STREAM_MAGIC,
 };
-pub use writer::{StreamWriter, WriteStats};
+pub use sink::{RecordSink, SinkError};
+pub use writer::{BulkWrite, StreamWriter, WriteStats};
 
 /// Stream format major version.
 pub const STREAM_MAJOR: u16 = 1;
@@ -46,3 +48,5 @@ pub const STREAM_MINOR: u16 = 0;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sink;

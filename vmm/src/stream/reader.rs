@@ -17,13 +17,24 @@ pub enum TrailerCheck {
     Report,
 }
 
+/// A record header, read and checked (the payload not yet read).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Head {
+    /// Stream offset of the record.
+    pub at: u64,
+    /// Its kind.
+    pub kind: RecordKind,
+    /// Its payload length (checked against the cap and the kind).
+    pub length: u32,
+}
+
 /// Reads records one at a time, validating as it goes.
 #[derive(Debug)]
 pub struct StreamReader<R: Read> {
-    input: R,
-    hash: Sha256,
-    ram: RamHash,
-    offset: u64,
+    pub(super) input: R,
+    pub(super) hash: Sha256,
+    pub(super) ram: RamHash,
+    pub(super) offset: u64,
     header: Header,
     device_done: bool,
     seen_config: bool,
@@ -154,7 +165,7 @@ impl<R: Read> StreamReader<R> {
         self.digest_ok
     }
 
-    fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+    pub(super) fn fill(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
         self.fill_inner(buf, what, true)
     }
 
@@ -187,6 +198,15 @@ impl<R: Read> StreamReader<R> {
 
     /// The next record; `Ok(None)` once the end record has been read and verified.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
+        match self.head()? {
+            None => Ok(None),
+            Some(h) => self.payload(h).map(Some),
+        }
+    }
+
+    /// Read and check the next record's header: `Ok(None)` once the end record has been
+    /// read and verified (the end record is handled here whole).
+    pub(super) fn head(&mut self) -> Result<Option<Head>> {
         if self.finished {
             return Ok(None);
         }
@@ -322,47 +342,64 @@ impl<R: Read> StreamReader<R> {
                 }
             }
         }
-        let mut payload = std::mem::take(&mut self.spare);
-        // Only the bytes beyond what the buffer already held get zeroed.
-        payload.resize(length as usize, 0);
-        let bulk = matches!(kind, RecordKind::DeviceData | RecordKind::RamPages);
-        self.fill_inner(&mut payload, "a record payload", !bulk)?;
-        if kind == RecordKind::RamPages {
-            // The address under SHA-256 with the rest of the metadata, the pages under XXH3.
-            self.hash.update(&payload[..8]);
-            self.ram.update(&payload[8..]);
-        }
+        Ok(Some(Head { at, kind, length }))
+    }
+
+    /// Whether `gpa..gpa + len` lies inside guest RAM, page-aligned.
+    pub(super) fn check_range(&self, h: &Head, gpa: u64, len: u64) -> Result<()> {
         let ram = self.header.ram_size;
-        let check_range = |gpa: u64, len: u64| {
-            let ok = gpa % 4096 == 0 && gpa.checked_add(len).is_some_and(|end| end <= ram);
-            if ok {
-                Ok(())
-            } else {
-                Err(StreamError::BadAddress {
-                    kind: kind.name(),
-                    offset: at,
-                    gpa,
-                    len,
-                    ram,
-                })
-            }
-        };
+        let ok = gpa % 4096 == 0 && gpa.checked_add(len).is_some_and(|end| end <= ram);
+        if ok {
+            Ok(())
+        } else {
+            Err(StreamError::BadAddress {
+                kind: h.kind.name(),
+                offset: h.at,
+                gpa,
+                len,
+                ram,
+            })
+        }
+    }
+
+    /// Read a RAM_PAGES record's address and check the range its pages cover.
+    pub(super) fn ram_address(&mut self, h: &Head) -> Result<u64> {
+        let mut a = [0u8; 8];
+        self.fill(&mut a, "a record payload")?;
+        let gpa = u64::from_le_bytes(a);
+        self.check_range(h, gpa, u64::from(h.length) - 8)?;
+        Ok(gpa)
+    }
+
+    /// Read the payload of the record whose header `h` was just read.
+    pub(super) fn payload(&mut self, h: Head) -> Result<Record> {
+        let Head { kind, length, .. } = h;
+        if kind == RecordKind::RamPages {
+            // The address under SHA-256 with the rest of the metadata (checked before the
+            // pages are read), the pages under XXH3.
+            let gpa = self.ram_address(&h)?;
+            let mut data = std::mem::take(&mut self.spare);
+            // Only the bytes beyond what the buffer already held get zeroed.
+            data.resize(length as usize - 8, 0);
+            self.fill_inner(&mut data, "a record payload", false)?;
+            self.ram.update(&data);
+            return Ok(Record::RamPages { gpa, data });
+        }
+        let mut payload = std::mem::take(&mut self.spare);
+        payload.resize(length as usize, 0);
+        let bulk = kind == RecordKind::DeviceData;
+        self.fill_inner(&mut payload, "a record payload", !bulk)?;
         let u64at = |b: &[u8], i: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_le_bytes(a)
         };
-        Ok(Some(match kind {
-            RecordKind::RamPages => {
-                let gpa = u64at(&payload, 0);
-                check_range(gpa, u64::from(length) - 8)?;
-                payload.drain(..8);
-                Record::RamPages { gpa, data: payload }
-            }
+        Ok(match kind {
+            RecordKind::RamPages | RecordKind::End => unreachable!("handled above"),
             RecordKind::RamZero => {
                 let gpa = u64at(&payload, 0);
                 let pages = u64at(&payload, 8);
-                check_range(gpa, pages.saturating_mul(4096))?;
+                self.check_range(&h, gpa, pages.saturating_mul(4096))?;
                 Record::RamZero { gpa, pages }
             }
             RecordKind::DeviceData => Record::DeviceData(payload),
@@ -384,7 +421,6 @@ impl<R: Read> StreamReader<R> {
             RecordKind::Sync => Record::Sync {
                 seq: u64at(&payload, 0),
             },
-            RecordKind::End => unreachable!("handled above"),
-        }))
+        })
     }
 }

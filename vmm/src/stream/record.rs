@@ -134,6 +134,14 @@ pub enum StreamError {
         /// Offset of the first extra byte.
         offset: u64,
     },
+    /// The consumer of a record's bulk bytes refused them (see `RecordSink`).
+    #[snafu(display("applying the record payload at byte {offset} failed: {source}"))]
+    Sink {
+        /// Stream offset of the piece.
+        offset: u64,
+        /// The consumer's error.
+        source: super::sink::SinkError,
+    },
     /// Records in an order the protocol does not allow.
     #[snafu(display("record {kind} at byte {offset} is out of order: {why}"))]
     Order {

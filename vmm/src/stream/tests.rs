@@ -7,9 +7,9 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
-const RAM: u64 = 16 * 4096;
+pub(super) const RAM: u64 = 16 * 4096;
 
-fn header() -> Header {
+pub(super) fn header() -> Header {
     Header {
         major: STREAM_MAJOR,
         minor: STREAM_MINOR,
@@ -25,7 +25,7 @@ fn page(fill: u8) -> Vec<u8> {
 }
 
 /// Every record kind once (DEVICE_DATA twice), in an order the reader accepts.
-fn sample_records() -> Vec<Record> {
+pub(super) fn sample_records() -> Vec<Record> {
     let mut two_pages = page(0x11);
     two_pages.extend(page(0x22));
     vec![
@@ -71,12 +71,12 @@ fn encode_with(h: &Header, records: &[Record]) -> Vec<u8> {
     w.finish().unwrap().0
 }
 
-fn encode(records: &[Record]) -> Vec<u8> {
+pub(super) fn encode(records: &[Record]) -> Vec<u8> {
     encode_with(&header(), records)
 }
 
 /// Read a whole stream; the records, or the first error.
-fn read_all<R: Read>(input: R) -> Result<Vec<Record>, StreamError> {
+pub(super) fn read_all<R: Read>(input: R) -> Result<Vec<Record>, StreamError> {
     let mut r = StreamReader::new(input, TrailerCheck::Enforce)?;
     let mut out = Vec::new();
     while let Some(rec) = r.next_record()? {
@@ -136,7 +136,7 @@ fn valid_tail() -> Vec<u8> {
 }
 
 /// Byte ranges of DEVICE_DATA payloads in an encoded stream (walking the framing).
-fn device_payloads(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+pub(super) fn device_payloads(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
     let name_len = u16::from_le_bytes([bytes[28], bytes[29]]) as usize;
     let mut off = 30 + name_len;
     let mut out = Vec::new();
@@ -234,9 +234,9 @@ fn large_ram_runs_and_device_chunks_are_split_under_the_cap() {
 }
 
 /// A reader that hands out one byte at a time and is interrupted before each.
-struct Trickle<'a> {
-    data: &'a [u8],
-    interrupt: bool,
+pub(super) struct Trickle<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) interrupt: bool,
 }
 
 impl Read for Trickle<'_> {

@@ -22,12 +22,33 @@ pub struct WriteStats {
     pub total: u64,
 }
 
+/// A writer that can take a whole buffer of bytes instead of copying them (a sender thread
+/// that writes buffers to a socket). The default copies.
+pub trait BulkWrite: Write {
+    /// Write `buf[..len]`, taking `buf`; returns a buffer of at least `buf`'s length for
+    /// the caller to fill next (a spent one, whose contents are stale).
+    fn write_bulk(&mut self, buf: Vec<u8>, len: usize) -> std::io::Result<Vec<u8>> {
+        self.write_all(&buf[..len])?;
+        Ok(buf)
+    }
+}
+
+impl BulkWrite for Vec<u8> {}
+impl BulkWrite for std::fs::File {}
+impl<W: BulkWrite + ?Sized> BulkWrite for &mut W {
+    fn write_bulk(&mut self, buf: Vec<u8>, len: usize) -> std::io::Result<Vec<u8>> {
+        (**self).write_bulk(buf, len)
+    }
+}
+
 /// Writes records, hashing everything for the end record.
 #[derive(Debug)]
 pub struct StreamWriter<W: Write> {
     out: W,
     hash: Sha256,
     ram: RamHash,
+    /// Bytes the next bulk RAM record starts with that [`StreamWriter::ram_ahead`] hashed.
+    ahead: usize,
     stats: WriteStats,
 }
 
@@ -38,6 +59,7 @@ impl<W: Write> StreamWriter<W> {
             out,
             hash: Sha256::new(),
             ram: RamHash::new(),
+            ahead: 0,
             stats: WriteStats::default(),
         };
         w.raw(&header.encode())?;
@@ -94,6 +116,38 @@ impl<W: Write> StreamWriter<W> {
             self.stats.ram += chunk.len() as u64;
         }
         Ok(())
+    }
+
+    /// Hash `bytes` now, while they are hot in the cache: they are the next bytes of the
+    /// buffer the next [`Self::ram_pages_bulk`] call carries (which then does not hash them
+    /// again). The caller keeps that promise; a broken one makes the target refuse the
+    /// stream, never accept a wrong one.
+    pub fn ram_ahead(&mut self, bytes: &[u8]) {
+        self.ram.update(bytes);
+        self.ahead += bytes.len();
+    }
+
+    /// [`Self::ram_pages`] for the whole pages in `buf[..len]` (at most one record's worth),
+    /// handing the buffer itself to the writer; returns a buffer to fill next. The bytes
+    /// [`Self::ram_ahead`] hashed are not hashed again.
+    pub fn ram_pages_bulk(&mut self, gpa: u64, buf: Vec<u8>, len: usize) -> Result<Vec<u8>>
+    where
+        W: BulkWrite,
+    {
+        debug_assert!(len % 4096 == 0 && len + 8 <= MAX_RECORD as usize);
+        if len == 0 {
+            return Ok(buf);
+        }
+        self.raw(&(RecordKind::RamPages as u32).to_le_bytes())?;
+        self.raw(&((len + 8) as u32).to_le_bytes())?;
+        self.raw(&gpa.to_le_bytes())?;
+        let ahead = std::mem::take(&mut self.ahead).min(len);
+        self.ram.update(&buf[ahead..len]);
+        let offset = self.stats.total;
+        let next = self.out.write_bulk(buf, len).context(IoSnafu { offset })?;
+        self.stats.total += len as u64;
+        self.stats.ram += len as u64;
+        Ok(next)
     }
 
     /// `pages` pages from `gpa` that the target must zero.

@@ -36,7 +36,7 @@ pub struct PrefetchReader {
 }
 
 /// Bytes the prefetch thread asks for per read.
-const PREFETCH_BUF: usize = 1 << 20;
+const PREFETCH_BUF: usize = 256 << 10;
 
 impl PrefetchReader {
     /// Start draining `sock` (at most `depth` buffers ahead) under `live`'s deadline.
@@ -135,12 +135,14 @@ impl Drop for PrefetchReader {
     }
 }
 
-impl Read for PrefetchReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl io::BufRead for PrefetchReader {
+    /// The stream bytes of the buffer the prefetch thread filled last (empty at the end):
+    /// a parser takes them from here without a copy.
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         let since = monotonic_ns();
         while self.pos == self.len {
             if self.done {
-                return Ok(0);
+                return Ok(&[]);
             }
             match self.rx.recv_timeout(self.live.slice()) {
                 Ok((b, n)) => {
@@ -160,14 +162,26 @@ impl Read for PrefetchReader {
                     self.done = true;
                     return match self.ended() {
                         Some(e) => Err(e),
-                        None => Ok(0),
+                        None => Ok(&[]),
                     };
                 }
             }
         }
-        let n = out.len().min(self.len - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.cur[self.pos..self.len])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.len);
+    }
+}
+
+impl Read for PrefetchReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use io::BufRead;
+        let buf = self.fill_buf()?;
+        let n = out.len().min(buf.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
