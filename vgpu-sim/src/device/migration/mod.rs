@@ -64,7 +64,8 @@ use super::Vgpu;
 pub(crate) use load::ResumeSession;
 pub(crate) use save::SaveStream;
 pub use sections::{
-    decode as decode_sections, Decoded, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR,
+    decode as decode_sections, Decoded, SectionId, VgpuState, GMEM_CHUNK, GMEM_CHUNK_HEADER,
+    GMEM_VERSION, SECTION_MAJOR, SECTION_MINOR,
 };
 
 /// The migration features the vGPU offers by default (all three; see
@@ -102,7 +103,11 @@ impl MigrationArcs for Vgpu {
             }
             (Stop, StopCopy) => {
                 let state = self.state();
-                self.save = Some(SaveStream::stop_copy(self.ty.name, &state)?);
+                self.save = Some(SaveStream::stop_copy(
+                    self.ty.name,
+                    self.ty.gmem_size,
+                    &state,
+                )?);
             }
             (StopCopy, Stop) => self.save = None,
             (Stop, Resuming) => {
