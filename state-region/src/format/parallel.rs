@@ -13,13 +13,17 @@
 //! concurrent caller hashes its batch on its own thread.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// Below this many bytes in total a batch is hashed on the calling thread: waking the
 /// pool costs more than it saves.
 pub const PARALLEL_MIN: usize = 128 << 10;
+
+/// How long a worker looks for the next batch before it sleeps.
+const SPIN: Duration = Duration::from_micros(200);
 
 /// At most this many threads (the caller's included) hash one batch.
 const MAX_THREADS: usize = 4;
@@ -36,8 +40,8 @@ pub fn threads() -> usize {
 }
 
 /// Run `work` on every job, on this thread and on the pool's workers at once; returns once
-/// all are done. Threads claim jobs in order, one at a time, so a job list of uneven sizes
-/// still balances. With one job, one core, or less than [`PARALLEL_MIN`] bytes (by
+/// all are done. Threads claim jobs one at a time, largest first, so a job list of uneven
+/// sizes still balances. With one job, one core, or less than [`PARALLEL_MIN`] bytes (by
 /// `weight`) in total, everything runs here.
 pub fn spread<J: Send>(jobs: &mut [J], weight: impl Fn(&J) -> usize, work: impl Fn(&mut J) + Sync) {
     spread_with(jobs, weight, work, || ());
@@ -67,7 +71,10 @@ pub fn spread_with<J: Send, R>(
     if workers == 0 {
         return serial(jobs, &work, first);
     }
-    let cells: Vec<Mutex<&mut J>> = jobs.iter_mut().map(Mutex::new).collect();
+    // Largest first, so that the small ones even out the end.
+    let mut order: Vec<&mut J> = jobs.iter_mut().collect();
+    order.sort_by_key(|j| std::cmp::Reverse(weight(j)));
+    let cells: Vec<Mutex<&mut J>> = order.into_iter().map(Mutex::new).collect();
     let next = AtomicUsize::new(0);
     let run = || {
         while let Some(cell) = cells.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -118,6 +125,8 @@ struct Pool {
     idle: Condvar,
     /// Held by the one caller using the pool.
     busy: Mutex<()>,
+    /// The latest round offered (a copy of `State::round` that workers poll unlocked).
+    offered: AtomicU64,
 }
 
 /// The pool, and how many workers it has (started on first use).
@@ -129,6 +138,7 @@ fn pool() -> (&'static Pool, usize) {
         wake: Condvar::new(),
         idle: Condvar::new(),
         busy: Mutex::new(()),
+        offered: AtomicU64::new(0),
     });
     let workers = *WORKERS.get_or_init(|| {
         (1..threads())
@@ -152,6 +162,14 @@ impl Pool {
     fn work(&self) {
         let mut seen = 0;
         loop {
+            // Batches come back to back while a stream is read or written: look for the
+            // next one for a moment before sleeping, so that it starts without a wake-up.
+            let spin = Instant::now();
+            while self.offered.load(Ordering::Acquire) == seen && spin.elapsed() < SPIN {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            }
             let task = {
                 let mut st = self.lock();
                 loop {
@@ -187,6 +205,7 @@ impl Pool {
         let mut st = self.lock();
         st.task = Some(Task(task));
         st.round = st.round.wrapping_add(1);
+        self.offered.store(st.round, Ordering::Release);
         drop(st);
         self.wake.notify_all();
         Published {

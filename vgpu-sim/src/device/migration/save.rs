@@ -113,8 +113,9 @@ struct Emitting {
     pos: u64,
     /// Known once the payload was hashed.
     digest: Option<[u8; DIGEST_SIZE]>,
-    /// Payload bytes emitted into the current `read`'s buffer, not hashed yet.
-    fresh: Option<Range<usize>>,
+    /// Payload bytes of the current `read`'s buffer still to fill and hash: where in the
+    /// buffer, and from which payload offset.
+    fresh: Option<(Range<usize>, u64)>,
     /// Digest bytes emitted as a hole in the current buffer: (buffer offset, digest
     /// offset, length).
     holes: Vec<(usize, usize, usize)>,
@@ -133,9 +134,10 @@ impl Emitting {
         self.pos >= SECTION_HEADER_SIZE as u64 + self.len
     }
 
-    /// Copy the section's next bytes into `buf[at..]`; returns how many. Payload bytes are
-    /// noted in `fresh` for hashing, an unknown digest is left as a hole.
-    fn emit(&mut self, buf: &mut [u8], at: usize, gmem: &GraphicsMemory) -> usize {
+    /// Lay the section's next bytes out in `buf[at..]`; returns how many. The header and a
+    /// known digest are copied; payload bytes are noted in `fresh` (filled and hashed by
+    /// [`SaveStream::seal`]); an unknown digest is left as a hole.
+    fn emit(&mut self, buf: &mut [u8], at: usize) -> usize {
         let hdr = SECTION_HEADER_SIZE as u64;
         let mut n = at;
         while n < buf.len() && self.pos < self.total() {
@@ -146,11 +148,10 @@ impl Emitting {
                 n += k;
                 self.pos += k as u64;
             } else if self.pos - hdr < self.len {
-                let want = (buf.len() - n).min((self.len - (self.pos - hdr)) as usize);
-                let k = self.body.fill(self.pos - hdr, &mut buf[n..n + want], gmem);
+                let k = (buf.len() - n).min((self.len - (self.pos - hdr)) as usize);
                 self.fresh = Some(match self.fresh.take() {
-                    Some(r) if r.end == n => r.start..n + k,
-                    _ => n..n + k,
+                    Some((r, from)) if r.end == n => (r.start..n + k, from),
+                    _ => (n..n + k, self.pos - hdr),
                 });
                 n += k;
                 self.pos += k as u64;
@@ -166,6 +167,36 @@ impl Emitting {
             }
         }
         n - at
+    }
+}
+
+/// Bytes copied then hashed at a time (stays in cache between the two).
+const FILL_STEP: usize = 64 << 10;
+
+/// One payload piece of a `read`: where it goes, from which payload offset, from what, and
+/// the section hashing it.
+struct Fill<'a> {
+    dst: &'a mut [u8],
+    from: u64,
+    body: &'a Body,
+    sec: Option<&'a mut SectionEncoder>,
+}
+
+impl Fill<'_> {
+    fn run(&mut self, gmem: &GraphicsMemory) {
+        let mut done = 0;
+        while done < self.dst.len() {
+            let end = (done + FILL_STEP).min(self.dst.len());
+            let start = done;
+            while done < end {
+                done += self
+                    .body
+                    .fill(self.from + done as u64, &mut self.dst[done..end], gmem);
+            }
+            if let Some(sec) = self.sec.as_mut() {
+                sec.update(&self.dst[start..end]);
+            }
+        }
     }
 }
 
@@ -350,7 +381,7 @@ impl SaveStream {
                 self.raw_pos += k;
                 n += k;
             } else if let Some(cur) = self.cur.as_mut() {
-                n += cur.emit(buf, n, gmem);
+                n += cur.emit(buf, n);
                 if cur.remaining() == 0 {
                     emitted.extend(self.cur.take());
                 }
@@ -358,7 +389,7 @@ impl SaveStream {
                 self.cur = Some(self.begin(p)?);
             } else if self.last {
                 // The end section chains every digest: seal what is pending first.
-                self.seal(buf, &mut emitted)?;
+                self.seal(buf, &mut emitted, gmem)?;
                 match self.enc.take() {
                     Some(enc) => {
                         self.raw = enc.end();
@@ -373,22 +404,40 @@ impl SaveStream {
                 }
             }
         }
-        self.seal(buf, &mut emitted)?;
+        self.seal(buf, &mut emitted, gmem)?;
         Ok(n)
     }
 
-    /// Hash the payload pieces `buf` holds (on several cores), finish the sections they
-    /// complete in stream order, and fill their digests' holes in `buf`.
-    fn seal(&mut self, buf: &mut [u8], emitted: &mut Vec<Emitting>) -> Result<(), String> {
+    /// Fill and hash the payload pieces laid out in `buf`, each piece on whichever core
+    /// claims it (copy and hash in cache-sized steps, so the hash reads what the copy just
+    /// wrote); then finish the sections they complete in stream order and fill their
+    /// digests' holes.
+    fn seal(
+        &mut self,
+        buf: &mut [u8],
+        emitted: &mut Vec<Emitting>,
+        gmem: &GraphicsMemory,
+    ) -> Result<(), String> {
         {
-            let bytes: &[u8] = buf;
-            let mut jobs: Vec<(&mut SectionEncoder, &[u8])> = Vec::new();
+            let mut jobs: Vec<Fill<'_>> = Vec::new();
+            let mut rest: &mut [u8] = buf;
+            let mut base = 0;
             for e in emitted.iter_mut().chain(self.cur.iter_mut()) {
-                if let (Some(r), Some(sec)) = (e.fresh.take(), e.sec.as_mut()) {
-                    jobs.push((sec, &bytes[r]));
-                }
+                let Some((range, from)) = e.fresh.take() else {
+                    continue;
+                };
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - base);
+                let (dst, tail) = tail.split_at_mut(range.len());
+                rest = tail;
+                base = range.end;
+                jobs.push(Fill {
+                    dst,
+                    from,
+                    body: &e.body,
+                    sec: e.sec.as_mut(),
+                });
             }
-            parallel::spread(&mut jobs, |j| j.1.len(), |j| j.0.update(j.1));
+            parallel::spread(&mut jobs, |j| j.dst.len(), |j| j.run(gmem));
         }
         for e in emitted.iter_mut().chain(self.cur.iter_mut()) {
             if !e.payload_done() || e.digest.is_some() {

@@ -25,10 +25,10 @@ pub const PIPELINE3D_VERSION: (u16, u16) = pipeline3d::STATE_VERSION;
 /// chunks (see [`GMEM_CHUNK`]). A 1.x `GMEM` (all of graphics memory in one section) is
 /// still read; a reader of 1.x refuses 2.0 by its major.
 pub const GMEM_VERSION: (u16, u16) = (2, 0);
-/// Graphics memory bytes in one `GMEM` 2.0 section. Chunks are independent sections with
+/// Graphics memory bytes in one `GMEM` 2.0 section (128 KiB). Chunks are independent sections with
 /// their own digests, so a `read_data`/`write_data` call of 1 MiB holds several of them
 /// and they are hashed on several cores at once.
-pub const GMEM_CHUNK: u64 = 256 << 10;
+pub const GMEM_CHUNK: u64 = 128 << 10;
 /// Bytes in front of a `GMEM` 2.0 chunk's data: its offset in graphics memory (u64).
 pub const GMEM_CHUNK_HEADER: u64 = 8;
 /// Bytes of one `GMEM_PAGES` record: page index u32 and the page.
