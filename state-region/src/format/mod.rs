@@ -30,8 +30,10 @@
 //! push parser [`ContextParser`], which takes the stream in chunks of arbitrary sizes,
 //! checks each section's length against a per-id cap *before* telling its
 //! [`SectionSink`] (so nothing is ever allocated from an unchecked length), streams payload
-//! pieces to the sink, and only buffers headers and digests. [`scan`] and [`inspect`] are
-//! non-streaming helpers for tools.
+//! pieces to the sink, and only buffers headers and digests. It takes a feed in batches of
+//! [`BATCH`] bytes and hashes the sections of a batch on several cores ([`parallel`]),
+//! which is why a large payload is best written as several sections. [`scan`] and
+//! [`inspect`] are non-streaming helpers for tools.
 
 mod encode;
 mod error;

@@ -12,12 +12,12 @@
 //! │ header │ GMEM_PAGES │ ...     │ ─► │ GMEM_PAGES │ MMIO │ GTT │ ENGINE │ IRQ │ DISPLAY │ CONFIG │ end │
 //! └────────┴────────────┴─────────┘    │  (rest)    │      │     │        │     │         │        │     │
 //!    first pass: every non-zero page    └────────────┴──────┴─────┴────────┴─────┴─────────┴────────┴─────┘
-//!    then pages dirtied since taken      or, without pre-copy: header, GMEM (all of it), ...
+//!    then pages dirtied since taken      or, without pre-copy: header, GMEM chunks (all of it), ...
 //! ```
 //!
-//! | id | section      | payload (v1.1, little-endian)                                  |
+//! | id | section      | payload (v1.1 unless said, little-endian)                      |
 //! |----|--------------|----------------------------------------------------------------|
-//! | 1  | `GMEM`       | all of graphics memory, exactly the type's size                |
+//! | 1  | `GMEM`       | 2.0: a chunk of graphics memory, u64 offset + up to 128 KiB; the chunks in order cover all of it (1.x, still read: all of it in one section) |
 //! | 2  | `GMEM_PAGES` | records of page index u32 + 4096 bytes                         |
 //! | 3  | `MMIO`       | ring start lo/hi, ring control, 16 scratch registers (u32 each) |
 //! | 4  | `GTT`        | the guest's GTT entry values, `GTT_ENTRIES` u64                 |
