@@ -13,7 +13,7 @@
 //! concurrent caller hashes its batch on its own thread.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,6 +24,11 @@ pub const PARALLEL_MIN: usize = 128 << 10;
 
 /// How long a worker looks for the next batch before it sleeps.
 const SPIN: Duration = Duration::from_micros(200);
+
+/// After a batch whose jobs all ran on the caller's thread (the workers got no core in
+/// time), this many batches run there alone before the pool is tried again: on a machine
+/// whose cores are busy with other work, waking workers only costs.
+const SKIP_AFTER_IDLE: u32 = 16;
 
 /// At most this many threads (the caller's included) hash one batch.
 const MAX_THREADS: usize = 4;
@@ -62,6 +67,15 @@ pub fn spread_with<J: Send, R>(
         return serial(jobs, &work, first);
     }
     let (pool, workers) = pool();
+    // The workers took nothing of a recent batch (no core was free for them): run here for
+    // a while rather than wait on a worker the scheduler may run late.
+    if pool
+        .skip
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return serial(jobs, &work, first);
+    }
     // Another batch has the pool: this one runs here.
     let _busy = match pool.busy.try_lock() {
         Ok(g) => g,
@@ -77,16 +91,25 @@ pub fn spread_with<J: Send, R>(
     let cells: Vec<Mutex<&mut J>> = order.into_iter().map(Mutex::new).collect();
     let next = AtomicUsize::new(0);
     let run = || {
+        let mut claimed = 0;
         while let Some(cell) = cells.get(next.fetch_add(1, Ordering::Relaxed)) {
             // Each index is claimed once, so the lock is never contended.
             let mut job = cell.lock().unwrap_or_else(PoisonError::into_inner);
             work(&mut job);
+            claimed += 1;
         }
+        claimed
     };
-    let published = pool.publish(&run);
+    let offer = || {
+        run();
+    };
+    let published = pool.publish(&offer);
     let r = first();
-    run();
+    let mine = run();
     published.finish();
+    if mine == cells.len() {
+        pool.skip.store(SKIP_AFTER_IDLE, Ordering::Relaxed);
+    }
     r
 }
 
@@ -127,6 +150,8 @@ struct Pool {
     busy: Mutex<()>,
     /// The latest round offered (a copy of `State::round` that workers poll unlocked).
     offered: AtomicU64,
+    /// Batches still to run on the caller's thread alone (see [`SKIP_AFTER_IDLE`]).
+    skip: AtomicU32,
 }
 
 /// The pool, and how many workers it has (started on first use).
@@ -139,6 +164,7 @@ fn pool() -> (&'static Pool, usize) {
         idle: Condvar::new(),
         busy: Mutex::new(()),
         offered: AtomicU64::new(0),
+        skip: AtomicU32::new(0),
     });
     let workers = *WORKERS.get_or_init(|| {
         (1..threads())
