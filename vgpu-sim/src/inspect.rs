@@ -44,6 +44,12 @@ struct Collect {
 impl SectionSink for Collect {
     fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String> {
         match SectionId::from_raw(hdr.id) {
+            // A GMEM 2.0 chunk starts with its offset.
+            Some(SectionId::Gmem) if hdr.major >= crate::device::migration::GMEM_VERSION.0 => {
+                self.gmem_bytes += hdr
+                    .length
+                    .saturating_sub(crate::device::migration::GMEM_CHUNK_HEADER)
+            }
             Some(SectionId::Gmem) => self.gmem_bytes += hdr.length,
             Some(SectionId::GmemPages) => self.gmem_page_sections += 1,
             _ => self.fixed.push((hdr.id, Vec::new())),

@@ -71,24 +71,35 @@ pub fn every_opcode() -> Vec<u32> {
 
 /// A device that rendered the real batch (graphics memory pages written, registers, GTT,
 /// engine and interrupt state all non-trivial), and its saved context, made small: the
-/// device saves all 64 MiB of graphics memory in one `GMEM` section when it did not
-/// pre-copy; the seed carries only the pages that are not zero, in a `GMEM_PAGES` section
-/// (what a stop-copy after pre-copy sends), re-encoded with correct digests.
+/// device saves all 64 MiB of graphics memory in `GMEM` chunks when it did not pre-copy;
+/// the seed carries only the pages that are not zero, in `GMEM_PAGES` sections (what a
+/// stop-copy after pre-copy sends), re-encoded with correct digests.
 pub fn real_context() -> Vec<u8> {
     let full = full_context();
-    let mut sections = split_context(&full);
-    for s in sections.iter_mut() {
+    let mut sections = Vec::new();
+    for s in split_context(&full) {
         if s.0 != GMEM_SECTION {
+            sections.push(s);
             continue;
         }
+        // GMEM 2.x is chunks, each its offset (u64) then the data; 1.x all of it at once.
+        let (base, data) = if s.1 >= 2 {
+            let at = u64::from_le_bytes(s.3[..8].try_into().expect("a chunk offset"));
+            (at / PAGE_SIZE, &s.3[8..])
+        } else {
+            (0, &s.3[..])
+        };
         let mut pages = Vec::new();
-        for (i, page) in s.3.chunks(PAGE_SIZE as usize).enumerate() {
+        for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
             if page.iter().any(|b| *b != 0) {
-                pages.extend_from_slice(&(i as u32).to_le_bytes());
+                pages.extend_from_slice(&((base + i as u64) as u32).to_le_bytes());
                 pages.extend_from_slice(page);
             }
         }
-        *s = (GMEM_PAGES_SECTION, s.1, s.2, pages);
+        if !pages.is_empty() {
+            use vgpu_sim::device::migration::{SECTION_MAJOR, SECTION_MINOR};
+            sections.push((GMEM_PAGES_SECTION, SECTION_MAJOR, SECTION_MINOR, pages));
+        }
     }
     let header = state_region::format::ContextHeader::new("vgpu-64").expect("a type name");
     let (mut enc, mut out) = state_region::format::ContextEncoder::new(&header);

@@ -30,23 +30,30 @@
 //! push parser [`ContextParser`], which takes the stream in chunks of arbitrary sizes,
 //! checks each section's length against a per-id cap *before* telling its
 //! [`SectionSink`] (so nothing is ever allocated from an unchecked length), streams payload
-//! pieces to the sink, and only buffers headers and digests. [`scan`] and [`inspect`] are
-//! non-streaming helpers for tools.
+//! pieces to the sink, and only buffers headers and digests. It takes a feed in batches of
+//! [`BATCH`] bytes and hashes the sections of a batch on several cores ([`parallel`]),
+//! which is why a large payload is best written as several sections. [`scan`] and
+//! [`inspect`] are non-streaming helpers for tools.
 
 mod encode;
 mod error;
 mod header;
+pub mod parallel;
 mod parser;
 mod scan;
+mod sink;
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;
 
 pub use encode::{ContextEncoder, SectionEncoder};
 pub use error::{FormatError, Result};
 pub use header::{hex, section_encoded_len, ContextHeader, SectionHeader};
-pub use parser::{ContextParser, DiscardSink, ParserLimits, SectionSink};
+pub use parser::ContextParser;
 pub use scan::{inspect, scan, ContextSummary, SectionInfo};
+pub use sink::{DiscardSink, ParserLimits, SectionSink};
 
 /// The first eight bytes of every context stream.
 pub const MAGIC: [u8; 8] = *b"VGPUCTX\0";
@@ -66,3 +73,6 @@ pub const DIGEST_SIZE: usize = 32;
 pub const END_SECTION_ID: u32 = 0;
 /// Encoded size of the end section.
 pub const END_SECTION_SIZE: usize = SECTION_HEADER_SIZE + DIGEST_SIZE;
+/// Most bytes of one `feed` the parser parses, hashes (on several cores) and delivers at a
+/// time.
+pub const BATCH: usize = 1 << 20;

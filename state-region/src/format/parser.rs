@@ -1,103 +1,29 @@
 //! The push parser: decodes a context stream fed in chunks of any size.
 
-use std::fmt;
+//!
+//! A `feed` is taken in batches of at most [`BATCH`] bytes. Each batch goes in three
+//! steps: the structure is parsed (headers, caps, digests read, the stream chain kept)
+//! and the sink calls and digest checks are noted in stream order; the section starts and
+//! payload pieces are handed to the sink on this thread while other cores hash the pieces,
+//! different sections on different cores ([`parallel::spread_with`]); then the digests are
+//! checked in order, each matching section ended in the sink. The first error in stream
+//! order wins, exactly as on one thread.
+
 use std::mem;
 
 use sha2::{Digest, Sha256};
 
 use super::error::{FormatError, Result};
 use super::header::{decode_fixed, hex, ContextHeader, SectionHeader};
+use super::parallel;
 use super::scan::SectionInfo;
+use super::sink::{ParserLimits, SectionSink};
 use super::{
-    CONTEXT_HEADER_FIXED_SIZE, DIGEST_SIZE, END_SECTION_ID, FORMAT_MAJOR, MAGIC,
+    BATCH, CONTEXT_HEADER_FIXED_SIZE, DIGEST_SIZE, END_SECTION_ID, FORMAT_MAJOR, MAGIC,
     MDEV_TYPE_NAME_MAX, SECTION_HEADER_SIZE,
 };
 
-/// Where the parser delivers sections.
-///
-/// # Contract
-///
-/// The parser verifies as it goes, but a stream is only known good once
-/// [`ContextParser::finish`] returns `Ok`: a later section, or the end section's stream
-/// digest, can still fail. So a sink **stages** what it is given and applies nothing to a
-/// device until the whole stream verified; on any error the staged data is dropped.
-///
-/// * [`begin`](Self::begin) is called once per section, after its length passed the
-///   reader's cap for its id, so a sink may size a staging buffer from `hdr.length`.
-/// * [`data`](Self::data) streams the payload in order, in pieces of arbitrary sizes;
-///   `offset` is the piece's offset inside the payload. Pieces are never empty.
-/// * [`end`](Self::end) is called only after the section's digest matched.
-///
-/// The end section is not delivered to the sink. An `Err` from any method aborts the
-/// parse with [`FormatError::Rejected`] carrying the reason.
-pub trait SectionSink {
-    /// A section starts; its length is within the cap for its id.
-    fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String>;
-    /// The next piece of the section's payload, at `offset` inside the payload.
-    fn data(&mut self, hdr: &SectionHeader, offset: u64, bytes: &[u8]) -> Result<(), String>;
-    /// The section is complete and its digest matched.
-    fn end(&mut self, hdr: &SectionHeader) -> Result<(), String>;
-}
-
-/// A sink that accepts every section and keeps nothing (for verifying a stream).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DiscardSink;
-
-impl SectionSink for DiscardSink {
-    fn begin(&mut self, _hdr: &SectionHeader) -> Result<(), String> {
-        Ok(())
-    }
-    fn data(&mut self, _hdr: &SectionHeader, _offset: u64, _bytes: &[u8]) -> Result<(), String> {
-        Ok(())
-    }
-    fn end(&mut self, _hdr: &SectionHeader) -> Result<(), String> {
-        Ok(())
-    }
-}
-
-/// What a reader accepts.
-pub struct ParserLimits {
-    /// The mdev type the context must belong to (`None`: any).
-    pub expected_mdev_type: Option<String>,
-    /// The cap on a section's payload length, by section id; `None` means the id is
-    /// unknown and the section is rejected.
-    pub max_section_len: Box<dyn Fn(u32) -> Option<u64> + Send>,
-}
-
-impl ParserLimits {
-    /// Limits from a per-id cap function.
-    pub fn new(
-        expected_mdev_type: Option<String>,
-        max_section_len: impl Fn(u32) -> Option<u64> + Send + 'static,
-    ) -> Self {
-        Self {
-            expected_mdev_type,
-            max_section_len: Box::new(max_section_len),
-        }
-    }
-
-    /// Limits from a table of `(id, cap)`; ids not in the table are unknown.
-    pub fn from_caps(expected_mdev_type: Option<String>, caps: &[(u32, u64)]) -> Self {
-        let caps = caps.to_vec();
-        Self::new(expected_mdev_type, move |id| {
-            caps.iter().find(|(i, _)| *i == id).map(|(_, cap)| *cap)
-        })
-    }
-
-    /// Limits for tools that inspect streams of any device: every id is known, every
-    /// section may be up to `cap` bytes, any mdev type is accepted.
-    pub fn any_section(cap: u64) -> Self {
-        Self::new(None, move |_| Some(cap))
-    }
-}
-
-impl fmt::Debug for ParserLimits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ParserLimits")
-            .field("expected_mdev_type", &self.expected_mdev_type)
-            .finish_non_exhaustive()
-    }
-}
+type DigestBytes = [u8; DIGEST_SIZE];
 
 #[derive(Debug)]
 enum Phase {
@@ -105,21 +31,68 @@ enum Phase {
     Header,
     /// A section header, accumulated in `buf`.
     SectionHeader,
-    /// A payload, streamed to the sink and hashed.
+    /// A payload, streamed to the sink and hashed; `hasher` is `None` while it is lent
+    /// to the batch being parsed.
     Payload {
         hdr: SectionHeader,
         start: u64,
         done: u64,
-        hasher: Sha256,
+        hasher: Option<Sha256>,
     },
     /// A section's digest, accumulated in `buf`; `computed` is what it must be.
     Digest {
         hdr: SectionHeader,
         start: u64,
-        computed: [u8; DIGEST_SIZE],
+        computed: Computed,
     },
-    /// The end section verified.
+    /// The end section was read (and is verified once its batch is delivered).
     Complete,
+}
+
+/// A digest the stream's must equal.
+#[derive(Debug, Clone, Copy)]
+enum Computed {
+    /// Known.
+    Ready(DigestBytes),
+    /// The result of job `n` of the batch being parsed.
+    Job(usize),
+}
+
+/// A sink call or digest check noted while parsing a batch, replayed in order.
+#[derive(Debug)]
+enum Note<'a> {
+    Begin {
+        hdr: SectionHeader,
+        start: u64,
+    },
+    Data {
+        hdr: SectionHeader,
+        offset: u64,
+        pos: u64,
+        bytes: &'a [u8],
+    },
+    Check {
+        hdr: SectionHeader,
+        start: u64,
+        offset: u64,
+        expected: DigestBytes,
+        computed: Computed,
+    },
+}
+
+/// Payload pieces of one section to hash, in order; `last` when they complete it.
+#[derive(Debug)]
+struct Job<'a> {
+    hasher: Sha256,
+    pieces: Vec<&'a [u8]>,
+    last: bool,
+}
+
+/// One batch: notes in stream order and the hashing they wait for.
+#[derive(Debug, Default)]
+struct Batch<'a> {
+    notes: Vec<Note<'a>>,
+    jobs: Vec<Job<'a>>,
 }
 
 /// A push parser for a context stream.
@@ -177,11 +150,13 @@ impl ContextParser {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let r = self.feed_inner(bytes, sink);
-        if let Err(e) = &r {
-            self.failed = Some(e.clone());
+        for part in bytes.chunks(BATCH) {
+            if let Err(e) = self.feed_batch(part, sink) {
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
         }
-        r
+        Ok(())
     }
 
     /// Check that the stream is complete: `Ok` only once the end section was seen and
@@ -214,14 +189,111 @@ impl ContextParser {
         self.pos
     }
 
-    fn feed_inner(&mut self, mut input: &[u8], sink: &mut dyn SectionSink) -> Result<()> {
+    /// One batch: parse its structure; then copy its payloads into the sink on this thread
+    /// while other cores hash them; then check the digests in order. The first error in
+    /// stream order is the one returned: a structural error counts only after everything
+    /// before it was delivered and checked, a sink's refusal only after the digests of the
+    /// sections before it.
+    fn feed_batch(&mut self, input: &[u8], sink: &mut dyn SectionSink) -> Result<()> {
+        let mut batch = Batch::default();
+        let structure = self.parse(input, &mut batch);
+        let Batch { notes, mut jobs } = batch;
+        let refused = parallel::spread_with(
+            &mut jobs,
+            |j| j.pieces.iter().map(|p| p.len()).sum(),
+            |j| j.pieces.iter().for_each(|p| j.hasher.update(p)),
+            || replay(&notes, sink),
+        );
+        let digests = self.digests(&mut jobs);
+        let upto = refused.as_ref().map_or(notes.len(), |r| r.0);
+        self.check(&notes[..upto], &digests, sink)?;
+        if let Some((_, e)) = refused {
+            return Err(e);
+        }
+        structure
+    }
+
+    fn parse<'a>(&mut self, mut input: &'a [u8], batch: &mut Batch<'a>) -> Result<()> {
         while !input.is_empty() {
             match self.phase {
                 Phase::Header => self.step_header(&mut input)?,
-                Phase::SectionHeader => self.step_section_header(&mut input, sink)?,
-                Phase::Payload { .. } => self.step_payload(&mut input, sink)?,
-                Phase::Digest { .. } => self.step_digest(&mut input, sink)?,
+                Phase::SectionHeader => self.step_section_header(&mut input, batch)?,
+                Phase::Payload { .. } => self.step_payload(&mut input, batch),
+                Phase::Digest { .. } => self.step_digest(&mut input, batch),
                 Phase::Complete => return Err(FormatError::TrailingData { offset: self.pos }),
+            }
+        }
+        Ok(())
+    }
+
+    /// The digests of the sections the batch's jobs complete. The hasher of a payload
+    /// that goes on past the batch returns to the phase.
+    fn digests(&mut self, jobs: &mut [Job<'_>]) -> Vec<Option<DigestBytes>> {
+        let digests: Vec<Option<DigestBytes>> = jobs
+            .iter_mut()
+            .map(|j| j.last.then(|| mem::take(&mut j.hasher).finalize().into()))
+            .collect();
+        match &mut self.phase {
+            Phase::Payload { hasher, .. } if hasher.is_none() => {
+                *hasher = jobs
+                    .iter_mut()
+                    .rfind(|j| !j.last)
+                    .map(|j| mem::take(&mut j.hasher));
+            }
+            Phase::Digest { computed, .. } => {
+                if let Computed::Job(i) = *computed {
+                    if let Some(Some(d)) = digests.get(i) {
+                        *computed = Computed::Ready(*d);
+                    }
+                }
+            }
+            _ => {}
+        }
+        digests
+    }
+
+    /// Check the digests the notes read, in order; tell the sink each section that
+    /// matched.
+    fn check(
+        &mut self,
+        notes: &[Note<'_>],
+        digests: &[Option<DigestBytes>],
+        sink: &mut dyn SectionSink,
+    ) -> Result<()> {
+        for note in notes {
+            let Note::Check {
+                hdr,
+                start,
+                offset,
+                expected,
+                computed,
+            } = note
+            else {
+                continue;
+            };
+            let computed = match computed {
+                Computed::Ready(d) => Some(*d),
+                Computed::Job(i) => digests.get(*i).copied().flatten(),
+            };
+            if computed != Some(*expected) {
+                return Err(FormatError::DigestMismatch {
+                    offset: *offset,
+                    id: hdr.id,
+                });
+            }
+            if hdr.id != END_SECTION_ID {
+                sink.end(hdr).map_err(|reason| FormatError::Rejected {
+                    offset: *offset,
+                    id: hdr.id,
+                    reason,
+                })?;
+            }
+            if let Some(record) = &mut self.record {
+                record.push(SectionInfo {
+                    header: *hdr,
+                    offset: *start,
+                    digest_hex: hex(expected),
+                });
             }
         }
         Ok(())
@@ -302,7 +374,11 @@ impl ContextParser {
         decode_fixed(&fixed)
     }
 
-    fn step_section_header(&mut self, input: &mut &[u8], sink: &mut dyn SectionSink) -> Result<()> {
+    fn step_section_header<'a>(
+        &mut self,
+        input: &mut &'a [u8],
+        batch: &mut Batch<'a>,
+    ) -> Result<()> {
         if !self.take(input, SECTION_HEADER_SIZE) {
             return Ok(());
         }
@@ -325,7 +401,7 @@ impl ContextParser {
             self.phase = Phase::Digest {
                 hdr,
                 start,
-                computed: chain.finalize().into(),
+                computed: Computed::Ready(chain.finalize().into()),
             };
             return Ok(());
         }
@@ -341,31 +417,27 @@ impl ContextParser {
                 cap,
             });
         }
-        sink.begin(&hdr).map_err(|reason| FormatError::Rejected {
-            offset: start,
-            id: hdr.id,
-            reason,
-        })?;
+        batch.notes.push(Note::Begin { hdr, start });
         let mut hasher = Sha256::new();
         hasher.update(bytes);
         self.phase = if hdr.length == 0 {
             Phase::Digest {
                 hdr,
                 start,
-                computed: hasher.finalize().into(),
+                computed: Computed::Ready(hasher.finalize().into()),
             }
         } else {
             Phase::Payload {
                 hdr,
                 start,
                 done: 0,
-                hasher,
+                hasher: Some(hasher),
             }
         };
         Ok(())
     }
 
-    fn step_payload(&mut self, input: &mut &[u8], sink: &mut dyn SectionSink) -> Result<()> {
+    fn step_payload<'a>(&mut self, input: &mut &'a [u8], batch: &mut Batch<'a>) {
         let Phase::Payload {
             hdr,
             start,
@@ -373,35 +445,43 @@ impl ContextParser {
             hasher,
         } = &mut self.phase
         else {
-            return Ok(());
+            return;
         };
         let n = (hdr.length - *done).min(input.len() as u64) as usize;
         let (piece, rest) = input.split_at(n);
-        hasher.update(piece);
-        sink.data(hdr, *done, piece)
-            .map_err(|reason| FormatError::Rejected {
-                offset: self.pos,
-                id: hdr.id,
-                reason,
-            })?;
+        batch.notes.push(Note::Data {
+            hdr: *hdr,
+            offset: *done,
+            pos: self.pos,
+            bytes: piece,
+        });
+        // The section's job in this batch: a new one with its hasher, or (only if its
+        // payload came in two steps of one batch) the last one.
+        if hasher.is_some() || batch.jobs.is_empty() {
+            batch.jobs.push(Job {
+                hasher: hasher.take().unwrap_or_default(),
+                pieces: Vec::new(),
+                last: false,
+            });
+        }
+        let job = batch.jobs.len() - 1;
+        batch.jobs[job].pieces.push(piece);
         *done += n as u64;
         self.pos += n as u64;
         *input = rest;
         if *done == hdr.length {
-            let (hdr, start) = (*hdr, *start);
-            let hasher = mem::take(hasher);
+            batch.jobs[job].last = true;
             self.phase = Phase::Digest {
-                hdr,
-                start,
-                computed: hasher.finalize().into(),
+                hdr: *hdr,
+                start: *start,
+                computed: Computed::Job(job),
             };
         }
-        Ok(())
     }
 
-    fn step_digest(&mut self, input: &mut &[u8], sink: &mut dyn SectionSink) -> Result<()> {
+    fn step_digest<'a>(&mut self, input: &mut &'a [u8], batch: &mut Batch<'a>) {
         if !self.take(input, DIGEST_SIZE) {
-            return Ok(());
+            return;
         }
         let Phase::Digest {
             hdr,
@@ -409,31 +489,26 @@ impl ContextParser {
             computed,
         } = mem::replace(&mut self.phase, Phase::SectionHeader)
         else {
-            return Ok(());
+            return;
         };
         let offset = self.pos - DIGEST_SIZE as u64;
-        if self.buf[..] != computed[..] {
-            return Err(FormatError::DigestMismatch { offset, id: hdr.id });
-        }
+        let mut expected = [0u8; DIGEST_SIZE];
+        expected.copy_from_slice(&self.buf);
         self.buf.clear();
         if hdr.id == END_SECTION_ID {
             self.phase = Phase::Complete;
         } else {
-            sink.end(&hdr).map_err(|reason| FormatError::Rejected {
-                offset,
-                id: hdr.id,
-                reason,
-            })?;
-            self.chain.update(computed);
+            // The chain takes the stream's digest; it is checked equal to the computed one
+            // before anything after it counts.
+            self.chain.update(expected);
         }
-        if let Some(record) = &mut self.record {
-            record.push(SectionInfo {
-                header: hdr,
-                offset: start,
-                digest_hex: hex(&computed),
-            });
-        }
-        Ok(())
+        batch.notes.push(Note::Check {
+            hdr,
+            start,
+            offset,
+            expected,
+            computed,
+        });
     }
 
     /// Where the stream stands, for a [`FormatError::Truncated`] message.
@@ -462,4 +537,32 @@ impl ContextParser {
             Phase::Complete => "after the end section".into(),
         }
     }
+}
+
+/// Hand a batch's section starts and payload pieces to the sink, in order; the index of
+/// the note the sink refused, and why.
+fn replay(notes: &[Note<'_>], sink: &mut dyn SectionSink) -> Option<(usize, FormatError)> {
+    for (i, note) in notes.iter().enumerate() {
+        let r = match note {
+            Note::Begin { hdr, start } => sink.begin(hdr).map_err(|reason| (*start, hdr, reason)),
+            Note::Data {
+                hdr,
+                offset,
+                pos,
+                bytes,
+            } => sink
+                .data(hdr, *offset, bytes)
+                .map_err(|reason| (*pos, hdr, reason)),
+            Note::Check { .. } => Ok(()),
+        };
+        if let Err((offset, hdr, reason)) = r {
+            let e = FormatError::Rejected {
+                offset,
+                id: hdr.id,
+                reason,
+            };
+            return Some((i, e));
+        }
+    }
+    None
 }

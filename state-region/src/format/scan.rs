@@ -3,7 +3,8 @@
 
 use super::error::{FormatError, Result};
 use super::header::{ContextHeader, SectionHeader};
-use super::parser::{ContextParser, DiscardSink, ParserLimits};
+use super::parser::ContextParser;
+use super::sink::{DiscardSink, ParserLimits};
 
 /// One verified section of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

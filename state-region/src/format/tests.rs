@@ -34,25 +34,34 @@ fn limits() -> ParserLimits {
     ParserLimits::from_caps(Some(TYPE.into()), &[(1, 100), (2, 0), (3, 1 << 20)])
 }
 
-/// A sink that reassembles sections and checks the call order.
+/// A sink that reassembles sections and checks the call order: `begin`s, pieces and `end`s
+/// in stream order, pieces inside their section, `end` after the section's last piece.
 #[derive(Debug, Default)]
-struct Collect {
-    sections: Vec<(u32, u16, u16, Vec<u8>)>,
+pub(super) struct Collect {
+    pub(super) sections: Vec<(u32, u16, u16, Vec<u8>)>,
+    /// The section receiving pieces.
     open: Option<SectionHeader>,
+    /// Sections begun and not ended yet, oldest first.
+    unended: std::collections::VecDeque<SectionHeader>,
+    ended: usize,
     begins: usize,
-    reject_begin: Option<u32>,
-    reject_data: Option<u32>,
-    reject_end: Option<u32>,
+    pub(super) reject_begin: Option<u32>,
+    pub(super) reject_data: Option<u32>,
+    pub(super) reject_end: Option<u32>,
 }
 
 impl SectionSink for Collect {
     fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String> {
-        assert!(self.open.is_none(), "begin inside a section");
+        if let Some(open) = self.open {
+            let last = &self.sections.last().unwrap().3;
+            assert_eq!(last.len() as u64, open.length, "begin inside a section");
+        }
         self.begins += 1;
         if self.reject_begin == Some(hdr.id) {
             return Err("no thanks".into());
         }
         self.open = Some(*hdr);
+        self.unended.push_back(*hdr);
         self.sections.push((
             hdr.id,
             hdr.major,
@@ -76,8 +85,9 @@ impl SectionSink for Collect {
     }
 
     fn end(&mut self, hdr: &SectionHeader) -> Result<(), String> {
-        assert_eq!(self.open.take(), Some(*hdr));
-        assert_eq!(self.sections.last().unwrap().3.len() as u64, hdr.length);
+        assert_eq!(self.unended.pop_front(), Some(*hdr), "end out of order");
+        assert_eq!(self.sections[self.ended].3.len() as u64, hdr.length);
+        self.ended += 1;
         if self.reject_end == Some(hdr.id) {
             return Err("inconsistent".into());
         }

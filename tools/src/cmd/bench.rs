@@ -24,6 +24,43 @@ struct Figure {
     median_gbps: f64,
     runs_gbps: Vec<f64>,
     ratio_to_sha256: f64,
+    /// Median over runs of the process's CPU time over wall time while timed: how many
+    /// cores the path kept busy (the context paths hash on every core they get; on a
+    /// shared machine they may get fewer than it has).
+    median_cores: f64,
+}
+
+/// CPU time of the whole process (every thread), in seconds.
+fn cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` that we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// A timer of wall and process CPU time.
+struct Timer {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Timer {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_secs(),
+        }
+    }
+
+    /// Record `bytes` over the time since the start: GB/s in `gbps`, cores in `cores`.
+    fn record(&self, bytes: u64, gbps_out: &mut Vec<f64>, cores: &mut Vec<f64>) {
+        let secs = self.wall.elapsed().as_secs_f64();
+        gbps_out.push(gbps(bytes, secs));
+        cores.push((cpu_secs() - self.cpu) / secs);
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -109,6 +146,8 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
     let mut load_region = Vec::new();
     let mut memcpy = Vec::new();
     let mut sha = Vec::new();
+    // Cores busy, per path, in the order of the figures.
+    let mut cores: [Vec<f64>; 6] = Default::default();
     let mut context: Vec<u8> = Vec::new();
 
     for run in 0..=runs {
@@ -116,7 +155,7 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
         // Run 0 keeps the bytes for the load runs and is not timed.
         let mut bytes = 0u64;
         let keep = run == 0;
-        let t = Instant::now();
+        let t = Timer::start();
         v1::set_device_state(src.device(), index, VFIO_DEVICE_STATE_V1_SAVING).map_err(err)?;
         v1::save_chunks(src.device(), index, |c| {
             bytes += c.len() as u64;
@@ -128,11 +167,10 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             Ok::<(), std::io::Error>(())
         })
         .map_err(|e| err(format!("{e:?}")))?;
-        let secs = t.elapsed().as_secs_f64();
-        v1::set_device_state(src.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).map_err(err)?;
         if !keep {
-            save_region.push(gbps(bytes, secs));
+            t.record(bytes, &mut save_region, &mut cores[0]);
         }
+        v1::set_device_state(src.device(), index, VFIO_DEVICE_STATE_V1_RUNNING).map_err(err)?;
 
         // Save through the v2 data stream (no data window).
         let mig = src
@@ -140,7 +178,7 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             .migration()
             .ok_or_else(|| err("no v2 migration"))?;
         let mut buf = vec![0u8; 1 << 20];
-        let t = Instant::now();
+        let t = Timer::start();
         let stream = mig
             .set_mig_state(MigState::StopCopy)
             .map_err(err)?
@@ -155,11 +193,10 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             black_box(&buf[..n]);
             n2 += n as u64;
         }
-        let secs = t.elapsed().as_secs_f64();
-        mig.set_mig_state(MigState::Running).map_err(err)?;
         if !keep {
-            save_v2.push(gbps(n2, secs));
+            t.record(n2, &mut save_v2, &mut cores[1]);
         }
+        mig.set_mig_state(MigState::Running).map_err(err)?;
     }
     let total = context.len() as u64;
 
@@ -168,23 +205,29 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
     let mut copy = vec![0u8; context.len()];
     copy.fill(1);
     let mut load_v2 = Vec::new();
-    for run in 0..runs {
+    // Run 0 loads through both paths untimed, as run 0 saved: the very first load of the
+    // process also pays for the kernel finding memory for a second device (measured at half
+    // the speed of the next ones), which would fall on whichever path went first.
+    for run in 0..=runs {
+        let warm = run == 0;
         // Both load paths, the first of them alternating between runs: the first load after
         // a VM was freed pays for the kernel's reclaim, which must not favour one path.
-        for path in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+        for path in if run % 2 == 1 { [0, 1] } else { [1, 0] } {
             if path == 0 {
                 // Load through the v1 region into a fresh device, as a target made ready before the
                 // switchover: instance created and RESUMING entered outside the timing.
                 let mut dst = vm_for(mdev_type, log)?;
                 v1::set_device_state(dst.device(), index, VFIO_DEVICE_STATE_V1_RESUMING)
                     .map_err(err)?;
-                let t = Instant::now();
+                let t = Timer::start();
                 let window = state_region::DEFAULT_WINDOW;
                 for c in context.chunks(window) {
                     v1::resume_chunk(dst.device(), index, c).map_err(err)?;
                 }
                 v1::set_device_state(dst.device(), index, 0).map_err(err)?;
-                load_region.push(gbps(total, t.elapsed().as_secs_f64()));
+                if !warm {
+                    t.record(total, &mut load_region, &mut cores[2]);
+                }
                 drop(dst);
             } else {
                 // Load through the v2 data stream.
@@ -198,44 +241,51 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
                     .map_err(err)?
                     .stream
                     .ok_or_else(|| err("RESUMING opened no data stream"))?;
-                let t = Instant::now();
+                let t = Timer::start();
                 for c in context.chunks(1 << 20) {
                     mdev_core::write_all_data(mig, stream, c).map_err(err)?;
                 }
                 mig.set_mig_state(MigState::Stop).map_err(err)?;
-                load_v2.push(gbps(total, t.elapsed().as_secs_f64()));
+                if !warm {
+                    t.record(total, &mut load_v2, &mut cores[3]);
+                }
                 drop(dst);
             }
         }
 
+        if warm {
+            continue;
+        }
         // The floors, on the same bytes.
-        let t = Instant::now();
+        let t = Timer::start();
         copy.copy_from_slice(&context);
         black_box(&copy);
-        memcpy.push(gbps(total, t.elapsed().as_secs_f64()));
-        let t = Instant::now();
+        t.record(total, &mut memcpy, &mut cores[4]);
+        let t = Timer::start();
         let d = Sha256::digest(&context);
         black_box(d);
-        sha.push(gbps(total, t.elapsed().as_secs_f64()));
+        t.record(total, &mut sha, &mut cores[5]);
     }
 
     let sha_med = median(&mut sha.clone());
-    let fig = |name, v: &mut Vec<f64>| {
+    let [c0, c1, c2, c3, c4, c5] = cores;
+    let fig = |name, v: &mut Vec<f64>, mut c: Vec<f64>| {
         let m = median(&mut v.clone());
         Figure {
             name,
             median_gbps: m,
             runs_gbps: v.clone(),
             ratio_to_sha256: m / sha_med,
+            median_cores: median(&mut c),
         }
     };
     let figures = vec![
-        fig("save (v1 region)", &mut save_region),
-        fig("save (v2 stream)", &mut save_v2),
-        fig("load (v1 region)", &mut load_region),
-        fig("load (v2 stream)", &mut load_v2),
-        fig("memcpy", &mut memcpy),
-        fig("sha256 (1 core)", &mut sha),
+        fig("save (v1 region)", &mut save_region, c0),
+        fig("save (v2 stream)", &mut save_v2, c1),
+        fig("load (v1 region)", &mut load_region, c2),
+        fig("load (v2 stream)", &mut load_v2, c3),
+        fig("memcpy", &mut memcpy, c4),
+        fig("sha256 (1 core)", &mut sha, c5),
     ];
     if json {
         let v = serde_json::json!({
@@ -250,11 +300,14 @@ fn context(mdev_type: &str, runs: usize, json: bool, log: &Logger) -> Result<()>
             "device context of {mdev_type}: {} MiB, medians of {runs} runs",
             total >> 20
         );
-        println!("{:<20} {:>10} {:>12}", "path", "GB/s", "x sha256");
+        println!(
+            "{:<20} {:>10} {:>12} {:>12}",
+            "path", "GB/s", "x sha256", "cores busy"
+        );
         for f in &figures {
             println!(
-                "{:<20} {:>10.2} {:>12.2}",
-                f.name, f.median_gbps, f.ratio_to_sha256
+                "{:<20} {:>10.2} {:>12.2} {:>12.2}",
+                f.name, f.median_gbps, f.ratio_to_sha256, f.median_cores
             );
         }
     }

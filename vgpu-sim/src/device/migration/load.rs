@@ -3,17 +3,14 @@
 use state_region::format::{ContextParser, ParserLimits, SectionHeader, SectionSink};
 
 use super::sections::{
-    self, expected_len, SectionId, ALL_SECTIONS, PAGE_RECORD_LEN, REQUIRED, SECTION_MAJOR,
-    SECTION_MINOR,
+    self, expected_len, SectionId, ALL_SECTIONS, GMEM_CHUNK_HEADER, PAGE_RECORD_LEN, REQUIRED,
+    SECTION_MAJOR, SECTION_MINOR,
 };
 use crate::device::gmem::{zeroed, GraphicsMemory, PageBitmap};
 use crate::device::zeroed::ZeroedBuf;
 use crate::device::Vgpu;
 use crate::regs::PAGE_SIZE;
 use crate::types::VgpuType;
-
-/// Bytes handed to the parser at a time.
-const FEED_PIECE: usize = 64 << 10;
 
 /// Where a stream's sections are staged until the whole stream verified.
 #[derive(Debug)]
@@ -29,6 +26,12 @@ struct Staging {
     begun: [u32; ALL_SECTIONS.len()],
     /// Index bytes of the `GMEM_PAGES` record being read.
     index: [u8; 4],
+    /// Offset bytes of the `GMEM` 2.0 chunk being read.
+    chunk_at: [u8; 8],
+    /// Graphics memory covered by `GMEM` 2.0 chunks so far: the next chunk's offset.
+    chunked: u64,
+    /// The `GMEM` sections' major version, once one began.
+    gmem_major: Option<u16>,
     /// The oldest section minor version seen (which build wrote the context).
     oldest_minor: u16,
 }
@@ -47,12 +50,55 @@ impl Staging {
             seen: [0; ALL_SECTIONS.len()],
             begun: [0; ALL_SECTIONS.len()],
             index: [0; 4],
+            chunk_at: [0; 8],
+            chunked: 0,
+            gmem_major: None,
             oldest_minor: u16::MAX,
         }
     }
 
     fn id(hdr: &SectionHeader) -> Result<SectionId, String> {
         SectionId::from_raw(hdr.id).ok_or_else(|| format!("unknown section id {}", hdr.id))
+    }
+
+    /// Stage a piece of a `GMEM` 2.0 chunk of `len` payload bytes at payload offset `at`:
+    /// its offset first (which must be where the previous chunk ended), then its data.
+    fn chunk_data(&mut self, len: u64, mut at: u64, mut bytes: &[u8]) -> Result<(), String> {
+        let head = GMEM_CHUNK_HEADER as usize;
+        if at < GMEM_CHUNK_HEADER {
+            let from = at as usize;
+            let k = bytes.len().min(head - from);
+            self.chunk_at[from..from + k].copy_from_slice(&bytes[..k]);
+            at += k as u64;
+            bytes = &bytes[k..];
+            if at == GMEM_CHUNK_HEADER {
+                let offset = u64::from_le_bytes(self.chunk_at);
+                let data = len - GMEM_CHUNK_HEADER;
+                if offset != self.chunked {
+                    return Err(format!(
+                        "section GMEM: chunk at offset {offset}, expected the next at {} \
+                         (a chunk missing, repeated or out of order)",
+                        self.chunked
+                    ));
+                }
+                if data > self.ty.gmem_size - offset {
+                    return Err(format!(
+                        "section GMEM: chunk of {data} bytes at offset {offset} ends beyond \
+                         graphics memory ({} bytes)",
+                        self.ty.gmem_size
+                    ));
+                }
+                self.chunked = offset + data;
+            }
+        }
+        if !bytes.is_empty() {
+            // The offset was checked: this chunk covers `chunked - data .. chunked`.
+            let start =
+                (self.chunked - (len - GMEM_CHUNK_HEADER) + at - GMEM_CHUNK_HEADER) as usize;
+            self.gmem[start..start + bytes.len()].copy_from_slice(bytes);
+            self.written.set_range(start as u64, bytes.len() as u64);
+        }
+        Ok(())
     }
 
     /// Stage a piece of a `GMEM_PAGES` payload at payload offset `at`.
@@ -88,20 +134,23 @@ impl Staging {
 impl SectionSink for Staging {
     fn begin(&mut self, hdr: &SectionHeader) -> Result<(), String> {
         let id = Self::id(hdr)?;
-        let major = id.version().0;
-        if hdr.major != major {
+        if !id.reads_major(hdr.major) {
+            let reads = match id {
+                SectionId::Gmem => format!("{SECTION_MAJOR}.x and {}.x", id.version().0),
+                _ => format!("{}.x", id.version().0),
+            };
             return Err(format!(
-                "section {id}: version {}.{} is not supported (this device reads {major}.x)",
+                "section {id}: version {}.{} is not supported (this device reads {reads})",
                 hdr.major, hdr.minor
             ));
         }
-        if id != SectionId::Pipeline3d {
-            // PIPELINE3D has its own version: only the others say which build wrote them.
+        if id.tracks_build() {
             self.oldest_minor = self.oldest_minor.min(hdr.minor);
         }
         let s = slot(id);
+        let chunk = id == SectionId::Gmem && hdr.major != SECTION_MAJOR;
         let exact = match id {
-            SectionId::Gmem => Some(self.ty.gmem_size),
+            SectionId::Gmem if !chunk => Some(self.ty.gmem_size),
             id => expected_len(id),
         };
         if let Some(len) = exact.filter(|&l| l != hdr.length) {
@@ -124,6 +173,21 @@ impl SectionSink for Staging {
             SectionId::Gmem if gmem_pages => {
                 return Err("section GMEM: the stream already carried GMEM_PAGES".into());
             }
+            SectionId::Gmem if self.gmem_major.is_some_and(|m| m != hdr.major) => {
+                return Err(format!(
+                    "section GMEM: version {}.{} after GMEM sections of version {}.x",
+                    hdr.major,
+                    hdr.minor,
+                    self.gmem_major.unwrap_or_default()
+                ));
+            }
+            SectionId::Gmem if chunk && hdr.length <= GMEM_CHUNK_HEADER => {
+                return Err(format!(
+                    "section GMEM: a chunk of {} bytes has no data after its offset",
+                    hdr.length
+                ));
+            }
+            SectionId::Gmem if chunk => {}
             SectionId::Engine if hdr.length < sections::engine_regs_len() => {
                 return Err(format!(
                     "section ENGINE: length {} is shorter than its {} bytes of registers",
@@ -136,6 +200,9 @@ impl SectionSink for Staging {
             _ => {}
         }
         self.begun[s] += 1;
+        if id == SectionId::Gmem {
+            self.gmem_major = Some(hdr.major);
+        }
         if id != SectionId::Gmem && id != SectionId::GmemPages {
             // Bounded: the parser checked the length against the section's cap.
             self.fixed[s] = vec![0; hdr.length as usize];
@@ -147,6 +214,9 @@ impl SectionSink for Staging {
         let id = Self::id(hdr)?;
         let at = offset as usize;
         match id {
+            SectionId::Gmem if hdr.major != SECTION_MAJOR => {
+                self.chunk_data(hdr.length, offset, bytes)?
+            }
             SectionId::Gmem => {
                 self.gmem[at..at + bytes.len()].copy_from_slice(bytes);
                 self.written.set_range(offset, bytes.len() as u64);
@@ -191,14 +261,12 @@ impl ResumeSession {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        // Cache-sized pieces: the parser hashes a piece, then the sink copies it while it is
-        // still in cache.
-        for piece in buf.chunks(FEED_PIECE) {
-            if let Err(e) = self.parser.feed(piece, &mut self.staging) {
-                let reason = name_sections(&e.to_string());
-                self.failed = Some(reason.clone());
-                return Err(reason);
-            }
+        // The parser takes the buffer in batches, hashing the sections of each on several
+        // cores before the sink copies them.
+        if let Err(e) = self.parser.feed(buf, &mut self.staging) {
+            let reason = name_sections(&e.to_string());
+            self.failed = Some(reason.clone());
+            return Err(reason);
         }
         Ok(())
     }
@@ -230,6 +298,12 @@ impl Vgpu {
             .finish()
             .map_err(|e| name_sections(&e.to_string()))?;
         let st = session.staging;
+        if st.gmem_major.is_some_and(|m| m != SECTION_MAJOR) && st.chunked != self.ty.gmem_size {
+            return Err(format!(
+                "section GMEM: the chunks cover {} of the {} bytes of graphics memory",
+                st.chunked, self.ty.gmem_size
+            ));
+        }
         for id in REQUIRED {
             match st.seen[slot(id)] {
                 1 => {}

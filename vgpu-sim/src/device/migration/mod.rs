@@ -12,12 +12,12 @@
 //! │ header │ GMEM_PAGES │ ...     │ ─► │ GMEM_PAGES │ MMIO │ GTT │ ENGINE │ IRQ │ DISPLAY │ CONFIG │ end │
 //! └────────┴────────────┴─────────┘    │  (rest)    │      │     │        │     │         │        │     │
 //!    first pass: every non-zero page    └────────────┴──────┴─────┴────────┴─────┴─────────┴────────┴─────┘
-//!    then pages dirtied since taken      or, without pre-copy: header, GMEM (all of it), ...
+//!    then pages dirtied since taken      or, without pre-copy: header, GMEM chunks (all of it), ...
 //! ```
 //!
-//! | id | section      | payload (v1.1, little-endian)                                  |
+//! | id | section      | payload (v1.1 unless said, little-endian)                      |
 //! |----|--------------|----------------------------------------------------------------|
-//! | 1  | `GMEM`       | all of graphics memory, exactly the type's size                |
+//! | 1  | `GMEM`       | 2.0: a chunk of graphics memory, u64 offset + up to 128 KiB; the chunks in order cover all of it (1.x, still read: all of it in one section) |
 //! | 2  | `GMEM_PAGES` | records of page index u32 + 4096 bytes                         |
 //! | 3  | `MMIO`       | ring start lo/hi, ring control, 16 scratch registers (u32 each) |
 //! | 4  | `GTT`        | the guest's GTT entry values, `GTT_ENTRIES` u64                 |
@@ -64,7 +64,8 @@ use super::Vgpu;
 pub(crate) use load::ResumeSession;
 pub(crate) use save::SaveStream;
 pub use sections::{
-    decode as decode_sections, Decoded, SectionId, VgpuState, SECTION_MAJOR, SECTION_MINOR,
+    decode as decode_sections, Decoded, SectionId, VgpuState, GMEM_CHUNK, GMEM_CHUNK_HEADER,
+    GMEM_VERSION, SECTION_MAJOR, SECTION_MINOR,
 };
 
 /// The migration features the vGPU offers by default (all three; see
@@ -102,7 +103,11 @@ impl MigrationArcs for Vgpu {
             }
             (Stop, StopCopy) => {
                 let state = self.state();
-                self.save = Some(SaveStream::stop_copy(self.ty.name, &state)?);
+                self.save = Some(SaveStream::stop_copy(
+                    self.ty.name,
+                    self.ty.gmem_size,
+                    &state,
+                )?);
             }
             (StopCopy, Stop) => self.save = None,
             (Stop, Resuming) => {

@@ -1,43 +1,52 @@
 //! The saving side: a context stream produced lazily, `read_data` by `read_data`.
 //!
 //! The stream is a queue of planned sections. Each section is emitted straight from its
-//! source into the caller's buffer and hashed on the way: graphics memory is copied once
-//! (from the device's buffer to the reader's) and hashed from there, in cache-sized pieces,
-//! with no intermediate copy of it. Small sections are encoded when planned (at stop-copy
-//! entry, when the device is stopped and its state final).
+//! source into the caller's buffer: graphics memory is copied once (from the device's
+//! buffer to the reader's), with no intermediate copy of it. Small sections are encoded
+//! when planned (at stop-copy entry, when the device is stopped and its state final).
+//!
+//! A `read` fills the caller's buffer in two steps. First every byte is copied, a digest
+//! not known yet left as a hole; then the payload pieces the buffer holds are hashed from
+//! the buffer, pieces of different sections on different cores
+//! ([`state_region::format::parallel::spread`]), the sections they complete are finished
+//! in stream order (which keeps the stream chain) and their digests fill the holes. So what
+//! is hashed is exactly what the reader gets, and graphics memory, sent as 256 KiB `GMEM`
+//! chunks, is hashed on every core the process has.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use state_region::format::{
-    section_encoded_len, ContextEncoder, ContextHeader, SectionEncoder, DIGEST_SIZE,
+    parallel, section_encoded_len, ContextEncoder, ContextHeader, SectionEncoder, DIGEST_SIZE,
     END_SECTION_SIZE, SECTION_HEADER_SIZE,
 };
 
-use super::sections::{encode, SectionId, VgpuState, PAGE_RECORD_LEN, REQUIRED};
+use super::sections::{
+    encode, gmem_chunks, gmem_chunks_len, SectionId, VgpuState, GMEM_CHUNK_HEADER, PAGE_RECORD_LEN,
+    REQUIRED,
+};
 use crate::device::gmem::{GraphicsMemory, PageBitmap};
 
 /// Pages per `GMEM_PAGES` section (1 MiB of page data).
 pub const PAGES_PER_SECTION: usize = 256;
-/// Bytes hashed per piece while streaming a large payload (stays in cache between the
-/// copy and the hash).
-const HASH_PIECE: usize = 64 << 10;
 
 /// What a planned section's payload comes from.
 #[derive(Debug)]
 enum Body {
     /// Bytes encoded when planned.
     Bytes(Vec<u8>),
-    /// All of graphics memory, read when emitted.
-    GmemAll,
+    /// A `GMEM` 2.0 chunk: its offset, then `len` bytes of graphics memory from there,
+    /// read when emitted.
+    GmemChunk { at: u64, len: u64 },
     /// These pages of graphics memory as records, read when emitted.
     Pages(Vec<u32>),
 }
 
 impl Body {
-    fn len(&self, gmem_size: u64) -> u64 {
+    fn len(&self) -> u64 {
         match self {
             Body::Bytes(b) => b.len() as u64,
-            Body::GmemAll => gmem_size,
+            Body::GmemChunk { len, .. } => GMEM_CHUNK_HEADER + len,
             Body::Pages(p) => p.len() as u64 * PAGE_RECORD_LEN,
         }
     }
@@ -52,10 +61,17 @@ impl Body {
                 dst[..n].copy_from_slice(&b[at_us..at_us + n]);
                 n
             }
-            Body::GmemAll => {
-                let src = gmem.bytes();
-                let n = dst.len().min(src.len() - at_us);
-                dst[..n].copy_from_slice(&src[at_us..at_us + n]);
+            Body::GmemChunk { at: start, len } => {
+                let head = GMEM_CHUNK_HEADER as usize;
+                if at_us < head {
+                    let n = dst.len().min(head - at_us);
+                    dst[..n].copy_from_slice(&start.to_le_bytes()[at_us..at_us + n]);
+                    return n;
+                }
+                let from = (start + at - GMEM_CHUNK_HEADER) as usize;
+                let to = (start + len) as usize;
+                let n = dst.len().min(to - from);
+                dst[..n].copy_from_slice(&gmem.bytes()[from..from + n]);
                 n
             }
             Body::Pages(pages) => {
@@ -95,7 +111,14 @@ struct Emitting {
     len: u64,
     /// Bytes of the encoded section already emitted.
     pos: u64,
-    digest: [u8; DIGEST_SIZE],
+    /// Known once the payload was hashed.
+    digest: Option<[u8; DIGEST_SIZE]>,
+    /// Payload bytes of the current `read`'s buffer still to fill and hash: where in the
+    /// buffer, and from which payload offset.
+    fresh: Option<(Range<usize>, u64)>,
+    /// Digest bytes emitted as a hole in the current buffer: (buffer offset, digest
+    /// offset, length).
+    holes: Vec<(usize, usize, usize)>,
 }
 
 impl Emitting {
@@ -107,45 +130,73 @@ impl Emitting {
         self.total() - self.pos
     }
 
-    fn emit(
-        &mut self,
-        out: &mut [u8],
-        gmem: &GraphicsMemory,
-        enc: &mut ContextEncoder,
-    ) -> Result<usize, String> {
+    fn payload_done(&self) -> bool {
+        self.pos >= SECTION_HEADER_SIZE as u64 + self.len
+    }
+
+    /// Lay the section's next bytes out in `buf[at..]`; returns how many. The header and a
+    /// known digest are copied; payload bytes are noted in `fresh` (filled and hashed by
+    /// [`SaveStream::seal`]); an unknown digest is left as a hole.
+    fn emit(&mut self, buf: &mut [u8], at: usize) -> usize {
         let hdr = SECTION_HEADER_SIZE as u64;
-        let mut n = 0;
-        while n < out.len() && self.pos < self.total() {
+        let mut n = at;
+        while n < buf.len() && self.pos < self.total() {
             if self.pos < hdr {
                 let from = &self.header[self.pos as usize..];
-                let k = from.len().min(out.len() - n);
-                out[n..n + k].copy_from_slice(&from[..k]);
+                let k = from.len().min(buf.len() - n);
+                buf[n..n + k].copy_from_slice(&from[..k]);
                 n += k;
                 self.pos += k as u64;
             } else if self.pos - hdr < self.len {
-                let at = self.pos - hdr;
-                let want = (out.len() - n)
-                    .min(HASH_PIECE)
-                    .min((self.len - at) as usize);
-                let dst = &mut out[n..n + want];
-                let k = self.body.fill(at, dst, gmem);
-                if let Some(sec) = self.sec.as_mut() {
-                    sec.update(&dst[..k]);
-                }
+                let k = (buf.len() - n).min((self.len - (self.pos - hdr)) as usize);
+                self.fresh = Some(match self.fresh.take() {
+                    Some((r, from)) if r.end == n => (r.start..n + k, from),
+                    _ => (n..n + k, self.pos - hdr),
+                });
                 n += k;
                 self.pos += k as u64;
             } else {
-                if let Some(sec) = self.sec.take() {
-                    self.digest = enc.finish_section(sec).map_err(|e| e.to_string())?;
-                }
                 let d = (self.pos - hdr - self.len) as usize;
-                let k = (DIGEST_SIZE - d).min(out.len() - n);
-                out[n..n + k].copy_from_slice(&self.digest[d..d + k]);
+                let k = (DIGEST_SIZE - d).min(buf.len() - n);
+                match &self.digest {
+                    Some(digest) => buf[n..n + k].copy_from_slice(&digest[d..d + k]),
+                    None => self.holes.push((n, d, k)),
+                }
                 n += k;
                 self.pos += k as u64;
             }
         }
-        Ok(n)
+        n - at
+    }
+}
+
+/// Bytes copied then hashed at a time (stays in cache between the two).
+const FILL_STEP: usize = 64 << 10;
+
+/// One payload piece of a `read`: where it goes, from which payload offset, from what, and
+/// the section hashing it.
+struct Fill<'a> {
+    dst: &'a mut [u8],
+    from: u64,
+    body: &'a Body,
+    sec: Option<&'a mut SectionEncoder>,
+}
+
+impl Fill<'_> {
+    fn run(&mut self, gmem: &GraphicsMemory) {
+        let mut done = 0;
+        while done < self.dst.len() {
+            let end = (done + FILL_STEP).min(self.dst.len());
+            let start = done;
+            while done < end {
+                done += self
+                    .body
+                    .fill(self.from + done as u64, &mut self.dst[done..end], gmem);
+            }
+            if let Some(sec) = self.sec.as_mut() {
+                sec.update(&self.dst[start..end]);
+            }
+        }
     }
 }
 
@@ -157,7 +208,7 @@ fn pages_len(count: u64) -> u64 {
 /// Length of a stream with no pre-copy: header, full `GMEM`, the fixed sections, end.
 pub fn full_stream_len(mdev_type: &str, gmem_size: u64, fixed: u64) -> u64 {
     let header = ContextHeader::new(mdev_type).map_or(0, |h| h.encoded_len() as u64);
-    header + section_encoded_len(gmem_size) + fixed + END_SECTION_SIZE as u64
+    header + gmem_chunks_len(gmem_size) + fixed + END_SECTION_SIZE as u64
 }
 
 /// One saving stream, from the first pre-copy read (or stop-copy entry) to its end.
@@ -203,13 +254,20 @@ impl SaveStream {
         Ok(s)
     }
 
-    /// A stream entering stop-copy without pre-copy: all of graphics memory, then `state`.
-    pub(crate) fn stop_copy(mdev_type: &str, state: &VgpuState) -> Result<Self, String> {
+    /// A stream entering stop-copy without pre-copy: all of graphics memory (in `GMEM`
+    /// chunks), then `state`.
+    pub(crate) fn stop_copy(
+        mdev_type: &str,
+        gmem_size: u64,
+        state: &VgpuState,
+    ) -> Result<Self, String> {
         let mut s = Self::open(mdev_type)?;
-        s.queue.push_back(Planned {
-            id: SectionId::Gmem,
-            body: Body::GmemAll,
-        });
+        for (at, len) in gmem_chunks(gmem_size) {
+            s.queue.push_back(Planned {
+                id: SectionId::Gmem,
+                body: Body::GmemChunk { at, len },
+            });
+        }
         s.plan_fixed(state);
         Ok(s)
     }
@@ -288,9 +346,9 @@ impl SaveStream {
         })
     }
 
-    fn begin(&mut self, p: Planned, gmem_size: u64) -> Result<Emitting, String> {
+    fn begin(&mut self, p: Planned) -> Result<Emitting, String> {
         let enc = self.enc.as_mut().ok_or("the stream has ended")?;
-        let len = p.body.len(gmem_size);
+        let len = p.body.len();
         let (major, minor) = p.id.version();
         let (sec, header) = enc
             .begin_section(p.id as u32, major, minor, len)
@@ -301,7 +359,9 @@ impl SaveStream {
             body: p.body,
             len,
             pos: 0,
-            digest: [0; DIGEST_SIZE],
+            digest: None,
+            fresh: None,
+            holes: Vec::new(),
         })
     }
 
@@ -312,6 +372,8 @@ impl SaveStream {
         gmem: &mut GraphicsMemory,
     ) -> Result<usize, String> {
         let mut n = 0;
+        // Sections whose bytes ended in this buffer, waiting for their digests.
+        let mut emitted: Vec<Emitting> = Vec::new();
         while n < buf.len() {
             if self.raw_pos < self.raw.len() {
                 let k = (self.raw.len() - self.raw_pos).min(buf.len() - n);
@@ -319,14 +381,15 @@ impl SaveStream {
                 self.raw_pos += k;
                 n += k;
             } else if let Some(cur) = self.cur.as_mut() {
-                let enc = self.enc.as_mut().ok_or("the stream has ended")?;
-                n += cur.emit(&mut buf[n..], gmem, enc)?;
+                n += cur.emit(buf, n);
                 if cur.remaining() == 0 {
-                    self.cur = None;
+                    emitted.extend(self.cur.take());
                 }
             } else if let Some(p) = self.queue.pop_front() {
-                self.cur = Some(self.begin(p, gmem.size())?);
+                self.cur = Some(self.begin(p)?);
             } else if self.last {
+                // The end section chains every digest: seal what is pending first.
+                self.seal(buf, &mut emitted, gmem)?;
                 match self.enc.take() {
                     Some(enc) => {
                         self.raw = enc.end();
@@ -341,7 +404,55 @@ impl SaveStream {
                 }
             }
         }
+        self.seal(buf, &mut emitted, gmem)?;
         Ok(n)
+    }
+
+    /// Fill and hash the payload pieces laid out in `buf`, each piece on whichever core
+    /// claims it (copy and hash in cache-sized steps, so the hash reads what the copy just
+    /// wrote); then finish the sections they complete in stream order and fill their
+    /// digests' holes.
+    fn seal(
+        &mut self,
+        buf: &mut [u8],
+        emitted: &mut Vec<Emitting>,
+        gmem: &GraphicsMemory,
+    ) -> Result<(), String> {
+        {
+            let mut jobs: Vec<Fill<'_>> = Vec::new();
+            let mut rest: &mut [u8] = buf;
+            let mut base = 0;
+            for e in emitted.iter_mut().chain(self.cur.iter_mut()) {
+                let Some((range, from)) = e.fresh.take() else {
+                    continue;
+                };
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - base);
+                let (dst, tail) = tail.split_at_mut(range.len());
+                rest = tail;
+                base = range.end;
+                jobs.push(Fill {
+                    dst,
+                    from,
+                    body: &e.body,
+                    sec: e.sec.as_mut(),
+                });
+            }
+            parallel::spread(&mut jobs, |j| j.dst.len(), |j| j.run(gmem));
+        }
+        for e in emitted.iter_mut().chain(self.cur.iter_mut()) {
+            if !e.payload_done() || e.digest.is_some() {
+                continue;
+            }
+            let sec = e.sec.take().ok_or("a section was finished twice")?;
+            let enc = self.enc.as_mut().ok_or("the stream has ended")?;
+            let digest = enc.finish_section(sec).map_err(|e| e.to_string())?;
+            for (at, from, k) in e.holes.drain(..) {
+                buf[at..at + k].copy_from_slice(&digest[from..from + k]);
+            }
+            e.digest = Some(digest);
+        }
+        emitted.clear();
+        Ok(())
     }
 
     fn in_flight(&self) -> u64 {
@@ -360,7 +471,7 @@ impl SaveStream {
         let planned: u64 = self
             .queue
             .iter()
-            .map(|p| section_encoded_len(p.body.len(gmem.size())))
+            .map(|p| section_encoded_len(p.body.len()))
             .sum();
         let end = if self.enc.is_some() {
             END_SECTION_SIZE as u64

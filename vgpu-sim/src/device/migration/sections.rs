@@ -21,6 +21,16 @@ pub const SECTION_MINOR: u16 = 1;
 /// Version (major, minor) of the `PIPELINE3D` section, its own: the 3D pipeline's state
 /// format evolves apart from the other sections.
 pub const PIPELINE3D_VERSION: (u16, u16) = pipeline3d::STATE_VERSION;
+/// Version (major, minor) of the `GMEM` section this build writes: 2.0, graphics memory in
+/// chunks (see [`GMEM_CHUNK`]). A 1.x `GMEM` (all of graphics memory in one section) is
+/// still read; a reader of 1.x refuses 2.0 by its major.
+pub const GMEM_VERSION: (u16, u16) = (2, 0);
+/// Graphics memory bytes in one `GMEM` 2.0 section (128 KiB). Chunks are independent sections with
+/// their own digests, so a `read_data`/`write_data` call of 1 MiB holds several of them
+/// and they are hashed on several cores at once.
+pub const GMEM_CHUNK: u64 = 128 << 10;
+/// Bytes in front of a `GMEM` 2.0 chunk's data: its offset in graphics memory (u64).
+pub const GMEM_CHUNK_HEADER: u64 = 8;
 /// Bytes of one `GMEM_PAGES` record: page index u32 and the page.
 pub const PAGE_RECORD_LEN: u64 = 4 + PAGE_SIZE;
 /// Cap on the engine section's `EngineState` bytes.
@@ -109,8 +119,22 @@ impl SectionId {
     pub fn version(self) -> (u16, u16) {
         match self {
             SectionId::Pipeline3d => PIPELINE3D_VERSION,
+            SectionId::Gmem => GMEM_VERSION,
             _ => (SECTION_MAJOR, SECTION_MINOR),
         }
+    }
+
+    /// Whether this build reads the section at major version `major`: the one it writes,
+    /// and for `GMEM` also 1 (one section with all of graphics memory).
+    pub fn reads_major(self, major: u16) -> bool {
+        major == self.version().0 || (self == SectionId::Gmem && major == SECTION_MAJOR)
+    }
+
+    /// Whether the section's minor version says which build wrote the context (the
+    /// sections at [`SECTION_MAJOR`].[`SECTION_MINOR`]; `PIPELINE3D` and `GMEM` have
+    /// versions of their own).
+    pub fn tracks_build(self) -> bool {
+        !matches!(self, SectionId::Pipeline3d | SectionId::Gmem)
     }
 
     /// The register group a register section carries.
@@ -223,6 +247,23 @@ pub fn encode(id: SectionId, st: &VgpuState) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Graphics memory of `gmem_size` bytes as `GMEM` 2.0 chunks: (offset, data length) of
+/// each, in stream order.
+pub fn gmem_chunks(gmem_size: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..gmem_size.div_ceil(GMEM_CHUNK)).map(move |i| {
+        let at = i * GMEM_CHUNK;
+        (at, GMEM_CHUNK.min(gmem_size - at))
+    })
+}
+
+/// Encoded length (headers, payloads, digests) of graphics memory of `gmem_size` bytes
+/// as `GMEM` 2.0 chunks.
+pub fn gmem_chunks_len(gmem_size: u64) -> u64 {
+    gmem_chunks(gmem_size)
+        .map(|(_, len)| section_encoded_len(GMEM_CHUNK_HEADER + len))
+        .sum()
 }
 
 /// Encoded length (header, payload, digest) of all fixed sections for an engine state of

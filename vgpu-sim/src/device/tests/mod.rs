@@ -3,6 +3,7 @@
 
 mod config_section;
 mod engine;
+mod gmem_chunks;
 mod irq;
 mod migration;
 mod perf;

@@ -11,6 +11,17 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::types::VGPU_512;
 
+/// CPU time of the whole process (all threads), in seconds.
+fn cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one `timespec` we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn gbps(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / secs / 1e9
 }
@@ -40,6 +51,7 @@ fn vgpu_512_save_and_load_throughput() {
     let total = d.stop_copy_size().unwrap() as usize;
     let mut stream = vec![1u8; total];
     let t = Instant::now();
+    let cpu = cpu_secs();
     let mut n = 0;
     while n < total {
         let k = d
@@ -48,6 +60,7 @@ fn vgpu_512_save_and_load_throughput() {
         n += k;
     }
     let save = t.elapsed().as_secs_f64();
+    let save_cores = (cpu_secs() - cpu) / save;
     assert_eq!(d.read_data(s, &mut [0; 16]).unwrap(), 0);
     d.set_mig_state(MigState::Stop).unwrap();
     drop(d);
@@ -59,13 +72,15 @@ fn vgpu_512_save_and_load_throughput() {
         .stream
         .unwrap();
     let t = Instant::now();
+    let cpu = cpu_secs();
     for c in stream.chunks(1 << 20) {
         t_dev.write_data(r, c).unwrap();
     }
     t_dev.set_mig_state(MigState::Stop).unwrap();
     let load = t.elapsed().as_secs_f64();
+    let load_cores = (cpu_secs() - cpu) / load;
     println!(
-        "512 MiB: memcpy {:.2} GB/s, sha256 {:.2} GB/s ({:02x?}..), save {:.2} GB/s ({:.2} of sha), load {:.2} GB/s ({:.2} of sha)",
+        "512 MiB: memcpy {:.2} GB/s, sha256 {:.2} GB/s ({:02x?}..), save {:.2} GB/s ({:.2} of sha, {save_cores:.2} cores busy), load {:.2} GB/s ({:.2} of sha, {load_cores:.2} cores busy)",
         gbps(size, memcpy),
         gbps(size, sha),
         &digest[..2],

@@ -15,11 +15,11 @@ pub(super) type Sec = (u32, u16, Vec<u8>);
 
 const MIG: u32 = crate::device::MIGRATION_REGION_INDEX;
 
-fn v1_set(d: &mut Vgpu, state: u32) {
+pub(super) fn v1_set(d: &mut Vgpu, state: u32) {
     d.region_write(MIG, 0, &state.to_le_bytes()).unwrap();
 }
 
-fn v1_u64(d: &mut Vgpu, off: u64) -> u64 {
+pub(super) fn v1_u64(d: &mut Vgpu, off: u64) -> u64 {
     let mut b = [0u8; 8];
     d.region_read(MIG, off, &mut b).unwrap();
     u64::from_le_bytes(b)
@@ -51,7 +51,7 @@ pub(super) fn load_v1(d: &mut Vgpu, stream: &[u8], chunk: usize) {
     v1_set(d, 0);
 }
 
-fn prepared() -> (Vgpu, GuestMemoryMmap<AtomicBitmap>) {
+pub(super) fn prepared() -> (Vgpu, GuestMemoryMmap<AtomicBitmap>) {
     let (mut d, m, _rec) = booted();
     d.region_write(VFIO_PCI_BAR2_REGION_INDEX, 0x3000, &[5; 9000])
         .unwrap();
