@@ -47,6 +47,9 @@ pub struct VgpuFactory {
     pub migration_features: u32,
     /// How strictly the v1 region checks the VMM's access sequence.
     pub v1_checks: state_region::V1Checks,
+    /// Fault in each device's first resume staging when it is built (a migration target
+    /// made ahead of the stream; see `VgpuConfig::prefault_staging`).
+    pub prefault_staging: bool,
 }
 
 impl Default for VgpuFactory {
@@ -55,6 +58,7 @@ impl Default for VgpuFactory {
             tracking: DirtyTracking::default(),
             migration_features: vgpu_sim::device::MIGRATION_FEATURES,
             v1_checks: state_region::V1Checks::Strict,
+            prefault_staging: false,
         }
     }
 }
@@ -112,6 +116,7 @@ impl VmFactory for VgpuFactory {
         cfg.dirty_tracking = self.tracking;
         cfg.migration_features = self.migration_features;
         cfg.v1_checks = self.v1_checks;
+        cfg.prefault_staging = self.prefault_staging;
         cfg.logger = log.clone();
         let dev = SharedVgpu::new(Vgpu::new(cfg)?);
         let hardware = VgpuHardware::new(dev.handle());
@@ -152,6 +157,22 @@ pub fn factory_checked(
         tracking,
         migration_features,
         v1_checks,
+        prefault_staging: false,
+    })
+}
+
+/// The factory of a migration target made ahead of the stream: [`factory_checked`]'s
+/// devices, each with its first resume's staging faulted in when it is built.
+pub fn target_factory(
+    tracking: DirtyTracking,
+    migration_features: u32,
+    v1_checks: state_region::V1Checks,
+) -> Arc<dyn VmFactory> {
+    Arc::new(VgpuFactory {
+        tracking,
+        migration_features,
+        v1_checks,
+        prefault_staging: true,
     })
 }
 

@@ -88,12 +88,21 @@ fn one(
         stop_self_at: None,
         mdev_type: mdev_type.into(),
         irq_sink_base: 900,
-        factory: vgpu_platform::factory(tracking),
+        factory: if prefault {
+            vgpu_platform::target_factory(
+                tracking,
+                vgpu_sim::device::MIGRATION_FEATURES,
+                state_region::V1Checks::Strict,
+            )
+        } else {
+            vgpu_platform::factory(tracking)
+        },
         fail_at: None,
         log: log.clone(),
     };
-    // With `prefault`, the target makes its VM and faults in its RAM before the source
-    // connects (as `incoming --ram-mib` does); else it makes it at the stream's header.
+    // With `prefault`, the target makes its VM and faults in its RAM and its device's
+    // resume staging before the source connects (as `incoming --ram-mib` does); else it
+    // makes them at the stream's header.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let target = std::thread::Builder::new()
         .name("target".into())

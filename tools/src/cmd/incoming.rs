@@ -83,10 +83,17 @@ pub fn run(
     let factory = if idle {
         super::idle_factory(&args.device, mdev_type, tracking, &args.migration_features)?
     } else {
+        // A target made ahead of the stream (--ram-mib) also faults in its device's
+        // resume staging then.
+        let make = if args.ram_mib.is_some() {
+            vgpu_platform::target_factory
+        } else {
+            vgpu_platform::factory_checked
+        };
         super::serve::attach(
             &args.device,
             args.dma_by_message,
-            vgpu_platform::factory_checked(
+            make(
                 parse_tracking(tracking)?,
                 super::parse_features(&args.migration_features)?,
                 super::v1_checks(args.lenient_v1),

@@ -62,6 +62,7 @@ use gmem::GraphicsMemory as Gmem;
 use migration::{ResumeSession, SaveStream};
 use throttle::Throttle;
 use warn::GuestWarnings;
+use zeroed::ZeroedBuf;
 
 /// Everything needed to build a [`Vgpu`]: the type and the live handles.
 #[derive(Debug, Clone)]
@@ -89,6 +90,10 @@ pub struct VgpuConfig {
     /// How strictly the v1 region checks the VMM's access sequence (strict by default,
     /// to catch VMM bugs; lenient accepts what a driver that cannot check would).
     pub v1_checks: V1Checks,
+    /// Allocate and fault in the first resume's staging area (a graphics memory's worth)
+    /// when the device is built, as a migration target that is made ahead of the stream
+    /// should: the stream then never waits for the kernel to zero fresh pages.
+    pub prefault_staging: bool,
 }
 
 impl VgpuConfig {
@@ -106,6 +111,7 @@ impl VgpuConfig {
             clock: Arc::new(MonotonicClock::default()),
             migration_features: MIGRATION_FEATURES,
             v1_checks: V1Checks::Strict,
+            prefault_staging: false,
         }
     }
 }
@@ -136,6 +142,9 @@ pub struct Vgpu {
     mig: MigrationController,
     save: Option<SaveStream>,
     resume: Option<Box<ResumeSession>>,
+    /// A staging area faulted in at creation for the first resume
+    /// ([`VgpuConfig::prefault_staging`]).
+    spare_staging: Option<ZeroedBuf>,
     /// The v1 migration region; `None` only while lent out during one of its accesses.
     region: Option<StateRegion>,
     /// Engine time against wall time, for the auto-converge throttle.
@@ -182,6 +191,11 @@ impl Vgpu {
             mig: MigrationController::new(features),
             save: None,
             resume: None,
+            spare_staging: cfg.prefault_staging.then(|| {
+                let mut b = gmem::zeroed(ty.gmem_size);
+                b.populate();
+                b
+            }),
             region: Some(region),
             throttle: Throttle::new(cfg.clock),
             log,

@@ -41,10 +41,15 @@ fn slot(id: SectionId) -> usize {
 }
 
 impl Staging {
-    fn new(ty: VgpuType) -> Self {
+    /// Staging for a device of type `ty`, in `spare` (zeroed and faulted in ahead) when it
+    /// is given and fits.
+    fn new(ty: VgpuType, spare: Option<ZeroedBuf>) -> Self {
+        let gmem = spare
+            .filter(|b| b.len() as u64 == ty.gmem_size)
+            .unwrap_or_else(|| zeroed(ty.gmem_size));
         Self {
             ty,
-            gmem: zeroed(ty.gmem_size),
+            gmem,
             written: PageBitmap::new(ty.gmem_pages()),
             fixed: Default::default(),
             seen: [0; ALL_SECTIONS.len()],
@@ -244,14 +249,14 @@ pub(crate) struct ResumeSession {
 
 impl ResumeSession {
     /// A session for a device of type `ty`: zeroed staging, exact caps, expected type.
-    pub(crate) fn new(ty: VgpuType) -> Self {
+    pub(crate) fn new(ty: VgpuType, spare: Option<ZeroedBuf>) -> Self {
         let caps: Vec<(u32, u64)> = ALL_SECTIONS
             .iter()
             .map(|id| (*id as u32, id.cap(&ty)))
             .collect();
         Self {
             parser: ContextParser::new(ParserLimits::from_caps(Some(ty.name.to_string()), &caps)),
-            staging: Staging::new(ty),
+            staging: Staging::new(ty, spare),
             failed: None,
         }
     }

@@ -111,7 +111,10 @@ impl MigrationArcs for Vgpu {
             }
             (StopCopy, Stop) => self.save = None,
             (Stop, Resuming) => {
-                self.resume = Some(Box::new(ResumeSession::new(self.ty)));
+                self.resume = Some(Box::new(ResumeSession::new(
+                    self.ty,
+                    self.spare_staging.take(),
+                )));
             }
             (Resuming, Stop) => {
                 let r = self.finish_resume();

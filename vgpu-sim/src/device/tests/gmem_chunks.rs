@@ -265,3 +265,19 @@ fn a_whole_gmem_section_of_version_1_still_loads_and_is_not_mixed_with_chunks() 
     let why = refused(&reseal(&pages), VGPU_64);
     assert!(why.contains("already carried GMEM_PAGES"), "{why}");
 }
+
+#[test]
+fn a_staging_area_faulted_in_at_creation_loads_the_same_and_is_used_once() {
+    let (s, _d, m) = saved();
+    let mut cfg = VgpuConfig::new(VGPU_64, copy_ram(&m));
+    cfg.prefault_staging = true;
+    let mut t = Vgpu::new(cfg).unwrap();
+    assert!(t.spare_staging.is_some(), "built with its staging");
+    load_v2(&mut t, &s, 1 << 20);
+    assert!(t.spare_staging.is_none(), "the first resume staged in it");
+    assert_eq!(save_v2(&mut t, 1 << 20), s, "the same state as without it");
+    // A second resume stages in fresh memory, to the same result.
+    t.set_mig_state(MigState::Stop).unwrap();
+    load_v2(&mut t, &s, 1 << 20);
+    assert_eq!(save_v2(&mut t, 1 << 20), s);
+}
