@@ -151,16 +151,35 @@ pub fn run(path: &Path, json: bool, show_config: bool) -> Result<()> {
         summary.length,
         summary.sections.len()
     ));
-    for s in &summary.sections {
-        text.push(format!(
-            "  {:<12} v{}.{} {:>11} bytes at {:>10}  sha256 {}",
-            vgpu_sim::inspect::section_name(s.header.id),
-            s.header.major,
-            s.header.minor,
-            s.header.length,
-            s.offset,
-            &s.digest_hex[..16.min(s.digest_hex.len())]
-        ));
+    // A run of sections of one id and version (graphics memory's chunks) is one line.
+    for run in summary.sections.chunk_by(|a, b| {
+        (a.header.id, a.header.major, a.header.minor)
+            == (b.header.id, b.header.major, b.header.minor)
+    }) {
+        let s = &run[0];
+        let name = vgpu_sim::inspect::section_name(s.header.id);
+        if run.len() == 1 {
+            text.push(format!(
+                "  {:<12} v{}.{} {:>11} bytes at {:>10}  sha256 {}",
+                name,
+                s.header.major,
+                s.header.minor,
+                s.header.length,
+                s.offset,
+                &s.digest_hex[..16.min(s.digest_hex.len())]
+            ));
+        } else {
+            let bytes: u64 = run.iter().map(|s| s.header.length).sum();
+            text.push(format!(
+                "  {:<12} v{}.{} {:>11} bytes at {:>10}  in {} sections, each sha256 verified",
+                name,
+                s.header.major,
+                s.header.minor,
+                bytes,
+                s.offset,
+                run.len()
+            ));
+        }
     }
     let facts =
         vgpu_sim::inspect::summarize(&device).map_err(|e| bad(format!("device context: {e}")))?;
