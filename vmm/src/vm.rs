@@ -24,6 +24,7 @@ use crate::ratelimit::RateLimit;
 use crate::vcpu::Vcpu;
 
 mod irqfd;
+mod kvm_exits;
 mod kvm_run;
 
 /// The device as the VMM holds it: behind one lock, shared by the VMM's own thread and,

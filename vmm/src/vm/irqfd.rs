@@ -22,6 +22,10 @@ use mdev_core::IrqSink;
 use pci_config_replay::InterruptRoute;
 use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
 
+use mdev_core::VfioDevice;
+use slog::info;
+
+use super::SharedDevice;
 use crate::bus::lock_face;
 use crate::error::{Result, VmmError};
 use crate::irq::msi_vector;
@@ -130,6 +134,38 @@ impl Irqfds {
             sink_base,
             applied: Mutex::new(None),
         })
+    }
+
+    /// Wire the device's MSI and MSI-X vectors as irqfds of `machine` and hand the device
+    /// their eventfds (`set_irqs`), as a VMM does before the guest's first instruction.
+    pub(super) fn wire_device(
+        machine: &KvmMachine,
+        dev: &mut SharedDevice,
+        face: &Arc<Mutex<PciFace>>,
+        cfg: &super::VmConfig,
+    ) -> Result<Self> {
+        use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
+        let count = |dev: &mut SharedDevice, index| dev.irq_info(index).map_or(0, |i| i.count);
+        let (msi, msix) = (
+            count(dev, VFIO_PCI_MSI_IRQ_INDEX),
+            count(dev, VFIO_PCI_MSIX_IRQ_INDEX),
+        );
+        let irqfds = Self::wire(machine, face.clone(), cfg.irq_sink_base, msi, msix)?;
+        for (index, n) in [
+            (VFIO_PCI_MSI_IRQ_INDEX, msi),
+            (VFIO_PCI_MSIX_IRQ_INDEX, msix),
+        ] {
+            if n > 0 {
+                let sink: Arc<dyn mdev_core::IrqSink> = irqfds.sink();
+                dev.set_irqs(index, 0, n, Some(sink))
+                    .map_err(|source| VmmError::Device {
+                        doing: "wiring interrupts to irqfds",
+                        source,
+                    })?;
+            }
+        }
+        info!(cfg.log, "the device's interrupts go to KVM by irqfd"; "msi" => msi, "msix" => msix);
+        Ok(irqfds)
     }
 
     /// The sink to hand the device (`set_irqs`).

@@ -27,19 +27,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mdev_core::{DirtyBitmap, VfioDevice};
+use mdev_core::DirtyBitmap;
 use serde::Serialize;
 use slog::{debug, info, Logger};
 
 use super::irqfd::Irqfds;
-use super::{deliver, SharedDevice, StopAt, Vm};
-use crate::bus::{lock_face, VmBus};
+use super::kvm_exits::Exits;
+use super::{deliver, StopAt, Vm};
+use crate::bus::lock_face;
 use crate::error::{Result, VmmError};
 use crate::irq::IrqQueue;
-use crate::kvm::{ExitAction, ExitHandler, KvmMachine, KvmVcpuState, VcpuHandle};
-use crate::memory::GuestMem;
+use crate::kvm::{KvmMachine, KvmVcpuState, VcpuHandle};
 use crate::pci::PciFace;
-use crate::platform::{GuestBus, GuestImage, GuestSignal, NoHardware, SimHardware};
+use crate::platform::{GuestSignal, NoHardware, SimHardware};
 use crate::ratelimit::RateLimit;
 
 /// Units of hardware work the device thread does per turn.
@@ -120,72 +120,6 @@ impl std::fmt::Debug for KvmSession {
             .field("running", &self.running.is_some())
             .field("at_boundary", &self.at_boundary)
             .finish()
-    }
-}
-
-/// What the vCPU thread needs for its exits.
-struct Exits {
-    dev: SharedDevice,
-    face: Arc<Mutex<PciFace>>,
-    mem: GuestMem,
-    ecam_gpa: u64,
-    image: Arc<dyn GuestImage>,
-    signal: Arc<Mutex<Option<GuestSignal>>>,
-    mmio_exits: Arc<AtomicU64>,
-    irqfds: Arc<Irqfds>,
-    warn_limit: RateLimit,
-    log: Logger,
-}
-
-impl Exits {
-    /// After a write that may have reprogrammed an MSI or MSI-X vector: the irqfds' routes
-    /// follow before the guest's next access (a doorbell) can make the device signal.
-    fn sync_routes(&mut self) {
-        if let Err(e) = self.irqfds.sync_routes() {
-            if self.warn_limit.allow() {
-                slog::warn!(self.log, "cannot route the device's interrupts"; "error" => %e);
-            }
-        }
-    }
-
-    fn bus(&mut self) -> VmBus<'_> {
-        self.mmio_exits.fetch_add(1, Ordering::Relaxed);
-        VmBus {
-            mem: &self.mem,
-            dev: &mut self.dev,
-            face: &self.face,
-            ecam_gpa: self.ecam_gpa,
-            log: &self.log,
-            warn_limit: &mut self.warn_limit,
-        }
-    }
-}
-
-impl ExitHandler for Exits {
-    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) {
-        self.bus().read(gpa, data);
-    }
-
-    fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
-        self.bus().write(gpa, data);
-        self.sync_routes();
-    }
-
-    fn io_out(&mut self, port: u16, data: &[u8]) -> ExitAction {
-        let mut v = [0u8; 4];
-        let n = data.len().min(4);
-        v[..n].copy_from_slice(&data[..n]);
-        match self.image.port_write(port, u32::from_le_bytes(v)) {
-            GuestSignal::Ignore => ExitAction::Continue,
-            s => {
-                *self.signal.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
-                ExitAction::Pause
-            }
-        }
-    }
-
-    fn io_in(&mut self, _port: u16, data: &mut [u8]) {
-        data.fill(0xff);
     }
 }
 
@@ -272,38 +206,6 @@ fn spawn_device(mut hw: Box<dyn SimHardware>, path: IrqPath) -> Result<DeviceThr
     })
 }
 
-/// Wire the device's MSI and MSI-X vectors as irqfds of `machine` and hand the device
-/// their eventfds (`set_irqs`), as a VMM does before the guest's first instruction.
-fn wire_irqfds(
-    machine: &KvmMachine,
-    dev: &mut SharedDevice,
-    face: &Arc<Mutex<PciFace>>,
-    cfg: &super::VmConfig,
-) -> Result<Irqfds> {
-    use vfio_bindings::bindings::vfio::{VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX};
-    let count = |dev: &mut SharedDevice, index| dev.irq_info(index).map_or(0, |i| i.count);
-    let (msi, msix) = (
-        count(dev, VFIO_PCI_MSI_IRQ_INDEX),
-        count(dev, VFIO_PCI_MSIX_IRQ_INDEX),
-    );
-    let irqfds = Irqfds::wire(machine, face.clone(), cfg.irq_sink_base, msi, msix)?;
-    for (index, n) in [
-        (VFIO_PCI_MSI_IRQ_INDEX, msi),
-        (VFIO_PCI_MSIX_IRQ_INDEX, msix),
-    ] {
-        if n > 0 {
-            let sink: Arc<dyn mdev_core::IrqSink> = irqfds.sink();
-            dev.set_irqs(index, 0, n, Some(sink))
-                .map_err(|source| VmmError::Device {
-                    doing: "wiring interrupts to irqfds",
-                    source,
-                })?;
-        }
-    }
-    info!(cfg.log, "the device's interrupts go to KVM by irqfd"; "msi" => msi, "msix" => msix);
-    Ok(irqfds)
-}
-
 fn kvm_err(source: crate::kvm::KvmError) -> VmmError {
     VmmError::Kvm { source }
 }
@@ -361,13 +263,14 @@ impl Vm {
                         why: "this guest program has no x86-64 image".into(),
                     });
                 };
-                let irqfds = match wire_irqfds(&machine, &mut self.dev, &self.face, &self.cfg) {
-                    Ok(i) => Arc::new(i),
-                    Err(e) => {
-                        session.vcpu = Some(VcpuSlot::Ready(machine));
-                        return Err(e);
-                    }
-                };
+                let irqfds =
+                    match Irqfds::wire_device(&machine, &mut self.dev, &self.face, &self.cfg) {
+                        Ok(i) => Arc::new(i),
+                        Err(e) => {
+                            session.vcpu = Some(VcpuSlot::Ready(machine));
+                            return Err(e);
+                        }
+                    };
                 session.irqfds = Some(irqfds.clone());
                 let spawned = machine.spawn(Box::new(Exits {
                     dev: self.dev.clone(),
