@@ -153,12 +153,7 @@ pub fn factory_checked(
     migration_features: u32,
     v1_checks: state_region::V1Checks,
 ) -> Arc<dyn VmFactory> {
-    Arc::new(VgpuFactory {
-        tracking,
-        migration_features,
-        v1_checks,
-        prefault_staging: false,
-    })
+    Arc::new(checked(tracking, migration_features, v1_checks))
 }
 
 /// The factory of a migration target made ahead of the stream: [`factory_checked`]'s
@@ -169,11 +164,22 @@ pub fn target_factory(
     v1_checks: state_region::V1Checks,
 ) -> Arc<dyn VmFactory> {
     Arc::new(VgpuFactory {
+        prefault_staging: true,
+        ..checked(tracking, migration_features, v1_checks)
+    })
+}
+
+fn checked(
+    tracking: DirtyTracking,
+    migration_features: u32,
+    v1_checks: state_region::V1Checks,
+) -> VgpuFactory {
+    VgpuFactory {
         tracking,
         migration_features,
         v1_checks,
-        prefault_staging: true,
-    })
+        prefault_staging: false,
+    }
 }
 
 /// A VM config for a vGPU of `mdev_type` with precise (shadow page table) DMA tracking and

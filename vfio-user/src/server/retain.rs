@@ -16,7 +16,7 @@
 //! gets a device at power-on, and the log says so). A VMM that attaches the device to a new
 //! VM resets it first, as vfio-pci resets a device at VM start.
 
-use mdev_core::{MigState, MigrationError, VfioDevice};
+use mdev_core::{DataStream, MigState, MigrationDevice, MigrationError, VfioDevice};
 
 /// A device's state saved at a client's disconnect.
 #[derive(Debug)]
@@ -60,6 +60,20 @@ fn step(doing: &'static str) -> impl FnOnce(MigrationError) -> RetainError {
     move |source| RetainError::Step { doing, source }
 }
 
+/// Walk to `state`, which opens a data session of kind `what`; its handle.
+fn open(
+    mig: &mut dyn MigrationDevice,
+    state: MigState,
+    doing: &'static str,
+    what: &'static str,
+) -> Result<DataStream, RetainError> {
+    let t = mig.set_mig_state(state).map_err(step(doing))?;
+    t.stream.ok_or(RetainError::Step {
+        doing,
+        source: MigrationError::NoStream { what, state },
+    })
+}
+
 /// Save `device`'s whole state, leaving it stopped.
 pub(crate) fn park(device: &mut dyn VfioDevice) -> Result<Retained, RetainError> {
     let mig = device.migration().ok_or(RetainError::NoMigration)?;
@@ -73,16 +87,7 @@ pub(crate) fn park(device: &mut dyn VfioDevice) -> Result<Retained, RetainError>
     }
     mig.set_mig_state(MigState::Stop)
         .map_err(step("stopping the device"))?;
-    let t = mig
-        .set_mig_state(MigState::StopCopy)
-        .map_err(step("entering STOP_COPY"))?;
-    let stream = t.stream.ok_or(RetainError::Step {
-        doing: "entering STOP_COPY",
-        source: MigrationError::NoStream {
-            what: "saving",
-            state: MigState::StopCopy,
-        },
-    })?;
+    let stream = open(mig, MigState::StopCopy, "entering STOP_COPY", "saving")?;
     let mut bytes = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -104,16 +109,7 @@ pub(crate) fn park(device: &mut dyn VfioDevice) -> Result<Retained, RetainError>
 /// if it ran.
 pub(crate) fn restore(device: &mut dyn VfioDevice, kept: &Retained) -> Result<(), RetainError> {
     let mig = device.migration().ok_or(RetainError::NoMigration)?;
-    let t = mig
-        .set_mig_state(MigState::Resuming)
-        .map_err(step("entering RESUMING"))?;
-    let stream = t.stream.ok_or(RetainError::Step {
-        doing: "entering RESUMING",
-        source: MigrationError::NoStream {
-            what: "resuming",
-            state: MigState::Resuming,
-        },
-    })?;
+    let stream = open(mig, MigState::Resuming, "entering RESUMING", "resuming")?;
     mdev_core::write_all_data(mig, stream, &kept.bytes).map_err(step("loading the kept state"))?;
     // RESUMING -> STOP commits the state and ends the session.
     mig.set_mig_state(MigState::Stop)
