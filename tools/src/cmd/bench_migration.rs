@@ -2,13 +2,11 @@
 //! stream against raw loopback TCP and against its own integrity checks, and shadow-pt
 //! against pinned tracking. Everything side by side in one run; medians over `runs`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::time::Duration;
 use vgpu_platform::VgpuVm;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use slog::Logger;
 use vgpu_sim::workload::Params;
 use vgpu_sim::DirtyTracking;
@@ -18,6 +16,7 @@ use vmm::{StopAt, Vm};
 use snafu::ResultExt;
 use std::path::Path;
 
+use super::bench_floors::{check_rate, raw_tcp};
 use super::bench_qemu::PeerBench;
 use super::{CliError, Result, TimelineSnafu};
 use crate::timeline::Recorder;
@@ -168,83 +167,6 @@ fn draw_last(path: Option<&Path>, title: &str, last: &Last, limit_ms: f64) -> Re
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// Raw loopback TCP throughput for `bytes` bytes, bytes/s.
-fn raw_tcp(bytes: u64) -> Result<f64> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let addr = l
-        .local_addr()
-        .map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let rx = std::thread::spawn(move || -> std::io::Result<u64> {
-        let (mut s, _) = l.accept()?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = s.read(&mut buf)?;
-            if k == 0 {
-                return Ok(n);
-            }
-            n += k as u64;
-        }
-    });
-    let mut s = TcpStream::connect(addr).map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let buf = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        s.write_all(&buf[..k])
-            .map_err(|e| CliError::Check { msg: e.to_string() })?;
-        left -= k as u64;
-    }
-    drop(s);
-    let got = rx
-        .join()
-        .map_err(|_| CliError::Check {
-            msg: "receiver panicked".into(),
-        })?
-        .map_err(|e| CliError::Check { msg: e.to_string() })?;
-    let secs = t.elapsed().as_secs_f64();
-    Ok(got as f64 / secs)
-}
-
-/// Throughput of the stream's own integrity checks on a stream of `ram` bytes of guest
-/// pages (XXH3-128) and `other` bytes under SHA-256 (device sections and metadata), on one
-/// core, bytes/s.
-fn check_rate(ram: u64, other: u64) -> f64 {
-    let buf: Vec<u8> = (0..(16u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let t = Instant::now();
-    let mut x = vmm::stream::RamHash::new();
-    let mut left = ram;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        x.update(&buf[..k]);
-        left -= k as u64;
-    }
-    std::hint::black_box(x.digest());
-    let xxh = t.elapsed().as_secs_f64();
-    let sha = other as f64 / sha_rate(other.max(1));
-    (ram + other) as f64 / (xxh + sha)
-}
-
-/// SHA-256 throughput over `bytes` bytes on one core, bytes/s.
-fn sha_rate(bytes: u64) -> f64 {
-    let buf: Vec<u8> = (0..(16u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let t = Instant::now();
-    let mut h = Sha256::new();
-    let mut left = bytes;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        h.update(&buf[..k]);
-        left -= k as u64;
-    }
-    std::hint::black_box(h.finalize());
-    bytes as f64 / t.elapsed().as_secs_f64()
 }
 
 #[derive(Debug, Serialize)]

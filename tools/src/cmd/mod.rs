@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod bench;
+mod bench_floors;
 mod bench_kvm;
 mod bench_migration;
 mod bench_qemu;
