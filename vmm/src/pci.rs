@@ -81,6 +81,9 @@ pub struct PciFace {
     host: HostResources,
     bars: Vec<BarMapping>,
     routes: Vec<InterruptRoute>,
+    /// Bumped whenever `routes` changes, so that a follower (the irqfds' GSI routes) can
+    /// tell without comparing them.
+    routes_generation: u64,
 }
 
 impl PciFace {
@@ -96,6 +99,7 @@ impl PciFace {
             host,
             bars: Vec::new(),
             routes: Vec::new(),
+            routes_generation: 0,
         };
         face.refresh(dev)?;
         Ok(face)
@@ -119,6 +123,12 @@ impl PciFace {
     /// The enabled message vectors.
     pub fn routes(&self) -> &[InterruptRoute] {
         &self.routes
+    }
+
+    /// How many times the routes have changed (a refresh that derives the same routes
+    /// does not count).
+    pub fn routes_generation(&self) -> u64 {
+        self.routes_generation
     }
 
     /// Whether a write at `offset` of BAR0's region lands in the MSI-X table or PBA (the
@@ -202,7 +212,10 @@ impl PciFace {
             self.bars = b;
         }
         if let Ok(r) = state.interrupt_routes(&self.host) {
-            self.routes = r;
+            if r != self.routes {
+                self.routes = r;
+                self.routes_generation += 1;
+            }
         }
     }
 

@@ -6,7 +6,8 @@
 //! it left it. Our device model is built on the client's memory and cannot outlive it, so
 //! the server keeps the state instead: at disconnect it saves the device whole through its
 //! own v2 migration interface ([`park`]: STOP, then a full STOP_COPY read), and builds the
-//! next client's device on that client's maps and loads the state into it ([`restore`]:
+//! next client's device on that client's maps and, at its first request that can see the
+//! state, loads the state into it ([`restore`]:
 //! RESUMING, the bytes, STOP, and RUNNING again if it was running). The device's GTT is
 //! re-validated against the new maps on load, as on a migration target.
 //!
@@ -17,6 +18,9 @@
 //! VM resets it first, as vfio-pci resets a device at VM start.
 
 use mdev_core::{DataStream, MigState, MigrationDevice, MigrationError, VfioDevice};
+use slog::{info, warn};
+
+use super::session::{Refusal, Session};
 
 /// A device's state saved at a client's disconnect.
 #[derive(Debug)]
@@ -119,4 +123,56 @@ pub(crate) fn restore(device: &mut dyn VfioDevice, kept: &Retained) -> Result<()
             .map_err(step("setting the device running"))?;
     }
     Ok(())
+}
+
+impl Session {
+    /// Give this client's device the state `kept` (the last client's, see
+    /// [`super::retain`]) once it is built.
+    pub(super) fn keep(&mut self, kept: Option<Retained>) {
+        self.kept = kept;
+    }
+
+    /// Load the last client's device state into this client's device, once.
+    pub(super) fn restore_kept(&mut self) -> Result<(), Refusal> {
+        if self.kept.is_none() {
+            return Ok(());
+        }
+        // Build the device first: a request that cannot have one yet keeps the state.
+        self.dev()?;
+        let (Some(k), Some(d)) = (self.kept.take(), self.dev.as_mut()) else {
+            return Ok(());
+        };
+        match restore(&mut *d.device, &k) {
+            Ok(()) => {
+                info!(self.log, "the last client's device state restored"; "bytes" => k.len())
+            }
+            Err(e) => {
+                warn!(self.log, "the last client's device state could not be restored: the device is at power-on"; "why" => %e)
+            }
+        }
+        Ok(())
+    }
+
+    /// The client left: save the device's state for the next client (or hand on what
+    /// this client never loaded: it only asked for info). `None` if there is nothing
+    /// consistent to keep.
+    pub(super) fn park(&mut self) -> Option<Retained> {
+        if self.kept.is_some() {
+            return self.kept.take();
+        }
+        let d = self.dev.as_mut()?;
+        if let (Some(s), Some(mig)) = (self.stream.take(), d.device.migration()) {
+            mig.close_data(s);
+        }
+        match park(&mut *d.device) {
+            Ok(k) => {
+                info!(self.log, "device state kept for the next client"; "bytes" => k.len());
+                Some(k)
+            }
+            Err(e) => {
+                warn!(self.log, "device state not kept: the next client gets a device at power-on"; "why" => %e);
+                None
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use mdev_core::{DataStream, DeviceError, IrqSink, RegionInfo};
-use slog::{debug, info, warn, Logger};
+use slog::{debug, info, Logger};
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_info_cap_header, vfio_irq_info, vfio_region_info,
     vfio_region_info_cap_type, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_TYPE_MASK,
@@ -14,7 +14,7 @@ use vfio_bindings::bindings::vfio::{
 
 use super::dma::DmaTable;
 use super::remote::{self, Peer, SocketPort};
-use super::retain::{self, Retained};
+use super::retain::Retained;
 use super::{DeviceFactory, ServedDevice};
 use crate::clock::{self, ClockRegs};
 use crate::proto::{Caps, Command, Reader, Version, Writer, VERSION_MAJOR, VERSION_MINOR};
@@ -100,9 +100,9 @@ pub struct Session {
     peer: Option<Peer>,
     /// The port of DMA by message, once the device is built on maps without descriptors.
     port: Option<Arc<SocketPort>>,
-    /// The device state the last client left (loaded into this client's device when it
-    /// is built).
-    kept: Option<Retained>,
+    /// The device state the last client left (loaded into this client's device at the
+    /// first request that can see it; see [`super::retain`]).
+    pub(super) kept: Option<Retained>,
     pub(super) log: Logger,
 }
 
@@ -126,33 +126,6 @@ impl Session {
             port: None,
             kept: None,
             log,
-        }
-    }
-
-    /// Give this client's device the state `kept` (the last client's, see
-    /// [`super::retain`]) once it is built.
-    pub(super) fn keep(&mut self, kept: Option<Retained>) {
-        self.kept = kept;
-    }
-
-    /// The client left: save the device's state for the next client (or hand on what
-    /// this client never used). `None` if there is nothing consistent to keep.
-    pub(super) fn park(&mut self) -> Option<Retained> {
-        let Some(d) = self.dev.as_mut() else {
-            return self.kept.take();
-        };
-        if let (Some(s), Some(mig)) = (self.stream.take(), d.device.migration()) {
-            mig.close_data(s);
-        }
-        match retain::park(&mut *d.device) {
-            Ok(k) => {
-                info!(self.log, "device state kept for the next client"; "bytes" => k.len());
-                Some(k)
-            }
-            Err(e) => {
-                warn!(self.log, "device state not kept: the next client gets a device at power-on"; "why" => %e);
-                None
-            }
         }
     }
 
@@ -203,17 +176,6 @@ impl Session {
             let d = shadow_pt::remote::install(remote, || self.factory.create(&mem, &self.log))
                 .map_err(|e| (libc::ENODEV, e))?;
             info!(self.log, "device created"; "dma_maps" => self.dma.len(), "by_message" => by_message);
-            let mut d = d;
-            if let Some(k) = self.kept.take() {
-                match retain::restore(&mut *d.device, &k) {
-                    Ok(()) => {
-                        info!(self.log, "the last client's device state restored"; "bytes" => k.len())
-                    }
-                    Err(e) => {
-                        warn!(self.log, "the last client's device state could not be restored: the device is at power-on"; "why" => %e)
-                    }
-                }
-            }
             self.port = port;
             self.dev = Some(d);
         }
@@ -237,6 +199,19 @@ impl Session {
         }
         if cmd != Command::Version && self.caps.is_none() {
             return Err(inval("the first message must be VERSION"));
+        }
+        // The last client's device state goes into the device at the first request that
+        // can see it; a client that resets the device first (a VMM starting a new VM)
+        // never pays for the load.
+        match cmd {
+            Command::DeviceReset => self.kept = None,
+            Command::Version
+            | Command::DmaMap
+            | Command::DmaUnmap
+            | Command::DeviceGetInfo
+            | Command::DeviceGetRegionInfo
+            | Command::DeviceGetIrqInfo => {}
+            _ => self.restore_kept()?,
         }
         let p = &msg.payload[..];
         match cmd {

@@ -93,8 +93,8 @@ pub(super) struct Irqfds {
     machine: OnceLock<Arc<KvmMachine>>,
     face: Arc<Mutex<PciFace>>,
     sink_base: u32,
-    /// The routes last applied; the lock orders concurrent syncs.
-    applied: Mutex<Option<Vec<GsiRoute>>>,
+    /// The face's routes generation last applied; the lock orders concurrent syncs.
+    applied: Mutex<Option<u64>>,
 }
 
 impl Irqfds {
@@ -185,18 +185,21 @@ impl Irqfds {
         let Some(machine) = self.machine.get() else {
             return Ok(());
         };
+        // Called after every MMIO write of the guest: when the routes did not change
+        // this costs two uncontended locks and a compare.
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        let want = {
+        let (generation, want) = {
             let face = lock_face(&self.face);
-            self.routes_for(face.routes())
+            let g = face.routes_generation();
+            if *applied == Some(g) {
+                return Ok(());
+            }
+            (g, self.routes_for(face.routes()))
         };
-        if applied.as_ref() == Some(&want) {
-            return Ok(());
-        }
         machine
             .set_msi_routes(&want)
             .map_err(|source| VmmError::Kvm { source })?;
-        *applied = Some(want);
+        *applied = Some(generation);
         Ok(())
     }
 
