@@ -100,3 +100,25 @@ fn the_target_must_run_the_same_device() {
     let tl = t.one_error_line();
     assert!(tl.contains("serial-16"), "{tl}");
 }
+
+#[test]
+fn an_idle_target_never_passes_a_source_that_ran_the_vgpu_workload() {
+    let (target, url) = process::incoming(&["--type", "vgpu-64", "--workload", "idle"]);
+    let mut args = vec![
+        "migrate",
+        "--to",
+        &url,
+        "--frames",
+        "4",
+        "--migrate-at",
+        "2",
+    ];
+    args.extend(vgpu_migrate_tests::SMALL_ARGS);
+    let src = Proc::start("migrate", &args).wait();
+    let line = src.one_error_line();
+    assert!(
+        line.contains("differs") && line.contains("--workload idle"),
+        "{line}"
+    );
+    target.wait().ok();
+}

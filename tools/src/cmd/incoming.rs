@@ -237,8 +237,10 @@ fn finish_idle(
         .send(&control::FromTarget::Outcome(control::Outcome {
             frames: 0,
             final_checksum: digest.clone(),
-            verified: true,
-            detail: "idle workload: the source compares the device-state digests".into(),
+            // Nothing is verified here: an idle source compares the digests itself; a
+            // source that ran the vGPU workload must not read this as a pass.
+            verified: false,
+            detail: "the target ran --workload idle: it checks no workload; an idle source compares device-state digests".into(),
         }));
     if json {
         let v = serde_json::json!({ "workload": "idle", "device_state_sha256": digest });
