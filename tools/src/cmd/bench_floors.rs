@@ -9,8 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::{CliError, Result};
 
-/// Raw loopback TCP throughput for `bytes` bytes, bytes/s.
-pub(super) fn raw_tcp(bytes: u64) -> Result<f64> {
+/// Raw loopback TCP throughput for `bytes` bytes, bytes/s, and the CPU seconds both ends
+/// spent (this process: the sender and the receiver thread).
+pub(super) fn raw_tcp(bytes: u64) -> Result<(f64, f64)> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
     let addr = l
         .local_addr()
@@ -29,6 +30,7 @@ pub(super) fn raw_tcp(bytes: u64) -> Result<f64> {
     });
     let mut s = TcpStream::connect(addr).map_err(|e| CliError::Check { msg: e.to_string() })?;
     let buf = vec![0x5au8; 1 << 20];
+    let cpu0 = super::cpu::own_seconds();
     let t = Instant::now();
     let mut left = bytes;
     while left > 0 {
@@ -45,7 +47,7 @@ pub(super) fn raw_tcp(bytes: u64) -> Result<f64> {
         })?
         .map_err(|e| CliError::Check { msg: e.to_string() })?;
     let secs = t.elapsed().as_secs_f64();
-    Ok(got as f64 / secs)
+    Ok((got as f64 / secs, super::cpu::own_seconds() - cpu0))
 }
 
 /// Throughput of the stream's own integrity checks on a stream of `ram` bytes of guest

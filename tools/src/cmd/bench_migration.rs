@@ -17,6 +17,7 @@ use snafu::ResultExt;
 use std::path::Path;
 
 use super::bench_floors::{check_rate, raw_tcp};
+use super::cpu::own_seconds;
 use super::bench_qemu::PeerBench;
 use super::{CliError, Result, TimelineSnafu};
 use crate::timeline::Recorder;
@@ -136,22 +137,25 @@ fn one(
     let _ = ready_rx.recv_timeout(Duration::from_secs(300));
     let mut rec = Recorder::new(false);
     rec.start();
+    let cpu0 = own_seconds();
     let res = migration::migrate(&mut vm, &url, opts, &mut |p| rec.progress(p));
     let t = target.join().map_err(|_| CliError::Check {
         msg: "the target thread panicked".into(),
     })?;
+    let cpu_s = own_seconds() - cpu0;
     let (rep, _) = res.map_err(|e| CliError::Check {
         msg: format!("benchmark migration failed: {e}"),
     })?;
     let t = t.map_err(|e| CliError::Check {
         msg: format!("benchmark target failed: {e}"),
     })?;
-    Ok((rep, rec.rounds().to_vec(), t.prefault_ms))
+    Ok((rep, rec.rounds().to_vec(), t.prefault_ms, cpu_s))
 }
 
-/// One migration: the source's report, its rounds' live figures, and the target's
-/// preparation time before the stream (ms; 0 without `prefault`).
-type Run = (SourceReport, Vec<Progress>, f64);
+/// One migration: the source's report, its rounds' live figures, the target's preparation
+/// time before the stream (ms; 0 without `prefault`), and the CPU seconds both ends spent
+/// from the source's start to the target's end (this process, every thread).
+type Run = (SourceReport, Vec<Progress>, f64, f64);
 
 /// The last migration a bench ran, for `--timeline`.
 type Last = Option<(SourceReport, Vec<Progress>)>;
@@ -217,7 +221,7 @@ fn scenario(
 ) -> Result<Scenario> {
     let mut reps = Vec::new();
     for _ in 0..runs {
-        let (rep, rounds, _) = one(
+        let (rep, rounds, _, _) = one(
             "vgpu-512",
             ram,
             params,
@@ -266,6 +270,7 @@ fn pipeline_figures(
     let mut prefault = Vec::new();
     let mut tcp = Vec::new();
     let mut sha = Vec::new();
+    let (mut cpu, mut tcp_cpu) = (Vec::new(), Vec::new());
     let idle = Params {
         frame_limit: 4,
         ..params
@@ -285,15 +290,18 @@ fn pipeline_figures(
     };
     let rate = |r: &SourceReport| r.bytes.total as f64 / (r.total_ms / 1e3);
     for _ in 0..runs {
-        let (r, rounds, pf) = once(true)?;
+        let (r, rounds, pf, c) = once(true)?;
         *last = Some((r.clone(), rounds));
         stream.push(rate(&r));
+        cpu.push(c / (r.bytes.total as f64 / 1e9));
         prefault.push(pf);
         if compare_lazy {
             // The same with the target faulting its RAM in while the stream arrives.
             lazy.push(rate(&once(false)?.0));
         }
-        tcp.push(raw_tcp(r.bytes.total)?);
+        let (t, c) = raw_tcp(r.bytes.total)?;
+        tcp.push(t);
+        tcp_cpu.push(c / (r.bytes.total as f64 / 1e9));
         sha.push(check_rate(r.bytes.ram, r.bytes.total - r.bytes.ram));
         if let Some(p) = peer.as_deref_mut() {
             // QEMU's guest holds as many non-zero bytes as our stream moved.
@@ -306,6 +314,8 @@ fn pipeline_figures(
         prefault_ms: median(prefault),
         tcp: median(tcp),
         checks: median(sha),
+        cpu_per_gb: median(cpu),
+        tcp_cpu_per_gb: median(tcp_cpu),
     })
 }
 
@@ -322,6 +332,21 @@ struct Pipeline {
     tcp: f64,
     /// The stream's integrity checks on one core.
     checks: f64,
+    /// CPU seconds per GB (10^9 bytes) moved, both ends of our stream.
+    cpu_per_gb: f64,
+    /// CPU seconds per GB moved, both ends of raw loopback TCP.
+    tcp_cpu_per_gb: f64,
+}
+
+/// Cores this process may run on.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The fastest a pipeline costing `cpu_per_gb` CPU seconds per GB can run when both its
+/// ends share this machine's cores, bytes/s.
+fn bound(cpu_per_gb: f64) -> f64 {
+    cores() as f64 / cpu_per_gb.max(1e-9) * 1e9
 }
 
 /// `bench --what pipeline`: only the uncapped pipeline figures; with `qemu`, QEMU's own
@@ -354,7 +379,9 @@ pub fn pipeline(
     let peer = peer.as_ref().map(PeerBench::summary);
     if json {
         let mut v = serde_json::json!({"stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6, "stream_over_slower": s / t.min(h),
-            "target_prefault_ms": p.prefault_ms, "stream_target_not_prefaulted_mbps": p.lazy.map(|l| l / 1e6)});
+            "target_prefault_ms": p.prefault_ms, "stream_target_not_prefaulted_mbps": p.lazy.map(|l| l / 1e6),
+            "stream_cpu_s_per_gb": p.cpu_per_gb, "raw_tcp_cpu_s_per_gb": p.tcp_cpu_per_gb,
+            "stream_bound_on_machine_mbps": bound(p.cpu_per_gb) / 1e6});
         if let Some(p) = &peer {
             v["peer"] = serde_json::to_value(p).unwrap_or_default();
             if let Some(q) = p.mbps {
@@ -388,10 +415,21 @@ pub fn pipeline(
                 s / l
             );
         }
+        println!(
+            "  CPU per GB moved (user + system, both ends): ours {:.2} s, raw loopback TCP {:.2} s{}; on this machine's {} cores ours cannot pass {:.0} MB/s",
+            p.cpu_per_gb,
+            p.tcp_cpu_per_gb,
+            peer.as_ref()
+                .and_then(|q| q.cpu_per_gb)
+                .map(|c| format!(", QEMU {c:.2} s"))
+                .unwrap_or_default(),
+            cores(),
+            bound(p.cpu_per_gb) / 1e6
+        );
         if let Some(p) = &peer {
             match p.mbps {
                 Some(q) => println!(
-                    "QEMU {} ({}, one channel, max-bandwidth unlimited, {} MiB non-zero guest RAM) {:.0} MB/s; ours/QEMU {:.2} (aim >= 2)",
+                    "QEMU {} ({}, one channel, max-bandwidth unlimited, target RAM preallocated, {} MiB non-zero guest RAM) {:.0} MB/s; ours/QEMU {:.2} (aim >= 2)",
                     p.qemu_version.as_deref().unwrap_or("?"),
                     p.accel.unwrap_or("?"),
                     p.guest_mib,
@@ -453,7 +491,7 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
             height: 360,
             ..params
         };
-        let (r, _, _) = one(
+        let (r, _, _, _) = one(
             "vgpu-64",
             256 << 20,
             &small,

@@ -223,6 +223,9 @@ pub struct QemuRun {
     pub downtime_ms: f64,
     /// Transferred bytes / total time, bytes/s.
     pub rate: f64,
+    /// CPU seconds both QEMUs spent from `migrate` to its completion (user + system, every
+    /// thread; `/proc` counts in 10 ms ticks), if `/proc` could be read.
+    pub cpu_s: Option<f64>,
 }
 
 /// The QEMU peer: a guest of `guest_mib` MiB, all of it non-zero, and what was learned
@@ -302,7 +305,12 @@ impl QemuPeer {
             })?
             .port();
         let uri = format!("tcp:127.0.0.1:{port}");
-        let mut targs = self.common("target", format!("memory-backend-ram,id=m,size={m}M"));
+        // The target's RAM is faulted in when it starts (`prealloc=on`), before the source
+        // connects, as ours is (`migration::prepare`): the two streams then do the same work.
+        let mut targs = self.common(
+            "target",
+            format!("memory-backend-ram,id=m,size={m}M,prealloc=on"),
+        );
         targs.extend(["-incoming".to_string(), "defer".to_string()]);
         let sargs = self.common(
             "source",
@@ -332,6 +340,13 @@ impl QemuPeer {
             COMMAND_DEADLINE,
         )
         .map_err(|e| source.failed(e))?;
+        let pids = [source.child.id(), target.child.id()];
+        let cpu = || -> Option<f64> {
+            pids.iter()
+                .map(|p| super::cpu::process_seconds(*p))
+                .sum::<Option<f64>>()
+        };
+        let cpu0 = cpu();
         sq.execute("migrate", Some(json!({ "uri": uri })), COMMAND_DEADLINE)
             .map_err(|e| source.failed(e))?;
         let deadline = Instant::now() + MIGRATION_DEADLINE;
@@ -358,6 +373,7 @@ impl QemuPeer {
                 _ => std::thread::sleep(Duration::from_millis(5)),
             }
         };
+        let cpu_s = cpu0.zip(cpu()).map(|(a, b)| b - a);
         let ram_transferred = info
             .pointer("/ram/transferred")
             .and_then(Value::as_u64)
@@ -381,6 +397,7 @@ impl QemuPeer {
                 total_ms,
                 downtime_ms,
                 rate: ram_transferred as f64 / (total_ms / 1e3),
+                cpu_s,
             },
             version,
         ))
@@ -408,6 +425,8 @@ pub struct PeerSummary {
     pub mbps: Option<f64>,
     /// Each run, MB/s.
     pub runs_mbps: Vec<f64>,
+    /// Median of the runs: CPU seconds per GB transferred, both QEMUs.
+    pub cpu_per_gb: Option<f64>,
     /// Each run, QEMU's figures.
     pub runs: Vec<QemuRun>,
 }
@@ -490,6 +509,15 @@ impl PeerBench {
             guest_mib: self.peer.as_ref().map_or(0, QemuPeer::guest_mib),
             mbps,
             runs_mbps,
+            cpu_per_gb: {
+                let mut v: Vec<f64> = self
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.cpu_s.map(|c| c / (r.ram_transferred as f64 / 1e9)))
+                    .collect();
+                v.sort_by(|a, b| a.total_cmp(b));
+                v.get(v.len() / 2).copied()
+            },
             runs: self.runs.clone(),
         }
     }

@@ -7,6 +7,7 @@ mod bench_migration;
 mod bench_qemu;
 mod bench_render;
 mod bench_vfio_user;
+mod cpu;
 mod demo;
 mod dump;
 mod incoming;
