@@ -474,6 +474,10 @@ pub enum Command {
         /// `qemu-system-x86_64` is installed (scripts/install-qemu.sh).
         #[arg(long, value_name = "PEER")]
         peer: Option<String>,
+        /// The source guest's vCPU in `--what migration` and `pipeline`: the simulated one,
+        /// or a KVM vCPU running the driver's x86-64 image.
+        #[arg(long, value_enum, default_value = "sim")]
+        vcpu: Vcpu,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -92,6 +92,7 @@ pub fn run(
     mdev_type: &str,
     what: &str,
     runs: usize,
+    vcpu: crate::cli::Vcpu,
     peer: Option<&str>,
     timeline: Option<&std::path::Path>,
     json: bool,
@@ -116,17 +117,27 @@ pub fn run(
             })
         }
     };
+    if vcpu == crate::cli::Vcpu::Kvm {
+        if !matches!(what, "migration" | "pipeline") {
+            return Err(CliError::Usage {
+                msg: format!("--vcpu kvm goes with --what migration or pipeline, not '{what}'"),
+            });
+        }
+        vmm::kvm::available().map_err(|e| CliError::Usage {
+            msg: format!("--vcpu kvm: KVM is not usable here: {e}"),
+        })?;
+    }
     match what {
         "context" => context(mdev_type, runs, json, log),
-        "migration" => super::bench_migration::run(runs, timeline, json, log),
-        "pipeline" => super::bench_migration::pipeline(runs, qemu, timeline, json, log),
+        "migration" => super::bench_migration::run(runs, vcpu, timeline, json, log),
+        "pipeline" => super::bench_migration::pipeline(runs, vcpu, qemu, timeline, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "render" => super::bench_render::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
             super::bench_render::run(runs, json, log)?;
-            super::bench_migration::run(runs, timeline, json, log)
+            super::bench_migration::run(runs, vcpu, timeline, json, log)
         }
         other => Err(CliError::Usage {
             msg: format!(

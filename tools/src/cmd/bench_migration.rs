@@ -20,6 +20,7 @@ use super::bench_floors::{check_rate, raw_tcp};
 use super::cpu::own_seconds;
 use super::bench_qemu::PeerBench;
 use super::{CliError, Result, TimelineSnafu};
+use crate::cli::Vcpu;
 use crate::timeline::Recorder;
 
 /// Fill the guest RAM above the workload's layout and the graphics memory above its
@@ -61,19 +62,35 @@ fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
     Ok(n)
 }
 
-/// One migration of a scenario, source and target in this process (target on a thread).
-#[allow(clippy::too_many_arguments)]
-fn one(
-    mdev_type: &str,
+/// What one benchmark migration runs.
+#[derive(Debug, Clone, Copy)]
+struct Setup<'a> {
+    mdev_type: &'a str,
     ram: u64,
-    params: &Params,
+    params: Params,
+    /// Frame to migrate at; `u64::MAX`: after the workload ended (the guest idles).
     migrate_at: u64,
     tracking: DirtyTracking,
+    /// Guest RAM and graphics memory filled with non-zero bytes.
     filled: bool,
+    /// The target prepares its VM before the source connects.
     prefault: bool,
-    opts: &SourceOptions,
-    log: &Logger,
-) -> Result<Run> {
+    /// The source guest's vCPU.
+    vcpu: Vcpu,
+}
+
+/// One migration of a scenario, source and target in this process (target on a thread).
+fn one(setup: &Setup, opts: &SourceOptions, log: &Logger) -> Result<Run> {
+    let Setup {
+        mdev_type,
+        ram,
+        ref params,
+        migrate_at,
+        tracking,
+        filled,
+        prefault,
+        vcpu,
+    } = *setup;
     let listener =
         TcpListener::bind("127.0.0.1:0").map_err(|e| CliError::Check { msg: e.to_string() })?;
     let url = format!(
@@ -127,11 +144,20 @@ fn one(
     if filled {
         fill(&mut vm, params, 0x9e37_79b9_7f4a_7c15)?;
     }
-    if migrate_at == u64::MAX {
-        // The pipeline alone: the workload has finished, the guest idles.
-        vm.run(StopAt::Done)?;
-    } else {
-        vm.run(StopAt::Frame(migrate_at))?;
+    // The pipeline alone: the workload has finished, the guest idles.
+    let at = match migrate_at {
+        u64::MAX => StopAt::Done,
+        f => StopAt::Frame(f),
+    };
+    match vcpu {
+        Vcpu::Sim => {
+            vm.run(at)?;
+        }
+        // The KVM vCPU pauses at `at` and runs on its own thread again once the migration
+        // starts pre-copy.
+        Vcpu::Kvm => {
+            vm.run_kvm(at)?;
+        }
     }
     // A hang guard, not a speed check: a target that fails says so through the join.
     let _ = ready_rx.recv_timeout(Duration::from_secs(300));
@@ -210,42 +236,34 @@ fn summarize(reps: &[SourceReport], bw: u64) -> Scenario {
     }
 }
 
+/// The reference scenario's setup: vgpu-512, `ram` of guest RAM, migrated at frame 8.
+fn reference(ram: u64, params: &Params, filled: bool, vcpu: Vcpu) -> Setup<'static> {
+    Setup {
+        mdev_type: "vgpu-512",
+        ram,
+        params: *params,
+        migrate_at: 8,
+        tracking: DirtyTracking::ShadowPt,
+        filled,
+        prefault: true,
+        vcpu,
+    }
+}
+
 fn scenario(
     runs: usize,
-    ram: u64,
-    params: &Params,
-    filled: bool,
+    setup: &Setup,
     opts: &SourceOptions,
     last: &mut Last,
     log: &Logger,
 ) -> Result<Scenario> {
     let mut reps = Vec::new();
     for _ in 0..runs {
-        let (rep, rounds, _, _) = one(
-            "vgpu-512",
-            ram,
-            params,
-            8,
-            DirtyTracking::ShadowPt,
-            filled,
-            true,
-            opts,
-            log,
-        )?;
+        let (rep, rounds, _, _) = one(setup, opts, log)?;
         *last = Some((rep.clone(), rounds));
         reps.push(rep);
     }
     Ok(summarize(&reps, opts.bandwidth.unwrap_or(1)))
-}
-
-fn scenario_idle(
-    runs: usize,
-    ram: u64,
-    params: &Params,
-    opts: &SourceOptions,
-    log: &Logger,
-) -> Result<Scenario> {
-    scenario(runs, ram, params, false, opts, &mut None, log)
 }
 
 /// Stream, raw TCP and integrity-check throughput (bytes/s, medians) on the same bytes: the
@@ -254,6 +272,7 @@ fn pipeline_figures(
     runs: usize,
     ram: u64,
     params: &Params,
+    vcpu: Vcpu,
     mut peer: Option<&mut PeerBench>,
     compare_lazy: bool,
     last: &mut Last,
@@ -276,17 +295,12 @@ fn pipeline_figures(
         ..params
     };
     let once = |prefault: bool| {
-        one(
-            "vgpu-512",
-            ram,
-            &idle,
-            u64::MAX,
-            DirtyTracking::ShadowPt,
-            true,
+        let setup = Setup {
+            migrate_at: u64::MAX,
             prefault,
-            &free,
-            log,
-        )
+            ..reference(ram, &idle, true, vcpu)
+        };
+        one(&setup, &free, log)
     };
     let rate = |r: &SourceReport| r.bytes.total as f64 / (r.total_ms / 1e3);
     for _ in 0..runs {
@@ -353,6 +367,7 @@ fn bound(cpu_per_gb: f64) -> f64 {
 /// migration of as much non-zero memory beside them (when QEMU is installed).
 pub fn pipeline(
     runs: usize,
+    vcpu: Vcpu,
     qemu: bool,
     timeline: Option<&Path>,
     json: bool,
@@ -368,6 +383,7 @@ pub fn pipeline(
         runs.max(1),
         2 << 30,
         &params,
+        vcpu,
         peer.as_mut(),
         true,
         &mut last,
@@ -454,7 +470,13 @@ pub fn pipeline(
     }
 }
 
-pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
+pub fn run(
+    runs: usize,
+    vcpu: Vcpu,
+    timeline: Option<&Path>,
+    json: bool,
+    log: &Logger,
+) -> Result<()> {
     let runs = runs.max(1);
     let params = Params {
         frame_limit: 1_000,
@@ -470,7 +492,13 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
         ..SourceOptions::default()
     };
     let mut last = None;
-    let scenario = scenario(runs, ram, &params, true, &capped, &mut last, log)?;
+    let capped_run = scenario(
+        runs,
+        &reference(ram, &params, true, vcpu),
+        &capped,
+        &mut last,
+        log,
+    )?;
     let limit = capped.downtime_limit.as_secs_f64() * 1e3;
     draw_last(
         timeline,
@@ -478,9 +506,15 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
         &last,
         limit,
     )?;
-    let idle = scenario_idle(runs, ram, &params, &capped, log)?;
+    let idle = scenario(
+        runs,
+        &reference(ram, &params, false, vcpu),
+        &capped,
+        &mut None,
+        log,
+    )?;
 
-    let p = pipeline_figures(runs, ram, &params, None, false, &mut None, log)?;
+    let p = pipeline_figures(runs, ram, &params, vcpu, None, false, &mut None, log)?;
     let (s, t, h) = (p.stream, p.tcp, p.checks);
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.
@@ -491,24 +525,20 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
             height: 360,
             ..params
         };
-        let (r, _, _, _) = one(
-            "vgpu-64",
-            256 << 20,
-            &small,
-            6,
+        let setup = Setup {
+            mdev_type: "vgpu-64",
+            migrate_at: 6,
             tracking,
-            false,
-            true,
-            &capped,
-            log,
-        )?;
+            ..reference(256 << 20, &small, false, vcpu)
+        };
+        let (r, _, _, _) = one(&setup, &capped, log)?;
         let pages: u64 = r.rounds.iter().map(|x| x.dma_only_pages).sum();
         dma.push((tracking, r.bytes.dma_ram, r.bytes.ram, pages));
     }
 
     if json {
         let v = serde_json::json!({
-            "reference_scenario": scenario,
+            "reference_scenario": capped_run,
             "idle_memory_scenario": idle,
             "uncapped": {
                 "stream_mbps": s / 1e6, "raw_tcp_mbps": t / 1e6, "checks_mbps": h / 1e6,
@@ -522,28 +552,29 @@ pub fn run(runs: usize, timeline: Option<&Path>, json: bool, log: &Logger) -> Re
     } else {
         let p = Params::default();
         println!(
-            "live migration, vgpu-512, 2 GiB guest RAM and graphics memory in use, the {} profile at {}x{}, 10 Gbit/s, medians of {runs} runs",
+            "live migration, vgpu-512, 2 GiB guest RAM and graphics memory in use, the {} profile at {}x{}, {} vCPU, 10 Gbit/s, medians of {runs} runs",
             p.profile.name(),
             p.width,
-            p.height
+            p.height,
+            vcpu.name()
         );
         println!(
             "  downtime            {:>9.2} ms   (GVT-g: 300-500 ms; aim <= 30 ms)",
-            scenario.downtime_ms
+            capped_run.downtime_ms
         );
-        println!("  total               {:>9.1} ms", scenario.total_ms);
+        println!("  total               {:>9.1} ms", capped_run.total_ms);
         println!(
             "  floor (bytes/bw)    {:>9.1} ms   total/floor {:.2} (aim <= 1.3)",
-            scenario.floor_ms, scenario.total_over_floor
+            capped_run.floor_ms, capped_run.total_over_floor
         );
         println!(
             "  bytes: {:.1} MiB total, RAM {:.1} MiB (DMA-found {:.2}), device pre-copy {:.1} MiB, stop-copy {:.2} MiB, {} rounds",
-            scenario.bytes_total as f64 / 1048576.0,
-            scenario.bytes_ram as f64 / 1048576.0,
-            scenario.bytes_dma_ram as f64 / 1048576.0,
-            scenario.bytes_device_precopy as f64 / 1048576.0,
-            scenario.bytes_device_stopcopy as f64 / 1048576.0,
-            scenario.rounds
+            capped_run.bytes_total as f64 / 1048576.0,
+            capped_run.bytes_ram as f64 / 1048576.0,
+            capped_run.bytes_dma_ram as f64 / 1048576.0,
+            capped_run.bytes_device_precopy as f64 / 1048576.0,
+            capped_run.bytes_device_stopcopy as f64 / 1048576.0,
+            capped_run.rounds
         );
         println!("the same with guest RAM and graphics memory left zero (zero pages compacted):");
         println!(

@@ -199,11 +199,13 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             runs,
             timeline,
             peer,
+            vcpu,
             json,
         } => bench::run(
             &mdev_type,
             &what,
             runs,
+            vcpu,
             peer.as_deref(),
             timeline.as_deref(),
             json,
