@@ -88,16 +88,36 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Check { msg: e.to_string() }
 }
 
-pub fn run(
-    mdev_type: &str,
-    what: &str,
-    runs: usize,
-    vcpu: crate::cli::Vcpu,
-    peer: Option<&str>,
-    timeline: Option<&std::path::Path>,
-    json: bool,
-    log: &Logger,
-) -> Result<()> {
+/// What `bench` was asked for (its command-line options).
+#[derive(Debug, Clone, Copy)]
+pub struct BenchArgs<'a> {
+    /// mdev type of the context bench.
+    pub mdev_type: &'a str,
+    /// Which parts.
+    pub what: &'a str,
+    /// Repetitions.
+    pub runs: usize,
+    /// The source guest's vCPU (migration and pipeline).
+    pub vcpu: crate::cli::Vcpu,
+    /// A peer measured beside ours (pipeline).
+    pub peer: Option<&'a str>,
+    /// Where to draw the last migration.
+    pub timeline: Option<&'a std::path::Path>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// `vgpu-migrate bench`.
+pub fn run(args: BenchArgs, log: &Logger) -> Result<()> {
+    let BenchArgs {
+        mdev_type,
+        what,
+        runs,
+        vcpu,
+        peer,
+        timeline,
+        json,
+    } = args;
     if timeline.is_some() && !matches!(what, "migration" | "pipeline" | "all") {
         return Err(CliError::Usage {
             msg: format!("--timeline goes with --what migration, pipeline or all, not '{what}'"),

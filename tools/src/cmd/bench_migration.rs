@@ -17,8 +17,8 @@ use snafu::ResultExt;
 use std::path::Path;
 
 use super::bench_floors::{check_rate, raw_tcp};
-use super::cpu::own_seconds;
 use super::bench_qemu::PeerBench;
+use super::cpu::own_seconds;
 use super::{CliError, Result, TimelineSnafu};
 use crate::cli::Vcpu;
 use crate::timeline::Recorder;
@@ -236,6 +236,9 @@ fn summarize(reps: &[SourceReport], bw: u64) -> Scenario {
     }
 }
 
+/// Guest RAM of the reference scenario and of the pipeline bench.
+const REFERENCE_RAM: u64 = 2 << 30;
+
 /// The reference scenario's setup: vgpu-512, `ram` of guest RAM, migrated at frame 8.
 fn reference(ram: u64, params: &Params, filled: bool, vcpu: Vcpu) -> Setup<'static> {
     Setup {
@@ -270,7 +273,6 @@ fn scenario(
 /// migration pipeline alone, with guest memory in use and the guest idle.
 fn pipeline_figures(
     runs: usize,
-    ram: u64,
     params: &Params,
     vcpu: Vcpu,
     mut peer: Option<&mut PeerBench>,
@@ -298,7 +300,7 @@ fn pipeline_figures(
         let setup = Setup {
             migrate_at: u64::MAX,
             prefault,
-            ..reference(ram, &idle, true, vcpu)
+            ..reference(REFERENCE_RAM, &idle, true, vcpu)
         };
         one(&setup, &free, log)
     };
@@ -381,7 +383,6 @@ pub fn pipeline(
     let mut last = None;
     let p = pipeline_figures(
         runs.max(1),
-        2 << 30,
         &params,
         vcpu,
         peer.as_mut(),
@@ -457,6 +458,15 @@ pub fn pipeline(
                     p.note.as_deref().unwrap_or("no figure")
                 ),
             }
+            if let Some(m) = p.multifd_mbps {
+                println!(
+                    "QEMU multifd, {} channels (same guest): {:.0} MB/s, CPU per GB {}",
+                    p.multifd_channels,
+                    m,
+                    p.multifd_cpu_per_gb
+                        .map_or_else(|| "?".into(), |c| format!("{c:.2} s"))
+                );
+            }
         }
     }
     // QEMU installed but its migration failed: our figures are printed, the run fails.
@@ -482,7 +492,7 @@ pub fn run(
         frame_limit: 1_000,
         ..Params::default()
     };
-    let ram = 2u64 << 30;
+    let ram = REFERENCE_RAM;
     let bw = 1_250_000_000u64; // 10 Gbit/s
 
     // 1. The reference scenario at 10 Gbit/s.
@@ -514,7 +524,7 @@ pub fn run(
         log,
     )?;
 
-    let p = pipeline_figures(runs, ram, &params, vcpu, None, false, &mut None, log)?;
+    let p = pipeline_figures(runs, &params, vcpu, None, false, &mut None, log)?;
     let (s, t, h) = (p.stream, p.tcp, p.checks);
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.

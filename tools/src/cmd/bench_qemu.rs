@@ -19,8 +19,10 @@ use serde_json::{json, Value};
 use self::qmp::Qmp;
 
 pub mod qmp;
+mod summary;
 use slog::{info, Logger};
 use snafu::{ResultExt, Snafu};
+pub use summary::PeerBench;
 
 /// How long QEMU may take to start and open its QMP socket.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -294,9 +296,10 @@ impl QemuPeer {
         .collect()
     }
 
-    /// One migration, source to target over loopback TCP, `max-bandwidth` unlimited.
-    /// Returns the figures and QEMU's version.
-    pub fn migrate(&self) -> Result<(QemuRun, String)> {
+    /// One migration, source to target over loopback TCP, `max-bandwidth` unlimited, on
+    /// one channel or (`channels` > 1) with QEMU's multifd on that many. Returns the
+    /// figures and QEMU's version.
+    pub fn migrate(&self, channels: u32) -> Result<(QemuRun, String)> {
         let m = self.guest_mib;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -328,6 +331,23 @@ impl QemuPeer {
             .pointer("/version/qemu")
             .map(|v| format!("{}.{}.{}", v["major"], v["minor"], v["micro"]))
             .unwrap_or_else(|| "?".into());
+        if channels > 1 {
+            // Both ends: the capability, then the channel count, before the stream starts.
+            for (q, p) in [(&mut tq, &mut target), (&mut sq, &mut source)] {
+                q.execute(
+                    "migrate-set-capabilities",
+                    Some(json!({ "capabilities": [{ "capability": "multifd", "state": true }] })),
+                    COMMAND_DEADLINE,
+                )
+                .map_err(|e| p.failed(e))?;
+                q.execute(
+                    "migrate-set-parameters",
+                    Some(json!({ "multifd-channels": channels })),
+                    COMMAND_DEADLINE,
+                )
+                .map_err(|e| p.failed(e))?;
+            }
+        }
         tq.execute(
             "migrate-incoming",
             Some(json!({ "uri": uri })),
@@ -401,124 +421,5 @@ impl QemuPeer {
             },
             version,
         ))
-    }
-}
-
-/// What the bench reports of its peer.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerSummary {
-    /// Always "qemu".
-    pub peer: &'static str,
-    /// `qemu-system-x86_64` was found on `PATH`.
-    pub installed: bool,
-    /// `qemu-system-x86_64` was found and every run completed.
-    pub measured: bool,
-    /// Why there is no figure (not installed, or how it failed).
-    pub note: Option<String>,
-    /// QEMU's version, from its QMP greeting.
-    pub qemu_version: Option<String>,
-    /// kvm or tcg.
-    pub accel: Option<&'static str>,
-    /// The guest's RAM, MiB (all of it non-zero).
-    pub guest_mib: u64,
-    /// Median of the runs: RAM transferred / total time, MB/s.
-    pub mbps: Option<f64>,
-    /// Each run, MB/s.
-    pub runs_mbps: Vec<f64>,
-    /// Median of the runs: CPU seconds per GB transferred, both QEMUs.
-    pub cpu_per_gb: Option<f64>,
-    /// Each run, QEMU's figures.
-    pub runs: Vec<QemuRun>,
-}
-
-/// The peer across a bench's runs: each run of ours is followed by one of QEMU's, on a
-/// guest as large as the bytes our run moved (set up at the first run).
-#[derive(Debug)]
-pub struct PeerBench {
-    qemu: Option<PathBuf>,
-    peer: Option<QemuPeer>,
-    version: Option<String>,
-    runs: Vec<QemuRun>,
-    error: Option<String>,
-    log: Logger,
-}
-
-impl PeerBench {
-    /// A peer bench; `qemu-system-x86_64` is looked up on `PATH`.
-    pub fn new(log: &Logger) -> Self {
-        Self {
-            qemu: find_qemu(),
-            peer: None,
-            version: None,
-            runs: Vec::new(),
-            error: None,
-            log: log.clone(),
-        }
-    }
-
-    /// One QEMU migration of a guest with `bytes` of non-zero memory (rounded up to whole
-    /// MiB; the first call fixes the size). After a failure, later calls do nothing.
-    pub fn run(&mut self, bytes: u64) {
-        let Some(qemu) = self.qemu.clone() else {
-            return;
-        };
-        if self.error.is_some() {
-            return;
-        }
-        let res = (|| {
-            if self.peer.is_none() {
-                let mib = bytes.div_ceil(1 << 20).max(2);
-                self.peer = Some(QemuPeer::new(qemu, mib, &self.log)?);
-            }
-            let Some(peer) = self.peer.as_ref() else {
-                return Ok(());
-            };
-            let (run, version) = peer.migrate()?;
-            self.runs.push(run);
-            self.version = Some(version);
-            Ok::<(), QemuError>(())
-        })();
-        if let Err(e) = res {
-            self.error = Some(e.to_string());
-        }
-    }
-
-    /// The figures, or why there are none.
-    pub fn summary(&self) -> PeerSummary {
-        let runs_mbps: Vec<f64> = self.runs.iter().map(|r| r.rate / 1e6).collect();
-        let mbps = (!runs_mbps.is_empty()).then(|| {
-            let mut v = runs_mbps.clone();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v[v.len() / 2]
-        });
-        let note = match (&self.qemu, &self.error) {
-            (None, _) => Some(
-                "qemu-system-x86_64 is not installed (scripts/install-qemu.sh installs it); no QEMU figure"
-                    .to_string(),
-            ),
-            (Some(_), Some(e)) => Some(format!("the QEMU peer failed: {e}")),
-            _ => None,
-        };
-        PeerSummary {
-            peer: "qemu",
-            installed: self.qemu.is_some(),
-            measured: self.qemu.is_some() && self.error.is_none() && !self.runs.is_empty(),
-            note,
-            qemu_version: self.version.clone(),
-            accel: self.peer.as_ref().map(QemuPeer::accel),
-            guest_mib: self.peer.as_ref().map_or(0, QemuPeer::guest_mib),
-            mbps,
-            runs_mbps,
-            cpu_per_gb: {
-                let mut v: Vec<f64> = self
-                    .runs
-                    .iter()
-                    .filter_map(|r| r.cpu_s.map(|c| c / (r.ram_transferred as f64 / 1e9)))
-                    .collect();
-                v.sort_by(|a, b| a.total_cmp(b));
-                v.get(v.len() / 2).copied()
-            },
-            runs: self.runs.clone(),
-        }
     }
 }

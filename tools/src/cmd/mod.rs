@@ -202,13 +202,15 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             vcpu,
             json,
         } => bench::run(
-            &mdev_type,
-            &what,
-            runs,
-            vcpu,
-            peer.as_deref(),
-            timeline.as_deref(),
-            json,
+            bench::BenchArgs {
+                mdev_type: &mdev_type,
+                what: &what,
+                runs,
+                vcpu,
+                peer: peer.as_deref(),
+                timeline: timeline.as_deref(),
+                json,
+            },
             log,
         ),
         Command::Serve {

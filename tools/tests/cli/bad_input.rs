@@ -186,3 +186,15 @@ fn frames_below_the_snapshot_are_refused() {
     vgpu(&["restore", &p, "--frames", "1"]).error_naming(&["--frames 1", "2 frames"]);
     vgpu(&["restore", &p, "--frames", "0"]).error_naming(&["--frames 0"]);
 }
+
+#[test]
+fn bench_options_that_do_not_go_together_are_refused_before_any_run() {
+    vgpu(&["bench", "--what", "context", "--vcpu", "kvm"])
+        .error_naming(&["--vcpu kvm goes with --what migration or pipeline", "context"]);
+    vgpu(&["bench", "--what", "context", "--peer", "qemu"])
+        .error_naming(&["--peer qemu goes with --what pipeline", "context"]);
+    vgpu(&["bench", "--what", "pipeline", "--peer", "xen"]).error_naming(&["--peer 'xen'"]);
+    vgpu(&["bench", "--what", "render", "--timeline", "/tmp/never.png"])
+        .error_naming(&["--timeline goes with", "render"]);
+    vgpu(&["bench", "--what", "everything"]).error_naming(&["--what 'everything' is not"]);
+}
