@@ -33,6 +33,14 @@ pub enum MigrationError {
         /// The socket's error.
         source: std::io::Error,
     },
+    /// A RAM channel ([`crate::migration::multifd`]) failed or carried something wrong.
+    #[snafu(display("RAM channel {index}: {what}"))]
+    Channel {
+        /// The channel.
+        index: u32,
+        /// What was wrong.
+        what: String,
+    },
     /// The peer spoke something else.
     #[snafu(display("protocol error: {what}"))]
     Protocol {

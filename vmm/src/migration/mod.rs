@@ -36,6 +36,7 @@ pub mod control;
 pub mod device_io;
 pub mod dirty;
 pub mod error;
+pub mod multifd;
 pub mod rate;
 pub mod source;
 pub mod target;

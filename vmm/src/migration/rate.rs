@@ -78,6 +78,12 @@ impl TokenBucket {
         }
     }
 
+    /// Account for `n` bytes now; how long to wait before sending them, if at all (for a
+    /// bucket shared behind a lock: the caller sleeps after letting go of it).
+    pub fn reserve(&mut self, n: usize) -> Option<Duration> {
+        self.take_at(n, Instant::now())
+    }
+
     /// Account for `n` bytes at `now`; how long to wait before sending them, if at all.
     /// The debt stays in the bucket: the next call credits the whole time since `now`,
     /// however long the wait really lasted.
