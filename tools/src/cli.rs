@@ -141,6 +141,11 @@ pub struct MigrateArgs {
     /// Throttle the vGPU engine when the dirty rate outruns the bandwidth.
     #[arg(long)]
     pub auto_converge: bool,
+    /// Guest RAM on this many extra TCP connections beside the main stream, each with its
+    /// own thread and XXH3-128 digest on both hosts (QEMU's multifd idea); 0: guest RAM
+    /// goes on the main stream. At most 8.
+    #[arg(long, default_value_t = 0)]
+    pub channels: u32,
     /// Where to stop the source once converged: converged (at once), mid-batch,
     /// irq-pending, next-frame (after one more frame: its checksum and seqno then travel
     /// only through the DMA dirty log). Default: converged, or next-frame with
@@ -478,6 +483,10 @@ pub enum Command {
         /// or a KVM vCPU running the driver's x86-64 image.
         #[arg(long, value_enum, default_value = "sim")]
         vcpu: Vcpu,
+        /// RAM channels in `--what migration` and `pipeline` (see `migrate --channels`);
+        /// the pipeline then measures the main stream alone and with the channels, beside.
+        #[arg(long, default_value_t = 0)]
+        channels: u32,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -203,6 +203,7 @@ pub fn control_seeds() -> Seeds {
         stream_version: (1, 0),
         context_version: (1, 1),
         features: 15,
+        session: 7,
     };
     let resumed = Ack::Resumed {
         resumed_ns: 1_000_000,
@@ -218,7 +219,7 @@ pub fn control_seeds() -> Seeds {
         ("hello".into(), framed(0, e(control::encode(&hello)))),
         (
             "start".into(),
-            framed(1, e(control::encode(&Start::Go { protocol: "v2".into() }))),
+            framed(1, e(control::encode(&Start::Go { protocol: "v2".into(), channels: 2 }))),
         ),
         (
             "refuse".into(),

@@ -99,6 +99,8 @@ pub struct BenchArgs<'a> {
     pub runs: usize,
     /// The source guest's vCPU (migration and pipeline).
     pub vcpu: crate::cli::Vcpu,
+    /// RAM channels (migration and pipeline).
+    pub channels: u32,
     /// A peer measured beside ours (pipeline).
     pub peer: Option<&'a str>,
     /// Where to draw the last migration.
@@ -114,10 +116,25 @@ pub fn run(args: BenchArgs, log: &Logger) -> Result<()> {
         what,
         runs,
         vcpu,
+        channels,
         peer,
         timeline,
         json,
     } = args;
+    let how = super::bench_migration::How { vcpu, channels };
+    if channels > vmm::migration::multifd::MAX_CHANNELS {
+        return Err(CliError::Usage {
+            msg: format!(
+                "--channels {channels}: at most {} RAM channels",
+                vmm::migration::multifd::MAX_CHANNELS
+            ),
+        });
+    }
+    if channels > 0 && !matches!(what, "migration" | "pipeline") {
+        return Err(CliError::Usage {
+            msg: format!("--channels goes with --what migration or pipeline, not '{what}'"),
+        });
+    }
     if timeline.is_some() && !matches!(what, "migration" | "pipeline" | "all") {
         return Err(CliError::Usage {
             msg: format!("--timeline goes with --what migration, pipeline or all, not '{what}'"),
@@ -149,15 +166,15 @@ pub fn run(args: BenchArgs, log: &Logger) -> Result<()> {
     }
     match what {
         "context" => context(mdev_type, runs, json, log),
-        "migration" => super::bench_migration::run(runs, vcpu, timeline, json, log),
-        "pipeline" => super::bench_migration::pipeline(runs, vcpu, qemu, timeline, json, log),
+        "migration" => super::bench_migration::run(runs, how, timeline, json, log),
+        "pipeline" => super::bench_migration::pipeline(runs, how, qemu, timeline, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "render" => super::bench_render::run(runs, json, log),
         "all" => {
             context(mdev_type, runs, json, log)?;
             super::bench_render::run(runs, json, log)?;
-            super::bench_migration::run(runs, vcpu, timeline, json, log)
+            super::bench_migration::run(runs, how, timeline, json, log)
         }
         other => Err(CliError::Usage {
             msg: format!(

@@ -62,6 +62,15 @@ fn fill(vm: &mut Vm, params: &Params, seed: u64) -> Result<u64> {
     Ok(n)
 }
 
+/// How the bench's migrations run: the source guest's vCPU and the RAM channels.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    /// The source guest's vCPU.
+    pub vcpu: Vcpu,
+    /// RAM channels beside the main stream (`SourceOptions::channels`).
+    pub channels: u32,
+}
+
 /// What one benchmark migration runs.
 #[derive(Debug, Clone, Copy)]
 struct Setup<'a> {
@@ -274,7 +283,7 @@ fn scenario(
 fn pipeline_figures(
     runs: usize,
     params: &Params,
-    vcpu: Vcpu,
+    how: How,
     mut peer: Option<&mut PeerBench>,
     compare_lazy: bool,
     last: &mut Last,
@@ -284,8 +293,10 @@ fn pipeline_figures(
     // 2. Uncapped: our stream against raw TCP and its own checks on as many bytes.
     let free = SourceOptions {
         protocol: Protocol::Region,
+        channels: how.channels,
         ..SourceOptions::default()
     };
+    let vcpu = how.vcpu;
     let mut stream = Vec::new();
     let mut lazy = Vec::new();
     let mut prefault = Vec::new();
@@ -369,7 +380,7 @@ fn bound(cpu_per_gb: f64) -> f64 {
 /// migration of as much non-zero memory beside them (when QEMU is installed).
 pub fn pipeline(
     runs: usize,
-    vcpu: Vcpu,
+    how: How,
     qemu: bool,
     timeline: Option<&Path>,
     json: bool,
@@ -381,15 +392,23 @@ pub fn pipeline(
     };
     let mut peer = qemu.then(|| PeerBench::new(log));
     let mut last = None;
+    let main = How {
+        channels: 0,
+        ..how
+    };
     let p = pipeline_figures(
         runs.max(1),
         &params,
-        vcpu,
+        main,
         peer.as_mut(),
         true,
         &mut last,
         log,
     )?;
+    // With RAM channels, the same again on them, beside.
+    let multi = (how.channels > 0)
+        .then(|| pipeline_figures(runs.max(1), &params, how, None, false, &mut last, log))
+        .transpose()?;
     let (s, t, h) = (p.stream, p.tcp, p.checks);
     let limit = SourceOptions::default().downtime_limit.as_secs_f64() * 1e3;
     draw_last(timeline, "bench pipeline (uncapped)", &last, limit)?;
@@ -399,6 +418,12 @@ pub fn pipeline(
             "target_prefault_ms": p.prefault_ms, "stream_target_not_prefaulted_mbps": p.lazy.map(|l| l / 1e6),
             "stream_cpu_s_per_gb": p.cpu_per_gb, "raw_tcp_cpu_s_per_gb": p.tcp_cpu_per_gb,
             "stream_bound_on_machine_mbps": bound(p.cpu_per_gb) / 1e6});
+        if let Some(m) = &multi {
+            v["channels"] = serde_json::json!(how.channels);
+            v["channels_stream_mbps"] = serde_json::json!(m.stream / 1e6);
+            v["channels_cpu_s_per_gb"] = serde_json::json!(m.cpu_per_gb);
+            v["channels_stream_over_slower"] = serde_json::json!(m.stream / m.tcp.min(m.checks));
+        }
         if let Some(p) = &peer {
             v["peer"] = serde_json::to_value(p).unwrap_or_default();
             if let Some(q) = p.mbps {
@@ -443,6 +468,21 @@ pub fn pipeline(
             cores(),
             bound(p.cpu_per_gb) / 1e6
         );
+        if let Some(m) = &multi {
+            println!(
+                "  with {} RAM channels: {:.0} MB/s, CPU per GB {:.2} s (on this machine's {} cores it cannot pass {:.0} MB/s), stream/slower {:.2}{}",
+                how.channels,
+                m.stream / 1e6,
+                m.cpu_per_gb,
+                cores(),
+                bound(m.cpu_per_gb) / 1e6,
+                m.stream / m.tcp.min(m.checks),
+                peer.as_ref()
+                    .and_then(|q| q.mbps)
+                    .map(|q| format!(", ours/QEMU one channel {:.2}", m.stream / 1e6 / q))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(p) = &peer {
             match p.mbps {
                 Some(q) => println!(
@@ -482,7 +522,7 @@ pub fn pipeline(
 
 pub fn run(
     runs: usize,
-    vcpu: Vcpu,
+    how: How,
     timeline: Option<&Path>,
     json: bool,
     log: &Logger,
@@ -499,8 +539,10 @@ pub fn run(
     let capped = SourceOptions {
         protocol: Protocol::Region,
         bandwidth: Some(bw),
+        channels: how.channels,
         ..SourceOptions::default()
     };
+    let vcpu = how.vcpu;
     let mut last = None;
     let capped_run = scenario(
         runs,
@@ -524,7 +566,7 @@ pub fn run(
         log,
     )?;
 
-    let p = pipeline_figures(runs, &params, vcpu, None, false, &mut None, log)?;
+    let p = pipeline_figures(runs, &params, how, None, false, &mut None, log)?;
     let (s, t, h) = (p.stream, p.tcp, p.checks);
 
     // 3. shadow-pt against pinned: guest RAM bytes the DMA log made us send.

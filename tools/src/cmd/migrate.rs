@@ -154,6 +154,7 @@ pub fn options(m: &MigrateArgs) -> Result<SourceOptions> {
         fail_at,
         peer_timeout: peer_timeout(m.peer_timeout)?,
         stop_self_at: stop_point(m.stop_self_at.as_deref(), m.kill_self_at.as_deref())?,
+        channels: channels(m.channels)?,
         ..SourceOptions::default()
     })
 }
@@ -421,4 +422,15 @@ pub fn device_summary(rep: &SourceReport) -> String {
             "no DMA logging: all backed guest RAM was re-sent in the final pass".to_string()
         }
     )
+}
+
+/// `--channels N`, checked against the most a target accepts.
+fn channels(n: u32) -> Result<u32> {
+    let max = vmm::migration::multifd::MAX_CHANNELS;
+    if n > max {
+        return Err(CliError::Usage {
+            msg: format!("--channels {n}: at most {max} RAM channels"),
+        });
+    }
+    Ok(n)
 }

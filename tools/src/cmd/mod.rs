@@ -200,6 +200,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
             timeline,
             peer,
             vcpu,
+            channels,
             json,
         } => bench::run(
             bench::BenchArgs {
@@ -207,6 +208,7 @@ pub fn dispatch(cmd: Command, log_level: slog::Level, log: &Logger) -> Result<()
                 what: &what,
                 runs,
                 vcpu,
+                channels,
                 peer: peer.as_deref(),
                 timeline: timeline.as_deref(),
                 json,

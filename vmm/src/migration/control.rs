@@ -51,6 +51,9 @@ pub mod features {
     /// Resumes only after the source's HANDOVER: PREPARED, HANDOVER, RESUMED (so the
     /// guest never runs on both sides).
     pub const HANDOVER: u32 = 1 << 4;
+    /// Accepts guest RAM on extra connections ([`crate::migration::multifd`]), named by
+    /// the hello's session.
+    pub const MULTIFD: u32 = 1 << 5;
 }
 
 /// How long a side stays silent at most before it sends a [`KeepAlive`].
@@ -102,6 +105,10 @@ pub struct Hello {
     pub context_version: (u16, u16),
     /// Feature bits ([`features`]).
     pub features: u32,
+    /// This migration's number, which the source's RAM channels give back (0 from a
+    /// target without [`features::MULTIFD`]).
+    #[serde(default)]
+    pub session: u64,
 }
 
 /// The source's answer to the hello.
@@ -111,6 +118,10 @@ pub enum Start {
     Go {
         /// "region" or "v2".
         protocol: String,
+        /// RAM channels the source opens after this message (0: guest RAM goes on the
+        /// main stream).
+        #[serde(default)]
+        channels: u32,
     },
     /// The source refuses; nothing follows.
     Refuse {
@@ -392,6 +403,7 @@ mod tests {
             stream_version: (1, 0),
             context_version: (1, 0),
             features: 7,
+            session: 99,
         };
         let mut buf = Vec::new();
         send(&mut buf, &h).unwrap();
@@ -414,6 +426,7 @@ mod tests {
         assert!(is_keepalive(&ka[12..]));
         let start = encode(&Start::Go {
             protocol: "v2".into(),
+            channels: 0,
         })
         .unwrap();
         assert!(!is_keepalive(&start[12..]));

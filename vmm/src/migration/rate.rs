@@ -71,6 +71,11 @@ impl TokenBucket {
         }
     }
 
+    /// The rate, bytes/s.
+    pub fn rate(&self) -> u64 {
+        self.rate as u64
+    }
+
     /// Account for `n` bytes, sleeping until the rate allows them.
     pub fn take(&mut self, n: usize) {
         if let Some(wait) = self.take_at(n, Instant::now()) {

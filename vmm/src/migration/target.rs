@@ -15,6 +15,7 @@ use super::control::{
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
 use super::source::FailPoint;
+use super::multifd::{accept_channels, RamReceivers};
 use super::transport::PrefetchReader;
 use super::StopPoint;
 use crate::snapshot::{apply_record_ram, replay_config, restore_vcpu};
@@ -151,6 +152,7 @@ pub fn incoming_prepared(
         })
         .and_then(|s| ControlWriter::new(s, live.clone()))?;
     // The hello first: keep-alives follow it.
+    let session_id = super::multifd::new_session();
     ctrl.send(&Hello {
         mdev_type: opts.mdev_type.clone(),
         stream_version: (STREAM_MAJOR, STREAM_MINOR),
@@ -159,11 +161,13 @@ pub fn incoming_prepared(
             | features::PROTOCOL_V2
             | features::MONOTONIC_ACK
             | features::KEEPALIVE
-            | features::HANDOVER,
+            | features::HANDOVER
+            | features::MULTIFD,
+        session: session_id,
     })?;
     let keepalive = KeepAliveThread::spawn(ctrl.clone());
     let mut input = PrefetchReader::spawn(sock, 32, live);
-    match session(&mut input, &ctrl, opts, prepared) {
+    match session(&mut input, &ctrl, opts, prepared, (listener, session_id)) {
         Ok((vm, report)) => Ok((
             vm,
             report,
@@ -197,18 +201,29 @@ fn session(
     ctrl: &ControlWriter,
     opts: &TargetOptions,
     prepared: Option<PreparedVm>,
+    (listener, session_id): (&TcpListener, u64),
 ) -> Result<(Vm, TargetReport)> {
     let start: Start = input.recv_control("source's start")?;
-    let protocol = match start {
+    let (protocol, channels) = match start {
         Start::Refuse { reason } => return Err(MigrationError::Incompatible { why: reason }),
-        Start::Go { protocol } => {
+        Start::Go { protocol, channels } => (
             Protocol::parse(&protocol).ok_or_else(|| MigrationError::Protocol {
                 what: format!("unknown protocol '{protocol}'"),
-            })?
-        }
+            })?,
+            channels,
+        ),
+    };
+    // The source opens its RAM channels right after its start.
+    let channels = if channels > 0 {
+        input.liveness().set_phase("the RAM channels' connections");
+        let socks = accept_channels(listener, session_id, channels, input.liveness(), &opts.log)?;
+        info!(opts.log, "RAM channels connected"; "channels" => channels);
+        socks
+    } else {
+        Vec::new()
     };
     input.liveness().set_phase("pre-copy round 0");
-    let (mut vm, mut report, mut dio) = receive(input, ctrl, opts, protocol, prepared)?;
+    let (mut vm, mut report, mut dio) = receive(input, ctrl, opts, (protocol, channels), prepared)?;
     // The whole state is here and loaded; the guest runs here only once the source has
     // said it will not run it again (so it never runs on both sides).
     ctrl.send(&FromTarget::Ack(Ack::Prepared {
@@ -317,7 +332,7 @@ fn receive(
     input: &mut PrefetchReader,
     ctrl: &ControlWriter,
     opts: &TargetOptions,
-    protocol: Protocol,
+    (protocol, channels): (Protocol, Vec<std::net::TcpStream>),
     prepared: Option<PreparedVm>,
 ) -> Result<(Vm, TargetReport, DeviceIo)> {
     let live = input.liveness().clone();
@@ -354,6 +369,12 @@ fn receive(
     vm.prepare_kvm();
     let mut dio = DeviceIo::new(&mut vm, protocol)?;
     dio.start_resume(&mut vm)?;
+    // Guest RAM from the RAM channels goes in on their own threads from here.
+    let mut ram = if channels.is_empty() {
+        None
+    } else {
+        Some(RamReceivers::spawn(channels, vm.memory(), live.clone())?)
+    };
     let mut config = None;
     let mut vcpu = None;
     let mut report = TargetReport {
@@ -391,6 +412,10 @@ fn receive(
                 if let Ok(round) = u32::try_from(seq) {
                     StopPoint::stop_if(opts.stop_self_at, StopPoint::Round(round), &opts.log);
                 }
+                // Every channel's part of the round is applied before the answer.
+                if let Some(r) = &ram {
+                    r.wait_mark(seq)?;
+                }
                 ctrl.send(&FromTarget::Synced { seq })?;
                 live.set_phase(format!("pre-copy round {}", seq + 1));
             }
@@ -404,6 +429,10 @@ fn receive(
         }
     }
     report.bytes = r.offset();
+    if let Some(r) = ram.take() {
+        live.set_phase("the RAM channels' end");
+        report.bytes += r.finish()?;
+    }
     if opts.fail_at == Some(FailPoint::BeforeResume) {
         return Err(MigrationError::Injected {
             point: "before resume (target)".into(),

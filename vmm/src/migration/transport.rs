@@ -164,6 +164,10 @@ pub struct ChannelWriter {
     counters: Arc<Counters>,
     error: Arc<Mutex<Option<SendFailure>>>,
     handle: Option<JoinHandle<()>>,
+    /// The rate cap, shared with the RAM channels.
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    /// RAM channels beside this stream, if the migration opened any.
+    ram: Option<crate::migration::multifd::RamChannels>,
 }
 
 /// Stream bytes per data frame.
@@ -194,6 +198,8 @@ impl ChannelWriter {
         let counters = Arc::new(Counters::default());
         let error = Arc::new(Mutex::new(None));
         let (c, e) = (counters.clone(), error.clone());
+        let bucket = rate.map(|r| Arc::new(Mutex::new(TokenBucket::new(r))));
+        let b = bucket.clone();
         let _ = set_slices(&sock, &live);
         let handle = std::thread::Builder::new()
             .name("migration-send".into())
@@ -201,7 +207,7 @@ impl ChannelWriter {
                 // The channel's receiver lives until the error is recorded: whoever finds
                 // the channel closed then finds the reason too.
                 let back = [back, back_bulk];
-                if let Err(err) = send_loop(sock, &rx, rate, &live, &c, &back) {
+                if let Err(err) = send_loop(sock, &rx, b, &live, &c, &back) {
                     if let Ok(mut slot) = e.lock() {
                         *slot = Some(SendFailure::of(err));
                     }
@@ -218,7 +224,29 @@ impl ChannelWriter {
             counters,
             error,
             handle,
+            bucket,
+            ram: None,
         }
+    }
+
+    /// The rate cap's bucket (shared with whatever else must stay under the same cap).
+    pub fn bucket(&self) -> Option<Arc<Mutex<TokenBucket>>> {
+        self.bucket.clone()
+    }
+
+    /// Send guest RAM on `channels` from now on (see [`Self::ram_channels`]).
+    pub fn attach_ram_channels(&mut self, channels: crate::migration::multifd::RamChannels) {
+        self.ram = Some(channels);
+    }
+
+    /// The RAM channels, if the migration opened any.
+    pub fn ram_channels(&mut self) -> Option<&mut crate::migration::multifd::RamChannels> {
+        self.ram.as_mut()
+    }
+
+    /// Take the RAM channels (to end them).
+    pub fn take_ram_channels(&mut self) -> Option<crate::migration::multifd::RamChannels> {
+        self.ram.take()
     }
 
     /// A buffer of at least `len` bytes to fill and hand to
@@ -322,12 +350,11 @@ impl ChannelWriter {
 fn send_loop(
     mut sock: TcpStream,
     rx: &Receiver<Out>,
-    rate: Option<u64>,
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
     live: &Liveness,
     c: &Counters,
     back: &[std::sync::mpsc::Sender<Vec<u8>>; 2],
 ) -> io::Result<()> {
-    let mut bucket = rate.map(TokenBucket::new);
     let mut seq = 0u64;
     loop {
         let out = match rx.recv_timeout(KEEPALIVE_INTERVAL) {
@@ -351,14 +378,19 @@ fn send_loop(
             }
         };
         for part in head.as_ref().map(|h| &h[..]).into_iter().chain([body]) {
-            match (bucket.as_mut(), rate) {
-                (Some(b), Some(r)) => {
+            match &bucket {
+                Some(b) => {
+                    let r = b.lock().map_or(1 << 30, |b| b.rate());
                     for p in part.chunks(piece(r)) {
-                        b.take(p.len());
+                        // The wait is taken outside the lock: the RAM channels share it.
+                        let wait = b.lock().ok().and_then(|mut b| b.reserve(p.len()));
+                        if let Some(w) = wait {
+                            std::thread::sleep(w);
+                        }
                         write_all_live(&mut sock, p, live)?;
                     }
                 }
-                _ => write_all_live(&mut sock, part, live)?,
+                None => write_all_live(&mut sock, part, live)?,
             }
         }
         let n = (body.len() - if pool == 0 { FRAME_HEADER } else { 0 }) as u64;

@@ -35,7 +35,7 @@ mod recv;
 mod send;
 
 pub use recv::{accept_channels, RamReceivers};
-pub use send::RamChannels;
+pub use send::{ChannelTotals, RamChannels};
 
 /// First bytes of a RAM channel's connection.
 pub const CHANNEL_MAGIC: [u8; 8] = *b"VGPUCHAN";

@@ -87,6 +87,11 @@ impl RamChannels {
         for index in 0..count {
             let mut sock = crate::migration::transport::connect(url, connect_timeout)?;
             set_slices(&sock, &live)?;
+            // A channel's deadline counts from its own last progress: the main
+            // connection's keep-alives must not keep a channel the target stopped reading
+            // waiting for ever.
+            let live = Liveness::new("target", live.timeout());
+            live.set_phase(format!("RAM channel {index}"));
             let hello = ChannelHello {
                 session,
                 index,

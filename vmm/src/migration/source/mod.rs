@@ -125,7 +125,11 @@ pub fn migrate(
     let mut input = DeadlineReader::new(clone()?, live.clone());
     let mut ctrl = DeadlineWriter::new(clone()?, live.clone());
     let hello: Hello = control::recv(&mut input, "target's hello")?;
-    if let Err(why) = check_hello(vm, &hello, opts.protocol) {
+    let why = check_hello(vm, &hello, opts.protocol).err().or_else(|| {
+        (opts.channels > 0 && hello.features & features::MULTIFD == 0)
+            .then(|| "the target does not accept RAM channels (an older vgpu-migrate)".into())
+    });
+    if let Some(why) = why {
         let _ = control::send(
             &mut ctrl,
             &Start::Refuse {
@@ -139,6 +143,7 @@ pub fn migrate(
         &mut ctrl,
         &Start::Go {
             protocol: opts.protocol.name().into(),
+            channels: opts.channels,
         },
     )?;
     info!(vm.log(), "migration: handshake done"; "target" => url, "protocol" => opts.protocol.name());
@@ -148,7 +153,15 @@ pub fn migrate(
     let mut dio = DeviceIo::new(vm, opts.protocol)?;
     let mut dma: Option<DmaTracker> = None;
     let result = run_migration(
-        vm, sock, &events, &mut ctrl, opts, &mut dio, &mut dma, t_start, progress,
+        vm,
+        (sock, url, hello.session),
+        &events,
+        &mut ctrl,
+        opts,
+        &mut dio,
+        &mut dma,
+        t_start,
+        progress,
     );
     if let Some(d) = dma.as_mut() {
         d.stop(vm);
@@ -218,7 +231,7 @@ pub fn migrate(
 #[allow(clippy::too_many_arguments)]
 fn run_migration(
     vm: &mut Vm,
-    sock: TcpStream,
+    (sock, url, session): (TcpStream, &str, u64),
     events: &TargetEvents,
     ctrl: &mut DeadlineWriter,
     opts: &SourceOptions,
@@ -232,9 +245,25 @@ fn run_migration(
             point: "setup".into(),
         });
     }
-    let writer = ChannelWriter::spawn(sock, opts.bandwidth, events.liveness().clone());
+    let mut writer = ChannelWriter::spawn(sock, opts.bandwidth, events.liveness().clone());
     let counters = writer.counters();
+    if opts.channels > 0 {
+        let channels = super::multifd::RamChannels::connect(
+            url,
+            session,
+            opts.channels,
+            vm.memory(),
+            writer.bucket(),
+            counters.clone(),
+            events.liveness().clone(),
+            opts.connect_timeout,
+        )?;
+        writer.attach_ram_channels(channels);
+    }
     let mut w = StreamWriter::new(writer, &crate::snapshot::header(vm))?;
+    // The header goes now: the target makes its VM (and starts applying the RAM
+    // channels) once it has it, whatever the main stream carries next.
+    std::io::Write::flush(w.get_mut()).map_err(peer)?;
     let mut report = SourceReport {
         protocol: opts.protocol.name(),
         device_precopy: dio.has_precopy(),

@@ -89,6 +89,9 @@ pub struct SourceOptions {
     /// a round dirties then depends on events, not on the machine's speed, so whether
     /// pre-copy converges does not either.
     pub guest_work_per_round: Option<u32>,
+    /// RAM channels beside the main stream ([`crate::migration::multifd`]); 0: guest RAM
+    /// goes on the main stream.
+    pub channels: u32,
 }
 
 impl Default for SourceOptions {
@@ -105,6 +108,7 @@ impl Default for SourceOptions {
             peer_timeout: control::DEFAULT_PEER_TIMEOUT,
             stop_self_at: None,
             guest_work_per_round: None,
+            channels: 0,
         }
     }
 }

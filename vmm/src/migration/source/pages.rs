@@ -2,7 +2,7 @@
 
 use mdev_core::DirtyBitmap;
 
-use super::guest::{run_while_busy, HIGH_WATER};
+use super::guest::{guest_step, run_while_busy, HIGH_WATER};
 use super::peer;
 use crate::memory::{self, PAGE_SIZE};
 use crate::migration::error::{MigrationError, Result};
@@ -45,6 +45,9 @@ pub(super) fn send_pages(
     zeros: bool,
     running: bool,
 ) -> Result<Sent> {
+    if w.get_mut().ram_channels().is_some() {
+        return send_on_channels(vm, w, pages, dma_only, zeros, running);
+    }
     let mut sent = Sent::default();
     // The run of non-zero pages is read straight from guest RAM into `run` (one copy), which
     // the sender thread then takes whole: no copy into its frames. `run` keeps its length;
@@ -119,5 +122,57 @@ pub(super) fn send_pages(
     })();
     w.get_mut().keep_bulk_buffer(run);
     res?;
+    Ok(sent)
+}
+
+/// [`send_pages`] on the RAM channels: runs of consecutive pages (at most a unit's worth)
+/// go to the channels in turn, whose threads read, check for zero, hash and send them.
+/// The pages' counts arrive later ([`crate::migration::multifd::RamChannels::take_counts`],
+/// once the round is synced); `dma_nonzero` counts the DMA-only pages handed on, zero or
+/// not.
+fn send_on_channels(
+    vm: &mut Vm,
+    w: &mut StreamWriter<ChannelWriter>,
+    pages: &DirtyBitmap,
+    dma_only: &DirtyBitmap,
+    zeros: bool,
+    running: bool,
+) -> Result<Sent> {
+    use crate::migration::multifd::MAX_UNIT_PAGES;
+    let mut sent = Sent::default();
+    let mut run: Option<(u64, u32)> = None;
+    let mut hand_on = |vm: &mut Vm, run: (u64, u32)| -> Result<()> {
+        let Some(ch) = w.get_mut().ram_channels() else {
+            return Ok(());
+        };
+        if !running {
+            return ch.send(run.0, run.1, zeros);
+        }
+        // Every queue full: the guest runs while the channels catch up.
+        while !ch.offer(run.0, run.1, zeros)? {
+            if guest_step(vm, 1) == 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+        Ok(())
+    };
+    for gpa in pages.iter_dirty() {
+        if dma_only.is_dirty(gpa) {
+            sent.dma_nonzero += 1;
+        }
+        run = match run {
+            Some((start, n)) if start + u64::from(n) * PAGE_SIZE == gpa && n < MAX_UNIT_PAGES => {
+                Some((start, n + 1))
+            }
+            Some(r) => {
+                hand_on(vm, r)?;
+                Some((gpa, 1))
+            }
+            None => Some((gpa, 1)),
+        };
+    }
+    if let Some(r) = run {
+        hand_on(vm, r)?;
+    }
     Ok(sent)
 }

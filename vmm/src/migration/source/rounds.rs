@@ -98,13 +98,7 @@ pub(super) fn precopy(
             .iter_dirty()
             .filter(|a| pending.is_dirty(*a))
             .count() as u64;
-        let sent = send_pages(vm, w, &pending, &dma_only, round > 0, true)?;
-        let pages = sent.nonzero;
-        if round > 0 {
-            if let Some(b) = sent.bytes_per_page() {
-                ram_bytes_per_page = b;
-            }
-        }
+        let mut sent = send_pages(vm, w, &pending, &dma_only, round > 0, true)?;
         let mut dev_bytes = 0;
         while let Some(n) = dio.next_chunk_to(vm, &mut |c| w.device_data(c))? {
             dev_bytes += n;
@@ -121,7 +115,21 @@ pub(super) fn precopy(
                 u64::from(work) * u64::from(100 - throttle.min(100)) / 100,
             );
         }
+        // The round ends on every RAM channel before its SYNC on the main stream: the
+        // target answers once it has applied all of them.
+        if let Some(ch) = w.get_mut().ram_channels() {
+            ch.mark(u64::from(round))?;
+        }
         sync(vm, w, events, u64::from(round), opts)?;
+        if let Some(ch) = w.get_mut().ram_channels() {
+            (sent.nonzero, sent.zero) = ch.take_counts();
+        }
+        let pages = sent.nonzero;
+        if round > 0 {
+            if let Some(b) = sent.bytes_per_page() {
+                ram_bytes_per_page = b;
+            }
+        }
         let round_s = t_round.elapsed().as_secs_f64().max(1e-6);
         let guest_s = take_guest_time().as_secs_f64();
 

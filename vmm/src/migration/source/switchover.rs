@@ -77,6 +77,11 @@ pub(super) fn stop_and_copy(
     while let Some(n) = dio.next_chunk_to(vm, &mut |c| w.device_data(c))? {
         report.bytes.device_stopcopy += n;
     }
+    // The RAM channels sent their last pages beside the device's data; they end now.
+    let channels = match w.get_mut().take_ram_channels() {
+        Some(ch) => ch.finish()?,
+        None => Default::default(),
+    };
     if opts.fail_at == Some(FailPoint::StopCopy) {
         return Err(MigrationError::Injected {
             point: "stop-and-copy".into(),
@@ -161,9 +166,9 @@ pub(super) fn stop_and_copy(
             // part of the migration.
             let ack_trip_ms = clock.ack_trip_ms;
             report.downtime_clock = Some(clock);
-            report.bytes.ram = stats.ram;
+            report.bytes.ram = stats.ram + channels.ram;
             report.bytes.state = stats.state;
-            report.bytes.total = stats.total;
+            report.bytes.total = stats.total + channels.wire;
             let since_ack_ms = ms_between(t_ack, monotonic_ns());
             report.total_ms =
                 (t_start.elapsed().as_secs_f64() * 1e3 - since_ack_ms - ack_trip_ms).max(0.0);
@@ -174,7 +179,7 @@ pub(super) fn stop_and_copy(
             progress(&Progress {
                 phase: "done",
                 round,
-                sent: stats.total,
+                sent: stats.total + channels.wire,
                 remaining: 0,
                 dirty_rate: 0.0,
                 bandwidth,
