@@ -58,9 +58,11 @@ fn reference() -> &'static Value {
     })
 }
 
-fn migrate_and_verify(protocol: &str) {
+fn migrate_and_verify(protocol: &str, extra: &[&str]) {
     let (target, url) = incoming("vgpu-64");
-    let source = json(&migrate(&url, &["--protocol", protocol]).wait().ok());
+    let mut args = vec!["--protocol", protocol];
+    args.extend(extra);
+    let source = json(&migrate(&url, &args).wait().ok());
     let target = json(&target.wait().ok());
     let want = reference();
 
@@ -93,12 +95,17 @@ fn migrate_and_verify(protocol: &str) {
 
 #[test]
 fn migrate_between_two_processes_over_the_region_protocol() {
-    migrate_and_verify("region");
+    migrate_and_verify("region", &[]);
 }
 
 #[test]
 fn migrate_between_two_processes_over_v2() {
-    migrate_and_verify("v2");
+    migrate_and_verify("v2", &[]);
+}
+
+#[test]
+fn migrate_between_two_processes_with_ram_channels() {
+    migrate_and_verify("v2", &["--channels", "2"]);
 }
 
 #[test]

@@ -392,10 +392,7 @@ pub fn pipeline(
     };
     let mut peer = qemu.then(|| PeerBench::new(log));
     let mut last = None;
-    let main = How {
-        channels: 0,
-        ..how
-    };
+    let main = How { channels: 0, ..how };
     let p = pipeline_figures(
         runs.max(1),
         &params,
@@ -520,13 +517,7 @@ pub fn pipeline(
     }
 }
 
-pub fn run(
-    runs: usize,
-    how: How,
-    timeline: Option<&Path>,
-    json: bool,
-    log: &Logger,
-) -> Result<()> {
+pub fn run(runs: usize, how: How, timeline: Option<&Path>, json: bool, log: &Logger) -> Result<()> {
     let runs = runs.max(1);
     let params = Params {
         frame_limit: 1_000,

@@ -189,12 +189,30 @@ fn frames_below_the_snapshot_are_refused() {
 
 #[test]
 fn bench_options_that_do_not_go_together_are_refused_before_any_run() {
-    vgpu(&["bench", "--what", "context", "--vcpu", "kvm"])
-        .error_naming(&["--vcpu kvm goes with --what migration or pipeline", "context"]);
+    vgpu(&["bench", "--what", "context", "--vcpu", "kvm"]).error_naming(&[
+        "--vcpu kvm goes with --what migration or pipeline",
+        "context",
+    ]);
     vgpu(&["bench", "--what", "context", "--peer", "qemu"])
         .error_naming(&["--peer qemu goes with --what pipeline", "context"]);
     vgpu(&["bench", "--what", "pipeline", "--peer", "xen"]).error_naming(&["--peer 'xen'"]);
     vgpu(&["bench", "--what", "render", "--timeline", "/tmp/never.png"])
         .error_naming(&["--timeline goes with", "render"]);
     vgpu(&["bench", "--what", "everything"]).error_naming(&["--what 'everything' is not"]);
+    vgpu(&["bench", "--what", "context", "--channels", "2"])
+        .error_naming(&["--channels goes with --what migration or pipeline"]);
+    vgpu(&["bench", "--what", "pipeline", "--channels", "9"])
+        .error_naming(&["--channels 9: at most 8 RAM channels"]);
+    vgpu(&[
+        "migrate",
+        "--to",
+        "tcp://127.0.0.1:9",
+        "--frames",
+        "4",
+        "--migrate-at",
+        "2",
+        "--channels",
+        "9",
+    ])
+    .error_naming(&["--channels 9: at most 8 RAM channels"]);
 }

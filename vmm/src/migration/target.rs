@@ -14,8 +14,8 @@ use super::control::{
 };
 use super::device_io::{DeviceIo, Protocol};
 use super::error::{MigrationError, Result};
-use super::source::FailPoint;
 use super::multifd::{accept_channels, RamReceivers};
+use super::source::FailPoint;
 use super::transport::PrefetchReader;
 use super::StopPoint;
 use crate::snapshot::{apply_record_ram, replay_config, restore_vcpu};

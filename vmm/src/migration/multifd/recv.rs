@@ -111,6 +111,8 @@ struct State {
     failed: Mutex<Option<String>>,
     /// Page bytes applied.
     ram: AtomicU64,
+    /// Bytes read after the hello (as the source counts what it wrote).
+    wire: AtomicU64,
 }
 
 /// The target's RAM channels, each applied to guest RAM by its own thread.
@@ -191,7 +193,8 @@ impl RamReceivers {
         self.wait(|s| s.mark.load(Ordering::Relaxed) > seq)
     }
 
-    /// Wait for every channel's END (digest checked); the page bytes applied in all.
+    /// Wait for every channel's END (digest checked); the bytes that came on the
+    /// channels (after their hellos), as the source counts the bytes it wrote.
     pub fn finish(mut self) -> Result<u64> {
         self.wait(|s| s.done.load(Ordering::Relaxed))?;
         for h in self.handles.drain(..) {
@@ -200,7 +203,7 @@ impl RamReceivers {
         Ok(self
             .states
             .iter()
-            .map(|s| s.ram.load(Ordering::Relaxed))
+            .map(|s| s.wire.load(Ordering::Relaxed))
             .sum())
     }
 }
@@ -239,7 +242,9 @@ impl Receiver {
             match u.kind {
                 UnitKind::Pages | UnitKind::Zero => {
                     let len = u64::from(u.pages) * PAGE_SIZE;
-                    if u.gpa % PAGE_SIZE != 0 || u.gpa.checked_add(len).is_none_or(|e| e > self.ram_size) {
+                    if u.gpa % PAGE_SIZE != 0
+                        || u.gpa.checked_add(len).is_none_or(|e| e > self.ram_size)
+                    {
                         return Err(format!(
                             "{} pages at {:#x} are outside guest RAM ({} MiB) or unaligned",
                             u.pages,
@@ -271,7 +276,10 @@ impl Receiver {
                 }
                 UnitKind::Mark => {
                     if u.gpa != 0 || u.seq.checked_add(1).is_none() {
-                        return Err(format!("a bad mark (round {}, address {:#x})", u.seq, u.gpa));
+                        return Err(format!(
+                            "a bad mark (round {}, address {:#x})",
+                            u.seq, u.gpa
+                        ));
                     }
                     self.state.mark.fetch_max(u.seq + 1, Ordering::Relaxed);
                 }
@@ -284,7 +292,10 @@ impl Receiver {
                         return Err("the source closed the channel inside its end".into());
                     }
                     if digest != self.hash.digest128().to_le_bytes() {
-                        return Err("its XXH3-128 digest does not match what arrived: corrupted in transit".into());
+                        return Err(
+                            "its XXH3-128 digest does not match what arrived: corrupted in transit"
+                                .into(),
+                        );
                     }
                     self.state.done.store(true, Ordering::Relaxed);
                     return Ok(());
@@ -307,6 +318,7 @@ impl Receiver {
                 Ok(n) => {
                     got += n;
                     self.live.heard();
+                    self.state.wire.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("reading failed: {e}")),

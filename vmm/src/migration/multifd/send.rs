@@ -158,7 +158,7 @@ impl RamChannels {
     /// Queue `pages` pages from `gpa` on the next channel with room; `Ok(false)` if every
     /// channel's queue is full (the caller runs the guest meanwhile and offers again).
     pub fn offer(&mut self, gpa: u64, pages: u32, zeros: bool) -> Result<bool> {
-        debug_assert!(pages >= 1 && pages <= MAX_UNIT_PAGES);
+        debug_assert!((1..=MAX_UNIT_PAGES).contains(&pages));
         let job = Job::Pages { gpa, pages, zeros };
         for _ in 0..self.txs.len() {
             let i = self.next;
@@ -310,7 +310,14 @@ impl Thread {
     }
 
     /// One unit: header and payload into the digest, then onto the wire.
-    fn unit(&mut self, kind: UnitKind, pages: u32, gpa: u64, seq: u64, payload: &[u8]) -> io::Result<()> {
+    fn unit(
+        &mut self,
+        kind: UnitKind,
+        pages: u32,
+        gpa: u64,
+        seq: u64,
+        payload: &[u8],
+    ) -> io::Result<()> {
         let head = Unit {
             kind,
             pages,

@@ -37,16 +37,22 @@ fn units_and_hellos_round_trip_and_bad_ones_are_named() {
     b[0] = 9;
     assert_eq!(Unit::decode(&b), Err("unknown unit kind 9".into()));
     let big = Unit { pages: 129, ..u };
-    assert!(Unit::decode(&big.encode()).unwrap_err().contains("129 pages"));
+    assert!(Unit::decode(&big.encode())
+        .unwrap_err()
+        .contains("129 pages"));
     let none = Unit { pages: 0, ..u };
-    assert!(Unit::decode(&none.encode()).unwrap_err().contains("0 pages"));
+    assert!(Unit::decode(&none.encode())
+        .unwrap_err()
+        .contains("0 pages"));
     let mark = Unit {
         kind: UnitKind::Mark,
         pages: 3,
         gpa: 0,
         seq: 1,
     };
-    assert!(Unit::decode(&mark.encode()).unwrap_err().contains("Mark unit with 3 pages"));
+    assert!(Unit::decode(&mark.encode())
+        .unwrap_err()
+        .contains("Mark unit with 3 pages"));
     let h = ChannelHello {
         session: 42,
         index: 1,
@@ -71,8 +77,9 @@ fn two_channels_move_ram_and_end_with_matching_digests() {
     let url = format!("tcp://{}", listener.local_addr().unwrap());
     let live = Liveness::new("source", Duration::from_secs(5));
     let tl = live.clone();
-    let acceptor =
-        std::thread::spawn(move || accept_channels(&listener, 77, 2, &tl, &log()).map(|s| (s, listener)));
+    let acceptor = std::thread::spawn(move || {
+        accept_channels(&listener, 77, 2, &tl, &log()).map(|s| (s, listener))
+    });
     let counters = Arc::new(Counters::default());
     let mut ch = RamChannels::connect(
         &url,
@@ -117,8 +124,12 @@ fn feed(bytes: &[u8], mib: u64) -> std::result::Result<(), String> {
     std::io::Write::write_all(&mut s, bytes).unwrap();
     drop(s);
     let mem = ram(mib, &[]);
-    let rx = RamReceivers::spawn(vec![t], &mem, Liveness::new("source", Duration::from_secs(2)))
-        .unwrap();
+    let rx = RamReceivers::spawn(
+        vec![t],
+        &mem,
+        Liveness::new("source", Duration::from_secs(2)),
+    )
+    .unwrap();
     rx.finish().map(|_| ()).map_err(|e| e.to_string())
 }
 
@@ -137,7 +148,10 @@ fn unit(kind: UnitKind, pages: u32, gpa: u64, seq: u64) -> Vec<u8> {
 fn a_target_channel_refuses_bad_units_and_a_bad_digest() {
     // A page outside 1 MiB of RAM: refused before any byte is written.
     let e = feed(&unit(UnitKind::Pages, 1, 1 << 20, 0), 1).unwrap_err();
-    assert!(e.contains("RAM channel 0") && e.contains("outside guest RAM"), "{e}");
+    assert!(
+        e.contains("RAM channel 0") && e.contains("outside guest RAM"),
+        "{e}"
+    );
     // Unaligned.
     let e = feed(&unit(UnitKind::Zero, 1, 5, 0), 1).unwrap_err();
     assert!(e.contains("unaligned"), "{e}");
@@ -182,7 +196,11 @@ fn strangers_are_closed_and_missing_channels_time_out() {
     let _s2 = TcpStream::connect(addr).unwrap();
     let live = Liveness::new("source", Duration::from_secs(1));
     let e = accept_channels(&listener, 2, 1, &live, &log()).unwrap_err();
-    assert!(e.to_string().contains("1 of the source's 1 RAM channels did not connect"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("1 of the source's 1 RAM channels did not connect"),
+        "{e}"
+    );
     // Too many channels is a protocol error at once.
     let e = accept_channels(&listener, 2, 99, &live, &log()).unwrap_err();
     assert!(e.to_string().contains("99 RAM channels"), "{e}");
