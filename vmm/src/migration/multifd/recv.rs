@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use slog::{warn, Logger};
+use vm_memory::{GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileMemoryError};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{ChannelHello, Unit, UnitKind, HELLO_LEN, MAX_CHANNELS, UNIT_HEADER};
@@ -264,12 +265,15 @@ impl Receiver {
                     let mut off = 0u64;
                     while off < len {
                         let n = ((len - off) as usize).min(PIECE);
-                        if !self.read_exact(&mut buf[..n])? {
-                            return Err("the source closed the channel inside a unit".into());
+                        if !self.read_into_guest(u.gpa + off, n)? {
+                            // Across a memory region's end: through the buffer.
+                            if !self.read_exact(&mut buf[..n])? {
+                                return Err("the source closed the channel inside a unit".into());
+                            }
+                            self.hash.update(&buf[..n]);
+                            memory::write(&self.mem, u.gpa + off, &buf[..n])
+                                .map_err(|e| e.to_string())?;
                         }
-                        self.hash.update(&buf[..n]);
-                        memory::write(&self.mem, u.gpa + off, &buf[..n])
-                            .map_err(|e| e.to_string())?;
                         off += n as u64;
                     }
                     self.state.ram.fetch_add(len, Ordering::Relaxed);
@@ -302,6 +306,44 @@ impl Receiver {
                 }
             }
         }
+    }
+
+    /// Read `n` bytes of a unit's payload from the socket straight into guest RAM at
+    /// `gpa` and hash them there, while they are in this core's cache (one copy, the
+    /// kernel's). `Ok(false)` if the range is not one mapping (the caller goes through
+    /// its buffer).
+    fn read_into_guest(&mut self, gpa: u64, n: usize) -> std::result::Result<bool, String> {
+        let Ok(slice) = self.mem.get_slice(GuestAddress(gpa), n) else {
+            return Ok(false);
+        };
+        let mut got = 0;
+        while got < n {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err("stopped".into());
+            }
+            let mut rest = slice.offset(got).map_err(|e| e.to_string())?;
+            match self.sock.read_volatile(&mut rest) {
+                Ok(0) => return Err("the source closed the channel inside a unit".into()),
+                Ok(k) => {
+                    got += k;
+                    self.live.heard();
+                    self.state.wire.fetch_add(k as u64, Ordering::Relaxed);
+                }
+                Err(VolatileMemoryError::IOError(e))
+                    if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading failed: {e}")),
+            }
+        }
+        let guard = slice.ptr_guard();
+        // SAFETY: `guard` points to the `n` bytes of guest RAM just read, mapped while
+        // `slice` (and the memory it borrows) lives. Nothing else writes them while they
+        // are hashed: the target's vCPU has not started, its device is RESUMING (no DMA),
+        // and no other channel carries these pages now (a round's pages are distinct, and
+        // the source sends nothing of the next round before the target answered this
+        // round's SYNC, which it does only after every channel applied its MARK).
+        let bytes = unsafe { std::slice::from_raw_parts(guard.as_ptr(), n) };
+        self.hash.update(bytes);
+        Ok(true)
     }
 
     /// Fill `out`; `Ok(false)` if the connection ended before its first byte. Waits in
