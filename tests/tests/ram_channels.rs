@@ -224,3 +224,57 @@ fn a_byte_spoiled_on_a_ram_channel_is_refused_and_the_source_runs_on() {
         assert_as_never_migrated(&mut src, FRAMES, &format!("at {at}: {err}"));
     }
 }
+
+/// A hostile target: it says hello (with RAM channels), accepts the source's channels and
+/// keeps sending keep-alives on the main connection, but never reads a channel. The
+/// source must give up within its peer timeout (a channel's deadline counts from its own
+/// progress, not from the main connection's signs of life) and run on.
+#[test]
+fn a_target_that_never_reads_its_ram_channels_is_given_up_on() {
+    use vmm::migration::clock::Liveness;
+    use vmm::migration::control::{features, ControlWriter, Hello, KeepAliveThread};
+    let (l, url) = listener();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let (main, _) = l.accept().unwrap();
+        let live = Liveness::new("source", std::time::Duration::from_secs(30));
+        let ctrl = ControlWriter::new(main.try_clone().unwrap(), live).unwrap();
+        ctrl.send(&Hello {
+            mdev_type: "vgpu-64".into(),
+            stream_version: (vmm::stream::STREAM_MAJOR, vmm::stream::STREAM_MINOR),
+            context_version: (
+                state_region::format::FORMAT_MAJOR,
+                state_region::format::FORMAT_MINOR,
+            ),
+            features: features::PROTOCOL_REGION
+                | features::PROTOCOL_V2
+                | features::MONOTONIC_ACK
+                | features::KEEPALIVE
+                | features::HANDOVER
+                | features::MULTIFD,
+            session: 5,
+        })
+        .unwrap();
+        let _ka = KeepAliveThread::spawn(ctrl);
+        // Hold the channels open, unread, until the test is over.
+        let held: Vec<TcpStream> = (0..2).map(|_| l.accept().unwrap().0).collect();
+        let _ = done_rx.recv_timeout(std::time::Duration::from_secs(120));
+        drop((held, main));
+    });
+    let mut src = source(FRAMES);
+    let o = SourceOptions {
+        peer_timeout: std::time::Duration::from_secs(1),
+        ..opts(Protocol::V2, 2)
+    };
+    let t = std::time::Instant::now();
+    let err = migration::migrate(&mut src, &url, &o, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    // A hang guard, not a speed check.
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "{err}");
+    assert!(err.contains("RAM channel"), "{err}");
+    let _ = done_tx.send(());
+    fake.join().unwrap();
+    src.run(StopAt::Done).unwrap();
+    assert_as_never_migrated(&mut src, FRAMES, &err);
+}

@@ -312,8 +312,14 @@ impl ChannelWriter {
         }
     }
 
-    /// The sender thread's error, if the connection broke or the peer timed out.
+    /// The sender thread's error, if the connection broke or the peer timed out; or a
+    /// RAM channel's. (The target reads its channels on threads that do nothing else, so
+    /// a channel it left unread for the peer timeout fails the migration even while its
+    /// main connection's keep-alives say it is busy.)
     pub fn peer_error_now(&self) -> Option<io::Error> {
+        if let Some(e) = self.ram.as_ref().and_then(|r| r.failure()) {
+            return Some(e.into_io());
+        }
         let has = self.error.lock().ok().is_some_and(|e| e.is_some());
         has.then(|| self.peer_error())
     }

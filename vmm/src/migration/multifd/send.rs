@@ -34,6 +34,9 @@ enum Job {
 struct Shared {
     /// The first failure: the channel and its error.
     failed: Mutex<Option<(u32, io::Error)>>,
+    /// Whether a channel failed (read without the lock, on every write of the main
+    /// stream).
+    any_failed: std::sync::atomic::AtomicBool,
     /// Non-zero pages sent.
     nonzero: AtomicU64,
     /// Zero pages seen (sent as ZERO units, or skipped).
@@ -117,6 +120,7 @@ impl RamChannels {
                         if let Ok(mut f) = s.failed.lock() {
                             f.get_or_insert((index, e));
                         }
+                        s.any_failed.store(true, Ordering::Relaxed);
                     }
                 })
                 .map_err(|e| MigrationError::PeerIo {
@@ -140,8 +144,12 @@ impl RamChannels {
         self.txs.len()
     }
 
-    /// The first channel's failure, as a migration error.
+    /// The first channel's failure, as a migration error, if a channel failed (taken: a
+    /// later call says a channel stopped, without the cause).
     pub fn failure(&self) -> Option<MigrationError> {
+        if !self.shared.any_failed.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut f = self.shared.failed.lock().ok()?;
         let (index, e) = f.take()?;
         Some(MigrationError::from_io(e, || {
