@@ -167,7 +167,7 @@ pub fn run(args: BenchArgs, log: &Logger) -> Result<()> {
     match what {
         "context" => context(mdev_type, runs, json, log),
         "migration" => super::bench_migration::run(runs, how, timeline, json, log),
-        "pipeline" => super::bench_migration::pipeline(runs, how, qemu, timeline, json, log),
+        "pipeline" => super::bench_pipeline::pipeline(runs, how, qemu, timeline, json, log),
         "kvm" => super::bench_kvm::run(runs, json, log),
         "vfio-user" => super::bench_vfio_user::run(runs, json, log),
         "render" => super::bench_render::run(runs, json, log),

@@ -4,6 +4,7 @@ mod bench;
 mod bench_floors;
 mod bench_kvm;
 mod bench_migration;
+mod bench_pipeline;
 mod bench_qemu;
 mod bench_render;
 mod bench_vfio_user;
