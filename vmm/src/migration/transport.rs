@@ -187,6 +187,33 @@ fn piece(rate: u64) -> usize {
     ((rate / 10) as usize).clamp(4 << 10, 64 << 10)
 }
 
+/// Write all of `data` under `live`'s deadline and, with a `bucket`, under its cap: in
+/// pieces, each waiting for its tokens outside the bucket's lock (the main stream's sender
+/// and the RAM channels share one). `on_piece` is told each piece's length once written.
+pub(crate) fn write_capped<W: Write>(
+    w: &mut W,
+    data: &[u8],
+    bucket: Option<&Mutex<TokenBucket>>,
+    live: &Liveness,
+    on_piece: &mut dyn FnMut(usize),
+) -> io::Result<()> {
+    let Some(b) = bucket else {
+        write_all_live(w, data, live)?;
+        on_piece(data.len());
+        return Ok(());
+    };
+    let rate = b.lock().map_or(1 << 30, |b| b.rate());
+    for p in data.chunks(piece(rate)) {
+        let wait = b.lock().ok().and_then(|mut b| b.reserve(p.len()));
+        if let Some(wait) = wait {
+            std::thread::sleep(wait);
+        }
+        write_all_live(w, p, live)?;
+        on_piece(p.len());
+    }
+    Ok(())
+}
+
 impl ChannelWriter {
     /// Start a sender thread writing to `sock` at most `rate` bytes/s (`None`: uncapped),
     /// under `live`'s deadline; it sends a keep-alive after [`KEEPALIVE_INTERVAL`] without
@@ -384,20 +411,7 @@ fn send_loop(
             }
         };
         for part in head.as_ref().map(|h| &h[..]).into_iter().chain([body]) {
-            match &bucket {
-                Some(b) => {
-                    let r = b.lock().map_or(1 << 30, |b| b.rate());
-                    for p in part.chunks(piece(r)) {
-                        // The wait is taken outside the lock: the RAM channels share it.
-                        let wait = b.lock().ok().and_then(|mut b| b.reserve(p.len()));
-                        if let Some(w) = wait {
-                            std::thread::sleep(w);
-                        }
-                        write_all_live(&mut sock, p, live)?;
-                    }
-                }
-                None => write_all_live(&mut sock, part, live)?,
-            }
+            write_capped(&mut sock, part, bucket.as_deref(), live, &mut |_| {})?;
         }
         let n = (body.len() - if pool == 0 { FRAME_HEADER } else { 0 }) as u64;
         c.sent.fetch_add(n, Ordering::Relaxed);

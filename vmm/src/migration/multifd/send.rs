@@ -15,6 +15,7 @@ use crate::memory::{self, GuestMem, PAGE_SIZE};
 use crate::migration::clock::{set_slices, write_all_live, Liveness};
 use crate::migration::error::{MigrationError, Result};
 use crate::migration::rate::TokenBucket;
+use crate::migration::transport::write_capped;
 use crate::migration::transport::Counters;
 
 /// Work for a channel thread.
@@ -72,7 +73,10 @@ pub struct ChannelTotals {
 
 impl RamChannels {
     /// Open `count` channels to `url` for the target's `session`. Their bytes count in
-    /// `counters` (sent, backlog) and under `bucket`'s cap with the main stream's.
+    /// `counters` (sent, backlog) and under `bucket`'s cap with the main stream's. A
+    /// channel's writes give up once the target took nothing from it for `peer_timeout`:
+    /// its deadline counts from its own progress, so the main connection's keep-alives
+    /// cannot keep a channel the target stopped reading waiting for ever.
     #[allow(clippy::too_many_arguments)]
     pub fn connect(
         url: &str,
@@ -81,7 +85,7 @@ impl RamChannels {
         mem: &GuestMem,
         bucket: Option<Arc<Mutex<TokenBucket>>>,
         counters: Arc<Counters>,
-        live: Arc<Liveness>,
+        peer_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Self> {
         let shared = Arc::new(Shared::default());
@@ -89,12 +93,9 @@ impl RamChannels {
         let mut handles = Vec::new();
         for index in 0..count {
             let mut sock = crate::migration::transport::connect(url, connect_timeout)?;
-            set_slices(&sock, &live)?;
-            // A channel's deadline counts from its own last progress: the main
-            // connection's keep-alives must not keep a channel the target stopped reading
-            // waiting for ever.
-            let live = Liveness::new("target", live.timeout());
+            let live = Liveness::new("target", peer_timeout);
             live.set_phase(format!("RAM channel {index}"));
+            set_slices(&sock, &live)?;
             let hello = ChannelHello {
                 session,
                 index,
@@ -339,27 +340,18 @@ impl Thread {
         self.write(payload)
     }
 
-    /// Write under the shared cap, in pieces of a tenth of a second's worth at most.
+    /// Write under the shared cap (see [`write_capped`]), counting what went out.
     fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        let pieces: Vec<&[u8]> = match &self.bucket {
-            Some(_) => data.chunks(64 << 10).collect(),
-            None => vec![data],
-        };
-        for p in pieces {
-            if let Some(b) = &self.bucket {
-                let wait = b.lock().ok().and_then(|mut b| b.reserve(p.len()));
-                if let Some(w) = wait {
-                    std::thread::sleep(w);
-                }
-            }
-            write_all_live(&mut self.sock, p, &self.live)?;
-            self.counters
-                .sent
-                .fetch_add(p.len() as u64, Ordering::Relaxed);
-            self.shared
-                .wire
-                .fetch_add(p.len() as u64, Ordering::Relaxed);
-        }
-        Ok(())
+        let (sent, wire) = (&self.counters.sent, &self.shared.wire);
+        write_capped(
+            &mut self.sock,
+            data,
+            self.bucket.as_deref(),
+            &self.live,
+            &mut |n| {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                wire.fetch_add(n as u64, Ordering::Relaxed);
+            },
+        )
     }
 }

@@ -88,7 +88,7 @@ fn two_channels_move_ram_and_end_with_matching_digests() {
         &src,
         None,
         counters.clone(),
-        Liveness::new("target", Duration::from_secs(5)),
+        Duration::from_secs(5),
         Duration::from_secs(5),
     )
     .unwrap();

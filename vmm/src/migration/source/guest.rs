@@ -85,23 +85,28 @@ pub(super) fn run_while_busy(
 ) -> std::io::Result<()> {
     w.get_mut().flush()?;
     while w.get_mut().backlog() > max {
-        // One device command at a time: a long guest slice would leave the link idle. On
-        // this simulation the guest, the sender and (in tests and benches) the target share
-        // the host's cores; the guest gets half of this thread while the link is busy, as
-        // a guest on its own cores would leave the migration thread its share.
-        let t = Instant::now();
-        let ran = guest_step(vm, 1);
-        let spent = t.elapsed();
-        if ran == 0 {
-            std::thread::sleep(Duration::from_micros(100));
-        } else {
-            std::thread::sleep(spent.min(Duration::from_millis(5)));
-        }
+        busy_turn(vm);
         if let Some(e) = w.get_mut().peer_error_now() {
             return Err(e);
         }
     }
     Ok(())
+}
+
+/// The guest's turn while the link is busy: one device command (a long guest slice would
+/// leave the link idle), then as long a pause. On this simulation the guest, the senders
+/// and (in tests and benches) the target share the host's cores; the guest gets half of
+/// this thread while the link is busy, as a guest on its own cores would leave the
+/// migration thread its share.
+pub(super) fn busy_turn(vm: &mut Vm) {
+    let t = Instant::now();
+    let ran = guest_step(vm, 1);
+    let spent = t.elapsed();
+    if ran == 0 {
+        std::thread::sleep(Duration::from_micros(100));
+    } else {
+        std::thread::sleep(spent.min(Duration::from_millis(5)));
+    }
 }
 
 /// Step the guest one device command at a time until `at` holds (bounded).

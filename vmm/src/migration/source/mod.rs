@@ -255,7 +255,7 @@ fn run_migration(
             vm.memory(),
             writer.bucket(),
             counters.clone(),
-            events.liveness().clone(),
+            opts.peer_timeout,
             opts.connect_timeout,
         )?;
         writer.attach_ram_channels(channels);

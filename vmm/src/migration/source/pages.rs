@@ -2,10 +2,11 @@
 
 use mdev_core::DirtyBitmap;
 
-use super::guest::{guest_step, run_while_busy, HIGH_WATER};
+use super::guest::{busy_turn, run_while_busy, HIGH_WATER};
 use super::peer;
 use crate::memory::{self, PAGE_SIZE};
 use crate::migration::error::{MigrationError, Result};
+use crate::migration::multifd::{RamChannels, MAX_UNIT_PAGES};
 use crate::migration::transport::ChannelWriter;
 use crate::stream::StreamWriter;
 use crate::vm::Vm;
@@ -45,8 +46,8 @@ pub(super) fn send_pages(
     zeros: bool,
     running: bool,
 ) -> Result<Sent> {
-    if w.get_mut().ram_channels().is_some() {
-        return send_on_channels(vm, w, pages, dma_only, zeros, running);
+    if let Some(channels) = w.get_mut().ram_channels() {
+        return send_on_channels(vm, channels, pages, dma_only, zeros, running);
     }
     let mut sent = Sent::default();
     // The run of non-zero pages is read straight from guest RAM into `run` (one copy), which
@@ -132,27 +133,21 @@ pub(super) fn send_pages(
 /// not.
 fn send_on_channels(
     vm: &mut Vm,
-    w: &mut StreamWriter<ChannelWriter>,
+    ch: &mut RamChannels,
     pages: &DirtyBitmap,
     dma_only: &DirtyBitmap,
     zeros: bool,
     running: bool,
 ) -> Result<Sent> {
-    use crate::migration::multifd::MAX_UNIT_PAGES;
     let mut sent = Sent::default();
     let mut run: Option<(u64, u32)> = None;
-    let mut hand_on = |vm: &mut Vm, run: (u64, u32)| -> Result<()> {
-        let Some(ch) = w.get_mut().ram_channels() else {
-            return Ok(());
-        };
+    let mut hand_on = |vm: &mut Vm, (gpa, n): (u64, u32)| -> Result<()> {
         if !running {
-            return ch.send(run.0, run.1, zeros);
+            return ch.send(gpa, n, zeros);
         }
-        // Every queue full: the guest runs while the channels catch up.
-        while !ch.offer(run.0, run.1, zeros)? {
-            if guest_step(vm, 1) == 0 {
-                std::thread::sleep(std::time::Duration::from_micros(100));
-            }
+        // Every queue full: the guest takes its turn while the channels catch up.
+        while !ch.offer(gpa, n, zeros)? {
+            busy_turn(vm);
         }
         Ok(())
     };
